@@ -1,0 +1,146 @@
+//! The codec seam: the one place where values become bytes and bytes become values.
+//!
+//! Payloads and envelope headers are encoded with bincode 2 (`config::standard()`: varint
+//! integers, little endian) through its serde support, pinned at `=2.0.1` because bincode is no
+//! longer maintained upstream. Nothing else in interrole calls bincode, so changing the codec means
+//! changing this file and the envelope version byte.
+//!
+//! # The envelope on the wire (version 1)
+//!
+//! ```text
+//! +------+----------------------------------------------+-----------------------+
+//! | 0x01 | header: bincode(standard) of                 | payload: the rest of  |
+//! |      |   sender: str, seq: u64, type_tag: str,      | the buffer, bincode   |
+//! |      |   timestamp_micros: u64                      | of the event value    |
+//! +------+----------------------------------------------+-----------------------+
+//! ```
+//!
+//! A `str` is a varint length followed by UTF-8 bytes; a `u64` is a varint (one byte below 251).
+//! The payload has no length prefix: it runs to the end of the buffer the transport delivered.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The envelope format version this build writes and reads.
+pub const ENVELOPE_VERSION: u8 = 1;
+
+/// The largest value the decoder will allocate for, in bytes: a guard against hostile lengths.
+pub const DECODE_LIMIT: usize = 64 * 1024 * 1024;
+
+type Config = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<DECODE_LIMIT>,
+>;
+
+const CONFIG: Config = bincode::config::standard().with_limit::<DECODE_LIMIT>();
+
+/// What went wrong while encoding or decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CodecErrorKind {
+    /// A value could not be encoded (a serde `Serialize` implementation failed).
+    Encode,
+    /// Bytes could not be decoded into the expected value.
+    Decode,
+    /// The envelope was written by a format version this build does not read.
+    UnsupportedVersion,
+    /// The envelope decoded but a header field is not acceptable (an invalid name, say).
+    InvalidHeader,
+}
+
+/// An encoding or decoding failure, with a message saying where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CodecError {
+    kind: CodecErrorKind,
+    message: String,
+}
+
+impl CodecError {
+    pub(crate) fn new(kind: CodecErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> CodecErrorKind {
+        self.kind
+    }
+}
+
+/// Encodes a value with the project codec.
+///
+/// # Errors
+/// [`CodecErrorKind::Encode`] when the value's `Serialize` implementation fails.
+pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(value, CONFIG)
+        .map_err(|e| CodecError::new(CodecErrorKind::Encode, format!("cannot encode value: {e}")))
+}
+
+/// Appends the encoding of a value to `out`.
+///
+/// # Errors
+/// As [`encode_value`].
+pub fn encode_value_into<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    bincode::serde::encode_into_std_write(value, out, CONFIG)
+        .map(drop)
+        .map_err(|e| CodecError::new(CodecErrorKind::Encode, format!("cannot encode value: {e}")))
+}
+
+/// Decodes a value that fills all of `bytes`.
+///
+/// # Errors
+/// [`CodecErrorKind::Decode`] when the bytes are not a valid encoding of `T`, or when bytes are
+/// left over after it.
+pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, used) = decode_prefix(bytes)?;
+    if used != bytes.len() {
+        return Err(CodecError::new(
+            CodecErrorKind::Decode,
+            format!("{} trailing bytes after the value", bytes.len() - used),
+        ));
+    }
+    Ok(value)
+}
+
+/// Decodes a value at the start of `bytes`, returning it and how many bytes it used.
+///
+/// # Errors
+/// [`CodecErrorKind::Decode`] when the bytes do not start with a valid encoding of `T`.
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
+    bincode::serde::decode_from_slice(bytes, CONFIG)
+        .map_err(|e| CodecError::new(CodecErrorKind::Decode, format!("cannot decode value: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_and_trailing_bytes_are_refused() {
+        let v = (7u64, "abc".to_string(), vec![1u8, 2, 3]);
+        let bytes = encode_value(&v).unwrap();
+        let back: (u64, String, Vec<u8>) = decode_value(&bytes).unwrap();
+        assert_eq!(back, v);
+        let mut longer = bytes.clone();
+        longer.push(0);
+        let err = decode_value::<(u64, String, Vec<u8>)>(&longer).unwrap_err();
+        assert_eq!(err.kind(), CodecErrorKind::Decode);
+        assert!(err.to_string().contains("trailing"), "{err}");
+    }
+
+    #[test]
+    fn hostile_lengths_do_not_allocate() {
+        // A Vec<u8> claiming u64::MAX elements: varint marker 253 followed by 8 bytes.
+        let mut bytes = vec![253u8];
+        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+        let err = decode_value::<Vec<u8>>(&bytes).unwrap_err();
+        assert_eq!(err.kind(), CodecErrorKind::Decode);
+    }
+}

@@ -1,0 +1,451 @@
+//! Application events and the envelope that carries them.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CodecError, CodecErrorKind, ENVELOPE_VERSION};
+use crate::id::{EventId, InstanceId, TypeTag};
+
+/// An application event: a plain serde type with a stable type tag.
+///
+/// The tag names the type on the wire and routes it to typed observers. It must stay the same for
+/// as long as any process may send or receive the type; a reverse-domain style
+/// (`"acme.billing.invoice-issued"`) avoids clashes. Tags are checked when the type is first used
+/// with a bus (ASCII letters, digits and `- _ . :`).
+///
+/// [`impl_event!`](crate::impl_event) writes the implementation in one line:
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Serialize, Deserialize)]
+/// pub struct RoleGracefulRecycle {
+///     pub role_name: String,
+/// }
+/// interrole_core::impl_event!(RoleGracefulRecycle = "interrole.role.graceful-recycle");
+///
+/// use interrole_core::Event;
+/// assert_eq!(RoleGracefulRecycle::TYPE_TAG, "interrole.role.graceful-recycle");
+/// ```
+pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The type's stable name.
+    const TYPE_TAG: &'static str;
+
+    /// The tag as a [`TypeTag`].
+    fn type_tag() -> TypeTag {
+        TypeTag::from_static(Self::TYPE_TAG)
+    }
+}
+
+/// Implements [`Event`] for a type with the given tag: `impl_event!(MyEvent = "my.event");`.
+#[macro_export]
+macro_rules! impl_event {
+    ($ty:ty = $tag:expr) => {
+        impl $crate::Event for $ty {
+            const TYPE_TAG: &'static str = $tag;
+        }
+    };
+}
+
+/// The envelope of every event on a bus: who sent it, its sequence number, its type tag, when it
+/// was published, and the payload.
+///
+/// Cheap to clone: the envelope is shared. In the process that published it the payload is the
+/// value itself, never serialized; it is encoded once, on first need, when a transport asks for
+/// bytes ([`InterRoleEvent::to_wire`]). An envelope read off the wire
+/// ([`InterRoleEvent::from_wire`]) decodes its payload once, on first typed access, and keeps the
+/// result.
+#[derive(Clone)]
+pub struct InterRoleEvent {
+    body: Arc<dyn Body>,
+}
+
+struct Header {
+    id: EventId,
+    type_tag: TypeTag,
+    timestamp_micros: u64,
+}
+
+trait Body: Send + Sync {
+    fn header(&self) -> &Header;
+    /// The value when it is at hand without decoding (local events).
+    fn local(&self) -> Option<&(dyn Any + Send + Sync)>;
+    /// The payload bytes when the envelope came off the wire.
+    fn remote(&self) -> Option<&Remote>;
+    fn wire(&self) -> &OnceLock<Result<Bytes, CodecError>>;
+    fn encode_payload(&self, out: &mut Vec<u8>) -> Result<(), CodecError>;
+}
+
+struct Local<T> {
+    header: Header,
+    value: T,
+    wire: OnceLock<Result<Bytes, CodecError>>,
+}
+
+impl<T: Event> Body for Local<T> {
+    fn header(&self) -> &Header {
+        &self.header
+    }
+    fn local(&self) -> Option<&(dyn Any + Send + Sync)> {
+        Some(&self.value)
+    }
+    fn remote(&self) -> Option<&Remote> {
+        None
+    }
+    fn wire(&self) -> &OnceLock<Result<Bytes, CodecError>> {
+        &self.wire
+    }
+    fn encode_payload(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        codec::encode_value_into(&self.value, out)
+    }
+}
+
+struct Remote {
+    header: Header,
+    /// The whole envelope as received.
+    wire: OnceLock<Result<Bytes, CodecError>>,
+    payload: Bytes,
+    decoded: OnceLock<Result<Box<dyn Any + Send + Sync>, CodecError>>,
+}
+
+impl Body for Remote {
+    fn header(&self) -> &Header {
+        &self.header
+    }
+    fn local(&self) -> Option<&(dyn Any + Send + Sync)> {
+        None
+    }
+    fn remote(&self) -> Option<&Remote> {
+        Some(self)
+    }
+    fn wire(&self) -> &OnceLock<Result<Bytes, CodecError>> {
+        &self.wire
+    }
+    fn encode_payload(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        out.extend_from_slice(&self.payload);
+        Ok(())
+    }
+}
+
+/// Why a typed look at a payload found nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PayloadError {
+    /// The event carries another type.
+    #[error("event carries {actual:?}, not {expected:?}")]
+    WrongType {
+        /// The tag asked for.
+        expected: &'static str,
+        /// The tag the event carries.
+        actual: TypeTag,
+    },
+    /// The payload came off the wire and does not decode as the type asked for.
+    #[error("payload of {type_tag:?} does not decode: {error}")]
+    Undecodable {
+        /// The tag of the event.
+        type_tag: TypeTag,
+        /// The decoder's error.
+        error: CodecError,
+    },
+}
+
+#[derive(Serialize)]
+struct WireHeaderRef<'a> {
+    sender: &'a str,
+    seq: u64,
+    type_tag: &'a str,
+    timestamp_micros: u64,
+}
+
+#[derive(Deserialize)]
+struct WireHeader {
+    sender: String,
+    seq: u64,
+    type_tag: String,
+    timestamp_micros: u64,
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+impl InterRoleEvent {
+    /// Wraps a value published by `id.sender`, stamped with the current time.
+    pub fn new<T: Event>(id: EventId, value: T) -> Self {
+        Self {
+            body: Arc::new(Local {
+                header: Header {
+                    id,
+                    type_tag: T::type_tag(),
+                    timestamp_micros: now_micros(),
+                },
+                value,
+                wire: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// The event's id: sender and sequence number.
+    pub fn id(&self) -> &EventId {
+        &self.body.header().id
+    }
+
+    /// The instance that published the event.
+    pub fn sender(&self) -> &InstanceId {
+        &self.body.header().id.sender
+    }
+
+    /// The sender's sequence number of this event.
+    pub fn seq(&self) -> u64 {
+        self.body.header().id.seq
+    }
+
+    /// The payload's type tag.
+    pub fn type_tag(&self) -> &TypeTag {
+        &self.body.header().type_tag
+    }
+
+    /// When the sender published the event (its clock, microsecond precision).
+    pub fn timestamp(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_micros(self.body.header().timestamp_micros)
+    }
+
+    /// Whether the event was published in this process (its payload is the value itself) rather
+    /// than read off the wire.
+    pub fn is_local(&self) -> bool {
+        self.body.local().is_some()
+    }
+
+    /// The payload as a `T`, or `None` when the event carries another type or does not decode.
+    pub fn payload<T: Event>(&self) -> Option<&T> {
+        self.try_payload().ok()
+    }
+
+    /// The payload as a `T`, saying why not when it is not one.
+    ///
+    /// # Errors
+    /// [`PayloadError::WrongType`] when the event's tag is not `T`'s;
+    /// [`PayloadError::Undecodable`] when the payload came off the wire and is not a valid `T`.
+    /// The decoding is done once per envelope and its result kept, so later calls cost a lookup.
+    pub fn try_payload<T: Event>(&self) -> Result<&T, PayloadError> {
+        let header = self.body.header();
+        let wrong = || PayloadError::WrongType {
+            expected: T::TYPE_TAG,
+            actual: header.type_tag.clone(),
+        };
+        if header.type_tag.as_str() != T::TYPE_TAG {
+            return Err(wrong());
+        }
+        if let Some(value) = self.body.local() {
+            return value.downcast_ref::<T>().ok_or_else(wrong);
+        }
+        let remote = self.body.remote().expect("an envelope is local or remote");
+        let decoded = remote.decoded.get_or_init(|| {
+            codec::decode_value::<T>(&remote.payload)
+                .map(|v| Box::new(v) as Box<dyn Any + Send + Sync>)
+        });
+        match decoded {
+            Ok(value) => value.downcast_ref::<T>().ok_or_else(wrong),
+            Err(error) => Err(PayloadError::Undecodable {
+                type_tag: header.type_tag.clone(),
+                error: error.clone(),
+            }),
+        }
+    }
+
+    /// The payload's encoded bytes when the envelope came off the wire, without decoding them.
+    pub fn raw_payload(&self) -> Option<&Bytes> {
+        self.body.remote().map(|r| &r.payload)
+    }
+
+    /// The envelope in its wire form (see [`codec`](crate::codec)), encoded on the first call and
+    /// kept: a transport sending one event to many peers encodes it once.
+    ///
+    /// # Errors
+    /// [`CodecErrorKind::Encode`] when the payload's `Serialize` implementation fails.
+    pub fn to_wire(&self) -> Result<Bytes, CodecError> {
+        self.body
+            .wire()
+            .get_or_init(|| {
+                let h = self.body.header();
+                let mut out = Vec::with_capacity(64);
+                out.push(ENVELOPE_VERSION);
+                codec::encode_value_into(
+                    &WireHeaderRef {
+                        sender: h.id.sender.as_str(),
+                        seq: h.id.seq,
+                        type_tag: h.type_tag.as_str(),
+                        timestamp_micros: h.timestamp_micros,
+                    },
+                    &mut out,
+                )?;
+                self.body.encode_payload(&mut out)?;
+                Ok(Bytes::from(out))
+            })
+            .clone()
+    }
+
+    /// Reads an envelope off the wire. The payload stays encoded until a typed look
+    /// ([`InterRoleEvent::payload`]) asks for it; the bytes are shared, not copied.
+    ///
+    /// # Errors
+    /// [`CodecErrorKind::UnsupportedVersion`] for another format version,
+    /// [`CodecErrorKind::Decode`] for a truncated or malformed header,
+    /// [`CodecErrorKind::InvalidHeader`] for an invalid sender, tag or a sequence number of 0.
+    pub fn from_wire(bytes: Bytes) -> Result<Self, CodecError> {
+        let Some(&version) = bytes.first() else {
+            return Err(CodecError::new(CodecErrorKind::Decode, "empty envelope"));
+        };
+        if version != ENVELOPE_VERSION {
+            return Err(CodecError::new(
+                CodecErrorKind::UnsupportedVersion,
+                format!("envelope version {version} is not supported (this build reads {ENVELOPE_VERSION})"),
+            ));
+        }
+        let (header, used): (WireHeader, usize) = codec::decode_prefix(&bytes[1..])
+            .map_err(|e| CodecError::new(CodecErrorKind::Decode, format!("envelope header: {e}")))?;
+        let invalid = |m: String| CodecError::new(CodecErrorKind::InvalidHeader, m);
+        let sender = InstanceId::new(&header.sender).map_err(|e| invalid(e.to_string()))?;
+        let type_tag = TypeTag::new(&header.type_tag).map_err(|e| invalid(e.to_string()))?;
+        if header.seq == 0 {
+            return Err(invalid("sequence number 0 is reserved".into()));
+        }
+        let payload = bytes.slice(1 + used..);
+        Ok(Self {
+            body: Arc::new(Remote {
+                header: Header {
+                    id: EventId {
+                        sender,
+                        seq: header.seq,
+                    },
+                    type_tag,
+                    timestamp_micros: header.timestamp_micros,
+                },
+                wire: OnceLock::from(Ok(bytes)),
+                payload,
+                decoded: OnceLock::new(),
+            }),
+        })
+    }
+
+    /// Whether two handles share one envelope (no copy was made between them).
+    pub fn ptr_eq(a: &Self, b: &Self) -> bool {
+        Arc::ptr_eq(&a.body, &b.body)
+    }
+}
+
+impl fmt::Debug for InterRoleEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = self.body.header();
+        f.debug_struct("InterRoleEvent")
+            .field("id", &format_args!("{}", h.id))
+            .field("type_tag", &h.type_tag)
+            .field("timestamp_micros", &h.timestamp_micros)
+            .field("local", &self.is_local())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Refresh {
+        section_name: String,
+    }
+    crate::impl_event!(Refresh = "test.refresh");
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Other(u32);
+    crate::impl_event!(Other = "test.other");
+
+    fn id(seq: u64) -> EventId {
+        EventId {
+            sender: InstanceId::new("w-1").unwrap(),
+            seq,
+        }
+    }
+
+    #[test]
+    fn local_payload_is_the_value_itself() {
+        let e = InterRoleEvent::new(id(1), Refresh { section_name: "db".into() });
+        assert!(e.is_local());
+        assert_eq!(e.payload::<Refresh>().unwrap().section_name, "db");
+        assert!(e.payload::<Other>().is_none());
+        assert!(matches!(e.try_payload::<Other>(), Err(PayloadError::WrongType { .. })));
+        assert_eq!(e.type_tag(), &TypeTag::from_static("test.refresh"));
+        let clone = e.clone();
+        assert!(InterRoleEvent::ptr_eq(&e, &clone));
+    }
+
+    #[test]
+    fn wire_round_trip_keeps_header_and_payload() {
+        let e = InterRoleEvent::new(id(42), Refresh { section_name: "cache".into() });
+        let wire = e.to_wire().unwrap();
+        assert_eq!(wire[0], ENVELOPE_VERSION);
+        // Encoded once: the second call returns the same buffer.
+        assert_eq!(e.to_wire().unwrap().as_ptr(), wire.as_ptr());
+        let back = InterRoleEvent::from_wire(wire.clone()).unwrap();
+        assert!(!back.is_local());
+        assert_eq!(back.id(), e.id());
+        assert_eq!(back.type_tag(), e.type_tag());
+        assert_eq!(back.timestamp(), e.timestamp());
+        assert_eq!(back.payload::<Refresh>().unwrap().section_name, "cache");
+        assert_eq!(back.to_wire().unwrap(), wire);
+    }
+
+    #[test]
+    fn undecodable_payload_is_reported_not_hidden() {
+        let e = InterRoleEvent::new(id(1), Other(7));
+        let wire = e.to_wire().unwrap();
+        // Re-label the payload as another type: same length of tag so the header stays valid.
+        let forged = {
+            let mut v = wire.to_vec();
+            let at = v.windows(10).position(|w| w == b"test.other").unwrap();
+            v[at..at + 10].copy_from_slice(b"test.refre");
+            v
+        };
+        let back = InterRoleEvent::from_wire(Bytes::from(forged)).unwrap();
+        assert_eq!(back.type_tag().as_str(), "test.refre");
+        let mut tagged = wire.to_vec();
+        let at = tagged.windows(10).position(|w| w == b"test.other").unwrap();
+        // A one-byte payload of 7 read as a String (length 7, then nothing): does not decode.
+        tagged.splice(at..at + 10, b"test.refresh".iter().copied());
+        tagged[at - 1] = 12;
+        let back = InterRoleEvent::from_wire(Bytes::from(tagged)).unwrap();
+        match back.try_payload::<Refresh>() {
+            Err(PayloadError::Undecodable { type_tag, .. }) => assert_eq!(type_tag.as_str(), "test.refresh"),
+            other => panic!("expected Undecodable, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_envelopes_get_specific_errors() {
+        assert_eq!(
+            InterRoleEvent::from_wire(Bytes::new()).unwrap_err().kind(),
+            CodecErrorKind::Decode
+        );
+        assert_eq!(
+            InterRoleEvent::from_wire(Bytes::from_static(&[9, 1, 2])).unwrap_err().kind(),
+            CodecErrorKind::UnsupportedVersion
+        );
+        assert_eq!(
+            InterRoleEvent::from_wire(Bytes::from_static(&[1, 200])).unwrap_err().kind(),
+            CodecErrorKind::Decode
+        );
+        let zero_seq = InterRoleEvent::new(id(0), Other(1)).to_wire().unwrap();
+        assert_eq!(
+            InterRoleEvent::from_wire(zero_seq).unwrap_err().kind(),
+            CodecErrorKind::InvalidHeader
+        );
+    }
+}

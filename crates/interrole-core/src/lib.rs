@@ -1,0 +1,60 @@
+//! The stable contract of [interrole](https://docs.rs/interrole): what every part of the framework
+//! and every transport agrees on, kept small so that it rarely changes.
+//!
+//! - [`Event`]: an application event, a serde type with a stable [`TypeTag`];
+//! - [`InterRoleEvent`]: the envelope (sender [`InstanceId`], sequence number, type tag,
+//!   timestamp, payload), shared in process and encoded once when it must travel;
+//! - [`codec`]: the one place where values become bytes (bincode 2);
+//! - [`Transport`], [`Connection`], [`Inbound`]: the seam that transports implement, and
+//!   [`TransportError`], which says whether a failure is transient;
+//! - `testkit` (feature `testkit`): the conformance checks every transport passes.
+//!
+//! Applications depend on the `interrole` crate, which re-exports what they need from here.
+//!
+//! ```
+//! use interrole_core::{EventId, InstanceId, InterRoleEvent, impl_event};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Serialize, Deserialize)]
+//! struct RoleConfigurationSectionRefresh { section_name: String }
+//! impl_event!(RoleConfigurationSectionRefresh = "interrole.role.configuration-section-refresh");
+//!
+//! let id = EventId { sender: InstanceId::new("controller-1")?, seq: 1 };
+//! let event = InterRoleEvent::new(id, RoleConfigurationSectionRefresh { section_name: "db".into() });
+//! // Shared in process, encoded only when a transport needs bytes:
+//! let wire = event.to_wire()?;
+//! let received = InterRoleEvent::from_wire(wire)?;
+//! assert_eq!(received.payload::<RoleConfigurationSectionRefresh>().unwrap().section_name, "db");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Compatibility
+//!
+//! The envelope's wire form carries a version byte ([`codec::ENVELOPE_VERSION`]); a reader refuses
+//! versions it does not know with a specific error rather than guessing.
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![deny(rustdoc::broken_intra_doc_links)]
+
+pub mod codec;
+mod event;
+mod id;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+mod transport;
+
+pub use codec::{CodecError, CodecErrorKind};
+pub use event::{Event, InterRoleEvent, PayloadError};
+pub use id::{EventId, InstanceId, InvalidName, MAX_NAME_LEN, Topic, TypeTag};
+pub use transport::{
+    Connection, Inbound, OpenSpec, Transport, TransportError, TransportErrorKind, TransportLimits,
+};
+
+#[doc(hidden)]
+pub use bytes::Bytes;
