@@ -1,0 +1,121 @@
+//! interrole: a typed publish/subscribe event bus for worker services.
+//!
+//! Every role instance embeds a [`Bus`]. Observers subscribe to event types with closures or
+//! [`Observer`] implementations; publishers publish plain serde types; every matching observer
+//! of every instance on the same topic gets them: in the same process through [`Loopback`], across
+//! processes and machines through a relay or NATS transport. The returned [`Subscription`] guard
+//! unsubscribes on drop.
+//!
+//! ```
+//! use interrole::{Bus, Loopback};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Serialize, Deserialize)]
+//! struct RoleGracefulRecycle { role_name: String }
+//! interrole::impl_event!(RoleGracefulRecycle = "interrole.role.graceful-recycle");
+//!
+//! let fabric = Loopback::new();
+//! let controller = Bus::builder().instance("controller").transport(fabric.clone()).build()?;
+//! let worker = Bus::builder().instance("worker-1").transport(fabric.clone()).build()?;
+//!
+//! let guard = worker.subscribe::<RoleGracefulRecycle, _>(|e| {
+//!     println!("recycling {}", e.role_name);
+//! });
+//! controller.publish(RoleGracefulRecycle { role_name: "worker".into() })?;
+//! assert_eq!(worker.stats().hub.delivered, 1);
+//! drop(guard); // unsubscribed: nothing more is delivered to the closure
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Subscribing
+//!
+//! | to | with | method |
+//! |---|---|---|
+//! | one type | a closure `Fn(&E)` | [`Bus::subscribe`] |
+//! | one type | an [`Observer<E>`] (`on_next`, `on_error`, `on_completed`) | [`Bus::observe`] |
+//! | every event | a closure `Fn(&InterRoleEvent)` | [`Bus::subscribe_all`] |
+//! | every event | an [`Observer<InterRoleEvent>`] | [`Observable::subscribe`] |
+//! | one type | an async closure, bounded [`Mailbox`] | [`Bus::subscribe_async`] |
+//! | one type / every event | an [`AsyncObserver`] | [`Bus::observe_async`], [`Bus::observe_all_async`] |
+//!
+//! # Isolation
+//!
+//! Each observer call runs under `catch_unwind`: a panicking observer is told through its own
+//! [`Observer::on_error`] ([`ObserverError::Panicked`]) and stays subscribed; every other
+//! observer gets every event. A panic inside `on_error` or `on_completed` is logged and ignored.
+//! No hub lock is held while observer code runs. Isolation needs unwinding: with
+//! `panic = "abort"` a panicking observer ends the process.
+//!
+//! # Ordering
+//!
+//! One observer is never called concurrently, even with concurrent publishers and parallel
+//! fan-out. Per publisher, every observer sees events in publish order. Across publishers there
+//! is no global order. A publish made from inside an observer call is queued and delivered once
+//! the current event has reached all its observers, depth-first (the events an event causes come
+//! before events queued earlier), so re-entrant publishing never deadlocks.
+//!
+//! # Fan-out
+//!
+//! The hub calls observers one after the other on the publishing thread while that is cheapest,
+//! and in parallel on a rayon pool when the measured cost of an event's observers makes it pay
+//! ([`Dispatch`], [`DispatchConfig`]). On a tokio multi-thread runtime the parallel region runs
+//! under `block_in_place`, so other tasks move off the publishing worker.
+//!
+//! # Lagging
+//!
+//! Synchronous observers run inline and cannot lag. Async observers are fed by a bounded
+//! [`Mailbox`] with an [`Overflow`] policy chosen at subscribe time (`Block` with a timeout,
+//! `DropOldest`, `DropNewest`, `Disconnect`); dropped events are counted
+//! ([`HubStats::lagged`]), logged, and reported to the observer before its next event as
+//! [`ObserverError::Lagged`] with the count.
+//!
+//! # Unsubscribing
+//!
+//! Dropping the [`Subscription`] unsubscribes: once the drop returns, the observer receives
+//! nothing more. Dropping it from inside the observer's own call is allowed.
+//! [`Subscription::detach`] keeps the observer for the life of the bus.
+//!
+//! # Closing
+//!
+//! [`Bus::close`] ends the bus: later publishes fail with [`PublishError::Closed`], and every
+//! observer still subscribed gets `on_completed` exactly once, after which nothing is called.
+//! Dropping the last handle of a bus without closing it completes its observers too.
+//!
+//! # Unknown types
+//!
+//! An event from another process whose type tag this process does not know is not an error: it
+//! reaches the observers of every event, is counted ([`BusStats::unknown_tags`]) and logged once
+//! per tag.
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![deny(rustdoc::broken_intra_doc_links)]
+
+mod bus;
+mod hub;
+mod loopback;
+mod mailbox;
+mod observer;
+mod registry;
+mod subscription;
+mod sync;
+
+pub use bus::{Bus, BusBuilder, BusStats, BuildError, PublishError};
+pub use hub::{Dispatch, DispatchConfig, Hub, HubClosed, HubStats, pool_threads};
+pub use loopback::Loopback;
+pub use mailbox::{AsyncObserver, FromEnvelope, Mailbox, Overflow, Received};
+pub use observer::{Observable, Observer, ObserverError};
+pub use subscription::Subscription;
+
+pub use interrole_core::{
+    Event, EventId, InstanceId, InterRoleEvent, InvalidName, PayloadError, Topic, Transport,
+    TransportError, TransportErrorKind, TypeTag, impl_event,
+};
+
+/// The contract crate, for transport implementations: the envelope codec, the transport seam.
+pub use interrole_core as core;

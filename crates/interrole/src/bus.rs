@@ -1,0 +1,585 @@
+//! The bus: one per role instance; publish, subscribe, close.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::FutureExt;
+use interrole_core::{
+    Connection, Event, EventId, Inbound, InstanceId, InterRoleEvent, InvalidName, OpenSpec, Topic,
+    Transport, TransportError, TypeTag,
+};
+use parking_lot::{Mutex, RwLock};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use crate::hub::{DispatchConfig, Hub, deferred};
+use crate::loopback::Loopback;
+use crate::mailbox::{self, AsyncFn, AsyncObserver, FromEnvelope, Mailbox, Pusher, Received};
+use crate::observer::{FnObserver, Observable, Observer, Typed};
+use crate::subscription::Subscription;
+use crate::sync::Arc;
+
+/// Why a publish failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The bus was closed.
+    #[error("the bus is closed")]
+    Closed,
+    /// The event type's tag is not a valid [`TypeTag`].
+    #[error("event type tag: {0}")]
+    InvalidTag(#[from] InvalidName),
+    /// The bus is not connected to its transport yet.
+    #[error("the bus is not connected yet")]
+    NotConnected,
+    /// The transport refused the event.
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
+}
+
+impl PublishError {
+    /// Whether publishing the same event again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::NotConnected => true,
+            Self::Transport(e) => e.is_transient(),
+            Self::Closed | Self::InvalidTag(_) => false,
+        }
+    }
+}
+
+/// Why a bus could not be built.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The instance id or the topic is not acceptable.
+    #[error(transparent)]
+    InvalidName(#[from] InvalidName),
+    /// The transport refused to open.
+    #[error("opening the transport: {0}")]
+    Transport(#[from] TransportError),
+    /// The transport opens asynchronously and no tokio runtime was given or current.
+    #[error("the {0} transport needs a tokio runtime: build the bus inside one or give .runtime(handle)")]
+    NoRuntime(&'static str),
+}
+
+/// Counters of a bus: its hub's, plus what arrived from other processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct BusStats {
+    /// Events this bus published.
+    pub published: u64,
+    /// Events that arrived through the transport.
+    pub received: u64,
+    /// Received events whose type tag this process does not know (no typed observer and not
+    /// registered): they reached the observers of every event only.
+    pub unknown_tags: u64,
+    /// The hub's counters.
+    pub hub: crate::hub::HubStats,
+}
+
+/// Builds a [`Bus`]: `Bus::builder().instance("worker-1").build()`.
+#[derive(Debug, Default)]
+#[must_use = "a builder does nothing until .build()"]
+pub struct BusBuilder {
+    instance: Option<String>,
+    topic: Option<String>,
+    transport: Option<Arc<dyn Transport>>,
+    dispatch: DispatchConfig,
+    runtime: Option<Handle>,
+    close_timeout: Option<Duration>,
+}
+
+impl BusBuilder {
+    /// The instance this bus speaks for: the sender of what it publishes. Default: a name made of
+    /// the process id and a counter.
+    pub fn instance(mut self, id: impl Into<String>) -> Self {
+        self.instance = Some(id.into());
+        self
+    }
+
+    /// The topic shared by every instance that should hear each other. Default `"interrole"`.
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topic = Some(topic.into());
+        self
+    }
+
+    /// The transport. Default: [`Loopback::shared`], the process-wide in-process fabric.
+    pub fn transport(mut self, transport: impl Transport) -> Self {
+        self.transport = Some(Arc::new(transport));
+        self
+    }
+
+    /// The transport, already shared.
+    pub fn transport_arc(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// How the hub calls observers (see [`DispatchConfig`]).
+    pub fn dispatch(mut self, config: DispatchConfig) -> Self {
+        self.dispatch = config;
+        self
+    }
+
+    /// The tokio runtime that runs async observers and transport tasks. Default: the runtime
+    /// current when they are started.
+    pub fn runtime(mut self, handle: Handle) -> Self {
+        self.runtime = Some(handle);
+        self
+    }
+
+    /// How long [`Bus::close`] waits for async observers to drain their mailboxes. Default 10 s.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = Some(timeout);
+        self
+    }
+
+    /// Builds the bus and connects it. Does not block: an in-process transport connects at once,
+    /// others in a task on the runtime.
+    ///
+    /// # Errors
+    /// [`BuildError`] for an invalid instance id or topic, a transport that refuses at once, or a
+    /// transport that needs a runtime when there is none.
+    pub fn build(self) -> Result<Bus, BuildError> {
+        let instance = match self.instance {
+            Some(id) => InstanceId::new(id)?,
+            None => {
+                static N: AtomicU64 = AtomicU64::new(1);
+                let n = N.fetch_add(1, Ordering::Relaxed);
+                InstanceId::new(format!("instance-{}-{n}", std::process::id()))?
+            }
+        };
+        let topic = match self.topic {
+            Some(t) => Topic::new(t)?,
+            None => Topic::default(),
+        };
+        let transport = self
+            .transport
+            .unwrap_or_else(|| Arc::new(Loopback::shared()));
+        let hub = Hub::with_config(self.dispatch);
+        let receiver = Arc::new(Receiver {
+            hub: hub.clone(),
+            known: Arc::new(RwLock::new(HashSet::new())),
+            unknown_logged: Mutex::new(HashSet::new()),
+            received: AtomicU64::new(0),
+            unknown: AtomicU64::new(0),
+        });
+        let inner = Arc::new(BusInner {
+            instance: instance.clone(),
+            topic: topic.clone(),
+            hub,
+            receiver: receiver.clone(),
+            seq: Mutex::new(0),
+            published: AtomicU64::new(0),
+            link: RwLock::new(None),
+            transport: transport.clone(),
+            closed: AtomicBool::new(false),
+            runtime: self.runtime.clone(),
+            tasks: Mutex::new(Vec::new()),
+            close_timeout: self.close_timeout.unwrap_or(Duration::from_secs(10)),
+        });
+        let spec = OpenSpec::new(topic, instance);
+        let opening = transport.open(spec.clone(), receiver.clone());
+        match opening.now_or_never() {
+            Some(result) => *inner.link.write() = Some(result?),
+            None => {
+                let handle = self
+                    .runtime
+                    .or_else(|| Handle::try_current().ok())
+                    .ok_or(BuildError::NoRuntime(transport.name()))?;
+                let weak = Arc::downgrade(&inner);
+                handle.spawn(async move {
+                    match transport.open(spec, receiver).await {
+                        Ok(conn) => match weak.upgrade() {
+                            Some(inner) if !inner.closed.load(Ordering::Acquire) => {
+                                *inner.link.write() = Some(conn)
+                            }
+                            _ => conn.close().await,
+                        },
+                        Err(error) => tracing::error!(%error, "opening the transport failed"),
+                    }
+                });
+            }
+        }
+        tracing::debug!(instance = %inner.instance, topic = %inner.topic, transport = inner.transport.name(), "bus built");
+        Ok(Bus { inner })
+    }
+}
+
+/// The event bus of one role instance: publish typed events, subscribe observers, close.
+///
+/// Cheap to clone (clones share the bus) and usable from threads and tokio tasks alike. What a
+/// bus publishes reaches its own observers directly, once, and every other bus on the same
+/// transport and topic through the transport. See the crate docs for the delivery semantics.
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<BusInner>,
+}
+
+struct BusInner {
+    instance: InstanceId,
+    topic: Topic,
+    hub: Hub,
+    receiver: Arc<Receiver>,
+    /// The last sequence number; held while an event is numbered and handed to the transport,
+    /// so that the transport sees each sender's events in sequence order.
+    seq: Mutex<u64>,
+    published: AtomicU64,
+    link: RwLock<Option<Arc<dyn Connection>>>,
+    transport: Arc<dyn Transport>,
+    closed: AtomicBool,
+    runtime: Option<Handle>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    close_timeout: Duration,
+}
+
+/// What the transport hands arriving events to.
+struct Receiver {
+    hub: Hub,
+    known: Arc<RwLock<HashSet<TypeTag>>>,
+    unknown_logged: Mutex<HashSet<TypeTag>>,
+    received: AtomicU64,
+    unknown: AtomicU64,
+}
+
+impl Inbound for Receiver {
+    fn event(&self, event: InterRoleEvent) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        if !event.is_local() && !self.known.read().contains(event.type_tag()) {
+            self.unknown.fetch_add(1, Ordering::Relaxed);
+            if self.unknown_logged.lock().insert(event.type_tag().clone()) {
+                tracing::warn!(type_tag = %event.type_tag(), sender = %event.sender(),
+                    "event of an unknown type: delivered to the observers of every event only (logged once per tag)");
+            }
+        }
+        // A closed hub means the bus is closing: the event is late, not lost by the bus.
+        let _ = self.hub.publish(event);
+    }
+
+    fn closed(&self, error: TransportError) {
+        tracing::warn!(%error, transient = error.is_transient(), "transport connection ended");
+    }
+}
+
+impl fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver").finish_non_exhaustive()
+    }
+}
+
+impl Bus {
+    /// A builder.
+    pub fn builder() -> BusBuilder {
+        BusBuilder::default()
+    }
+
+    /// The instance this bus speaks for.
+    pub fn instance(&self) -> &InstanceId {
+        &self.inner.instance
+    }
+
+    /// The bus's topic.
+    pub fn topic(&self) -> &Topic {
+        &self.inner.topic
+    }
+
+    /// The bus's hub, for subscribing by tag or reading counters.
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// Publishes `event` to every observer of its type: this bus's own, directly, and every other
+    /// instance's on the topic through the transport. Returns the event's id.
+    ///
+    /// On an in-process transport the observers of every bus have been called when it returns.
+    /// Called from inside an observer call, the local deliveries are queued and made as soon as the
+    /// current event has reached all its observers.
+    ///
+    /// # Errors
+    /// [`PublishError::Closed`] after [`Bus::close`]; [`PublishError::InvalidTag`] when the
+    /// type's tag is not valid; [`PublishError::Transport`] when the transport refuses it.
+    pub fn publish<E: Event>(&self, event: E) -> Result<EventId, PublishError> {
+        self.send(event, None)
+    }
+
+    /// Sends `event` to one instance only: its observers of the type get it, no one else's. To
+    /// this bus's own instance, it is delivered locally.
+    ///
+    /// # Errors
+    /// As [`Bus::publish`]; also [`PublishError::Transport`] with
+    /// [`TransportErrorKind::NoListener`](interrole_core::TransportErrorKind::NoListener) when the
+    /// target is not connected.
+    pub fn send_to<E: Event>(
+        &self,
+        target: &InstanceId,
+        event: E,
+    ) -> Result<EventId, PublishError> {
+        self.send(event, Some(target))
+    }
+
+    fn send<E: Event>(&self, event: E, target: Option<&InstanceId>) -> Result<EventId, PublishError> {
+        let inner = &*self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(PublishError::Closed);
+        }
+        self.check_tag::<E>()?;
+        let local = target.is_none_or(|t| *t == inner.instance);
+        let remote_target = target.filter(|t| **t != inner.instance);
+        let link = inner.link.read().clone();
+        deferred(|| {
+            let mut seq = inner.seq.lock();
+            let id = EventId {
+                sender: inner.instance.clone(),
+                seq: *seq + 1,
+            };
+            let envelope = InterRoleEvent::new(id.clone(), event);
+            if target.is_none() || remote_target.is_some() {
+                match &link {
+                    Some(conn) => conn.send(&envelope, remote_target)?,
+                    None if remote_target.is_some() => return Err(PublishError::NotConnected),
+                    None => {}
+                }
+            }
+            *seq += 1;
+            drop(seq);
+            inner.published.fetch_add(1, Ordering::Relaxed);
+            if local {
+                inner
+                    .hub
+                    .publish(envelope)
+                    .map_err(|_| PublishError::Closed)?;
+            }
+            Ok(id)
+        })
+    }
+
+    fn check_tag<E: Event>(&self) -> Result<(), InvalidName> {
+        let tag = TypeTag::from_static(E::TYPE_TAG);
+        if self.inner.receiver.known.read().contains(&tag) {
+            return Ok(());
+        }
+        TypeTag::check(E::TYPE_TAG)?;
+        self.inner.receiver.known.write().insert(tag);
+        Ok(())
+    }
+
+    /// Makes `E` known to this bus without subscribing to it, so that received events of its
+    /// type are not counted as unknown.
+    ///
+    /// # Errors
+    /// [`InvalidName`] when `E`'s tag is not valid.
+    pub fn register<E: Event>(&self) -> Result<(), InvalidName> {
+        self.check_tag::<E>()
+    }
+
+    fn typed_tag<E: Event>(&self) -> TypeTag {
+        if let Err(e) = self.check_tag::<E>() {
+            panic!("cannot subscribe to {}: {e}", std::any::type_name::<E>());
+        }
+        E::type_tag()
+    }
+
+    /// Subscribes a closure to events of type `E`. It runs on the publishing thread (or on the
+    /// dispatch pool when the hub goes parallel); keep it short, or use
+    /// [`Bus::subscribe_async`].
+    ///
+    /// # Panics
+    /// When `E::TYPE_TAG` is not a valid [`TypeTag`].
+    pub fn subscribe<E, F>(&self, f: F) -> Subscription
+    where
+        E: Event,
+        F: Fn(&E) + Send + Sync + 'static,
+    {
+        self.observe::<E, _>(FnObserver::new(f))
+    }
+
+    /// Subscribes a full [`Observer`] of events of type `E` (with `on_error` and
+    /// `on_completed`).
+    ///
+    /// # Panics
+    /// When `E::TYPE_TAG` is not a valid [`TypeTag`].
+    pub fn observe<E, O>(&self, observer: O) -> Subscription
+    where
+        E: Event,
+        O: Observer<E>,
+    {
+        self.observe_arc::<E>(Arc::new(observer))
+    }
+
+    /// As [`Bus::observe`], for an observer already shared.
+    ///
+    /// # Panics
+    /// When `E::TYPE_TAG` is not a valid [`TypeTag`].
+    pub fn observe_arc<E: Event>(&self, observer: Arc<dyn Observer<E>>) -> Subscription {
+        let tag = self.typed_tag::<E>();
+        self.inner
+            .hub
+            .subscribe_tag(tag, Arc::new(Typed::<E, dyn Observer<E>>::new(observer)))
+    }
+
+    /// Subscribes a closure to every event, whatever its type: it sees envelopes (sender,
+    /// sequence number, type tag, timestamp, payload), including events of types this process
+    /// does not know.
+    pub fn subscribe_all<F>(&self, f: F) -> Subscription
+    where
+        F: Fn(&InterRoleEvent) + Send + Sync + 'static,
+    {
+        self.inner.hub.subscribe(Arc::new(FnObserver::new(f)))
+    }
+
+    /// Subscribes an async closure to events of type `E`. It gets a [`Received<E>`] (owned;
+    /// dereferences to the `E`) and runs in its own task, fed by a bounded `mailbox` whose
+    /// overflow policy says what happens when the closure falls behind.
+    ///
+    /// # Panics
+    /// When `E::TYPE_TAG` is not a valid [`TypeTag`], or when there is no tokio runtime (none
+    /// given to the builder and none current).
+    pub fn subscribe_async<E, F, Fut>(&self, mailbox: Mailbox, f: F) -> Subscription
+    where
+        E: Event,
+        F: Fn(Received<E>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.observe_async::<E, _>(mailbox, AsyncFn::new(f))
+    }
+
+    /// Subscribes an [`AsyncObserver`] of events of type `E`, fed by a bounded `mailbox`.
+    ///
+    /// # Panics
+    /// As [`Bus::subscribe_async`].
+    pub fn observe_async<E, O>(&self, mailbox: Mailbox, observer: O) -> Subscription
+    where
+        E: Event,
+        O: AsyncObserver<Received<E>>,
+    {
+        let tag = self.typed_tag::<E>();
+        self.start_async::<Received<E>>(Some(tag), mailbox, Arc::new(observer))
+    }
+
+    /// Subscribes an [`AsyncObserver`] of every event, fed by a bounded `mailbox`.
+    ///
+    /// # Panics
+    /// When there is no tokio runtime (none given to the builder and none current).
+    pub fn observe_all_async<O>(&self, mailbox: Mailbox, observer: O) -> Subscription
+    where
+        O: AsyncObserver<InterRoleEvent>,
+    {
+        self.start_async::<InterRoleEvent>(None, mailbox, Arc::new(observer))
+    }
+
+    fn start_async<T: FromEnvelope>(
+        &self,
+        tag: Option<TypeTag>,
+        mailbox: Mailbox,
+        observer: Arc<dyn AsyncObserver<T>>,
+    ) -> Subscription {
+        let runtime = self
+            .inner
+            .runtime
+            .clone()
+            .or_else(|| Handle::try_current().ok())
+            .expect("async observers need a tokio runtime: subscribe inside one or give the bus .runtime(handle)");
+        let shared = mailbox::Shared::new(mailbox, Arc::downgrade(&self.inner.hub.inner));
+        let task = runtime.spawn(mailbox::drain(shared.clone(), observer));
+        let pusher = Arc::new(Pusher(shared.clone()));
+        let subscription = match tag {
+            Some(tag) => self.inner.hub.subscribe_tag(tag, pusher),
+            None => self.inner.hub.subscribe(pusher),
+        };
+        let hub = Arc::downgrade(&self.inner.hub.inner);
+        let slot = subscription.slot_weak();
+        shared.set_disconnect(move || {
+            if let (Some(hub), Some(slot)) = (hub.upgrade(), slot.upgrade()) {
+                hub.unregister(slot.id());
+                // Called from inside the slot's own call: never wait here.
+                slot.deactivate(false);
+            }
+        });
+        {
+            let mut tasks = self.inner.tasks.lock();
+            tasks.retain(|t| !t.is_finished());
+            tasks.push(task);
+        }
+        subscription.on_cancel(move || shared.cancel())
+    }
+
+    /// Closes the bus gracefully: later publishes fail with [`PublishError::Closed`], the
+    /// transport connection is flushed and closed, every observer still subscribed gets
+    /// `on_completed` exactly once (async observers after their mailbox is drained, waited for up
+    /// to the close timeout). Closing twice does nothing more.
+    pub async fn close(&self) {
+        let inner = &*self.inner;
+        if inner.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let link = inner.link.write().take();
+        if let Some(conn) = link {
+            if let Err(error) = conn.flush().await {
+                tracing::warn!(%error, "flushing the transport on close");
+            }
+            conn.close().await;
+        }
+        inner.hub.complete();
+        let tasks = std::mem::take(&mut *inner.tasks.lock());
+        let all = futures::future::join_all(tasks);
+        if tokio::time::timeout(inner.close_timeout, all).await.is_err() {
+            tracing::warn!(timeout = ?inner.close_timeout, "async observers did not drain in time");
+        }
+        tracing::debug!(instance = %inner.instance, "bus closed");
+    }
+
+    /// Whether [`Bus::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the bus is connected to its transport.
+    pub fn is_connected(&self) -> bool {
+        self.inner
+            .link
+            .read()
+            .as_ref()
+            .is_some_and(|c| c.is_open())
+    }
+
+    /// The bus's counters.
+    pub fn stats(&self) -> BusStats {
+        BusStats {
+            published: self.inner.published.load(Ordering::Relaxed),
+            received: self.inner.receiver.received.load(Ordering::Relaxed),
+            unknown_tags: self.inner.receiver.unknown.load(Ordering::Relaxed),
+            hub: self.inner.hub.stats(),
+        }
+    }
+}
+
+impl Observable<InterRoleEvent> for Bus {
+    /// Registers a raw observer: it sees every event, whatever its type.
+    fn subscribe(&self, observer: Arc<dyn Observer<InterRoleEvent>>) -> Subscription {
+        self.inner.hub.subscribe(observer)
+    }
+}
+
+impl Drop for BusInner {
+    fn drop(&mut self) {
+        // The last handle is gone without close(): end the sequence for the observers still
+        // subscribed, and leave the transport (dropping the connection closes it).
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            self.hub.complete();
+        }
+    }
+}
+
+impl fmt::Debug for Bus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bus")
+            .field("instance", &self.inner.instance)
+            .field("topic", &self.inner.topic)
+            .field("transport", &self.inner.transport.name())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}

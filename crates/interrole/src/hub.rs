@@ -1,0 +1,513 @@
+//! The hub: fans each event out to the observers of its type, isolated from one another.
+//!
+//! # How a dispatch runs
+//!
+//! 1. The publisher takes the current routing snapshot (an `Arc`, cloned under a read lock held
+//!    for the clone only) and looks up the event's type tag: the route lists the observers of that
+//!    type and the observers of every event. Publishing costs in proportion to the observers that
+//!    match, not to all observers.
+//! 2. Each observer is called through its slot's gate (see `registry.rs`): never two calls at once
+//!    on one observer, and nothing after its guard is dropped. Each call runs under
+//!    `catch_unwind`; a panic goes to that observer's own `on_error`.
+//! 3. Sequential or parallel: entering a rayon pool from outside costs some 15–24 µs while an
+//!    observer call costs a few nanoseconds, so the hub calls observers one after the other unless
+//!    the measured cost of the route (sampled: the first calls, then one in 16) exceeds the
+//!    parallel threshold (50 µs by default) and the route has at least two observers. On a tokio
+//!    multi-thread worker, the parallel region runs inside `block_in_place`, so the runtime moves
+//!    its other tasks elsewhere instead of stalling behind it.
+//! 4. A publish made from inside an observer call (on any bus of the process) is queued on that
+//!    thread and delivered once the current event has reached all its observers, depth-first:
+//!    the events an observer's call publishes come right after the event that caused them, before
+//!    events queued earlier. No publish ever waits for a gate held by its own thread.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use interrole_core::{InterRoleEvent, TypeTag};
+use rayon::prelude::*;
+
+use crate::observer::{Observable, Observer, ObserverError};
+use crate::registry::{Registry, Route, Slot};
+use crate::subscription::Subscription;
+use crate::sync::Arc;
+
+pub(crate) type DynObserver = dyn Observer<InterRoleEvent>;
+pub(crate) type HubSlot = Slot<DynObserver>;
+type HubRegistry = Registry<TypeTag, DynObserver, BuildHasherDefault<FnvHasher>>;
+
+/// How the hub calls the observers of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Dispatch {
+    /// Sequential while that is cheaper, parallel (rayon) when the measured cost of a route's
+    /// observers exceeds the threshold. The default.
+    #[default]
+    Adaptive,
+    /// Always one after the other, on the publishing thread.
+    Sequential,
+    /// Always in parallel on the dispatch pool, when a route has two observers or more.
+    Parallel,
+}
+
+/// How a hub dispatches: the mode, the threshold for going parallel, the pool size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DispatchConfig {
+    /// The mode.
+    pub mode: Dispatch,
+    /// In [`Dispatch::Adaptive`] mode, the estimated cost of one event's observer calls above
+    /// which they run in parallel.
+    pub parallel_threshold: Duration,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            mode: Dispatch::Adaptive,
+            parallel_threshold: Duration::from_micros(50),
+        }
+    }
+}
+
+/// Counters of a hub, as returned by [`Hub::stats`]. Every figure counts since the hub was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct HubStats {
+    /// Events dispatched.
+    pub dispatched: u64,
+    /// Observer calls made with an event (`on_next`).
+    pub delivered: u64,
+    /// Dispatches that ran in parallel.
+    pub parallel_dispatches: u64,
+    /// Observer calls that panicked (each was routed to that observer's `on_error`).
+    pub panics: u64,
+    /// Events dropped for async observers whose mailbox was full (each reported to its observer).
+    pub lagged: u64,
+    /// Observers currently subscribed.
+    pub observers: usize,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) dispatched: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) parallel: AtomicU64,
+    pub(crate) panics: AtomicU64,
+    pub(crate) lagged: AtomicU64,
+}
+
+/// The hub was closed: the bus it belongs to has completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the hub is closed")]
+pub struct HubClosed;
+
+/// The observable hub: an [`Observable<InterRoleEvent>`] that fans each event out to the
+/// observers registered for its type tag and to those registered for every event.
+///
+/// Every [`Bus`](crate::Bus) owns one; a hub can also be used alone, in one process, with no
+/// transport. Cheap to clone: clones share the hub.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use interrole::{EventId, Hub, InstanceId, InterRoleEvent, Observable, Observer};
+///
+/// struct Count(AtomicUsize);
+/// impl Observer<InterRoleEvent> for Count {
+///     fn on_next(&self, _: &InterRoleEvent) { self.0.fetch_add(1, Ordering::Relaxed); }
+/// }
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Ping;
+/// interrole::impl_event!(Ping = "example.ping");
+///
+/// let hub = Hub::new();
+/// let count = Arc::new(Count(AtomicUsize::new(0)));
+/// let guard = hub.subscribe(count.clone());
+/// let id = EventId { sender: InstanceId::new("me")?, seq: 1 };
+/// hub.publish(InterRoleEvent::new(id, Ping))?;
+/// assert_eq!(count.0.load(Ordering::Relaxed), 1);
+/// drop(guard); // unsubscribed
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Hub {
+    pub(crate) inner: Arc<HubInner>,
+}
+
+pub(crate) struct HubInner {
+    registry: HubRegistry,
+    config: DispatchConfig,
+    pub(crate) counters: Counters,
+    closed: AtomicBool,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Hub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hub")
+            .field("observers", &self.inner.registry.len())
+            .field("config", &self.inner.config)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl Hub {
+    /// A hub with the default [`DispatchConfig`].
+    pub fn new() -> Self {
+        Self::with_config(DispatchConfig::default())
+    }
+
+    /// A hub with the given dispatch configuration.
+    pub fn with_config(config: DispatchConfig) -> Self {
+        Self {
+            inner: Arc::new(HubInner {
+                registry: Registry::new(),
+                config,
+                counters: Counters::default(),
+                closed: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Registers `observer` for events whose tag is `tag` only.
+    pub fn subscribe_tag(&self, tag: TypeTag, observer: Arc<DynObserver>) -> Subscription {
+        self.inner.register(Some(tag), observer)
+    }
+
+    /// Delivers `event` to every observer of its type and of every event, then returns.
+    ///
+    /// Called from inside an observer call, it queues the event instead and returns at once; the
+    /// event is delivered as soon as the current one has reached all its observers.
+    ///
+    /// # Errors
+    /// [`HubClosed`] once [`Hub::complete`] was called.
+    pub fn publish(&self, event: InterRoleEvent) -> Result<(), HubClosed> {
+        if self.is_closed() {
+            return Err(HubClosed);
+        }
+        dispatch(&self.inner, Item::Event(event));
+        Ok(())
+    }
+
+    /// Ends the sequence: every observer still subscribed gets `on_completed` once, nothing more
+    /// is delivered, and later publishes fail. Called from inside an observer call, it takes
+    /// effect once the current dispatch is over. Calling it again does nothing.
+    pub fn complete(&self) {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        dispatch(&self.inner, Item::Complete);
+    }
+
+    /// Whether [`Hub::complete`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// The hub's counters.
+    pub fn stats(&self) -> HubStats {
+        let c = &self.inner.counters;
+        HubStats {
+            dispatched: c.dispatched.load(Ordering::Relaxed),
+            delivered: c.delivered.load(Ordering::Relaxed),
+            parallel_dispatches: c.parallel.load(Ordering::Relaxed),
+            panics: c.panics.load(Ordering::Relaxed),
+            lagged: c.lagged.load(Ordering::Relaxed),
+            observers: self.inner.registry.len(),
+        }
+    }
+
+    /// Whether some observer is registered for `tag` specifically.
+    pub fn has_observers_for(&self, tag: &str) -> bool {
+        self.inner.registry.snapshot().has_key(tag)
+    }
+}
+
+impl Observable<InterRoleEvent> for Hub {
+    /// Registers `observer` for every event.
+    fn subscribe(&self, observer: Arc<DynObserver>) -> Subscription {
+        self.inner.register(None, observer)
+    }
+}
+
+impl HubInner {
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        tag: Option<TypeTag>,
+        observer: Arc<DynObserver>,
+    ) -> Subscription {
+        match self.registry.insert(tag, observer.clone()) {
+            Ok(slot) => Subscription::new(slot, Arc::downgrade(self)),
+            Err(_) => {
+                // Closed: the sequence is over for this observer too.
+                run_guarded("on_completed", || observer.on_completed());
+                Subscription::inactive()
+            }
+        }
+    }
+
+    pub(crate) fn unregister(&self, id: u64) {
+        self.registry.remove(id);
+    }
+
+    /// Delivers to one route; returns what the observers published meanwhile.
+    fn run(self: &Arc<Self>, event: &InterRoleEvent) -> Vec<Queued> {
+        let routes = self.registry.snapshot();
+        let route = routes.route(event.type_tag().as_str());
+        self.counters.dispatched.fetch_add(1, Ordering::Relaxed);
+        let slots = route.slots();
+        if slots.is_empty() {
+            return Vec::new();
+        }
+        let measure = route.tick(16);
+        let parallel = slots.len() >= 2
+            && pool_threads() >= 2
+            && match self.config.mode {
+                Dispatch::Sequential => false,
+                Dispatch::Parallel => true,
+                Dispatch::Adaptive => {
+                    route.estimate_ns() >= self.config.parallel_threshold.as_nanos() as u64
+                }
+            };
+        let children = if parallel {
+            self.counters.parallel.fetch_add(1, Ordering::Relaxed);
+            self.run_parallel(route, event, measure)
+        } else {
+            let saved = enter();
+            let mut delivered = 0;
+            for slot in slots {
+                delivered += u64::from(self.invoke(slot, event, measure));
+            }
+            self.counters
+                .delivered
+                .fetch_add(delivered, Ordering::Relaxed);
+            leave(saved)
+        };
+        if measure {
+            route.refresh_estimate();
+        }
+        children
+    }
+
+    fn run_parallel(
+        self: &Arc<Self>,
+        route: &Route<DynObserver>,
+        event: &InterRoleEvent,
+        measure: bool,
+    ) -> Vec<Queued> {
+        let work = || {
+            pool().install(|| {
+                route
+                    .slots()
+                    .par_iter()
+                    .map(|slot| {
+                        let saved = enter();
+                        let delivered = self.invoke(slot, event, measure);
+                        (delivered, leave(saved))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        let results = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(work)
+            }
+            _ => work(),
+        };
+        let mut delivered = 0;
+        let mut children = Vec::new();
+        for (d, mut c) in results {
+            delivered += u64::from(d);
+            children.append(&mut c);
+        }
+        self.counters
+            .delivered
+            .fetch_add(delivered, Ordering::Relaxed);
+        children
+    }
+
+    /// Calls one observer with one event. Returns whether `on_next` was called.
+    fn invoke(&self, slot: &HubSlot, event: &InterRoleEvent, measure: bool) -> bool {
+        slot.deliver(|observer| {
+            let started = measure.then(Instant::now);
+            let result = catch_unwind(AssertUnwindSafe(|| observer.on_next(event)));
+            if let Some(t) = started {
+                slot.record_cost(t.elapsed().as_nanos() as u64);
+            }
+            if let Err(payload) = result {
+                self.counters.panics.fetch_add(1, Ordering::Relaxed);
+                let error = ObserverError::panicked(&*payload);
+                tracing::warn!(
+                    observer = slot.id(),
+                    event = %event.id(),
+                    type_tag = %event.type_tag(),
+                    %error,
+                    "observer panicked; routed to its on_error"
+                );
+                run_guarded("on_error", || observer.on_error(error));
+                // Dropping a panic payload can itself panic.
+                run_guarded("panic payload drop", move || drop(payload));
+            }
+        })
+        .is_some()
+    }
+
+    fn complete_now(&self) {
+        for slot in self.registry.close() {
+            slot.finish(|observer| run_guarded("on_completed", || observer.on_completed()));
+        }
+    }
+}
+
+/// Runs observer code whose panic has nowhere else to go: logs it and carries on.
+pub(crate) fn run_guarded(what: &'static str, f: impl FnOnce()) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
+        let error = ObserverError::panicked(&*payload);
+        tracing::error!(%error, "observer {what} panicked; ignored");
+        std::mem::forget(payload);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Re-entrancy: what is published from inside an observer call is queued on the calling thread.
+
+pub(crate) enum Item {
+    Event(InterRoleEvent),
+    Complete,
+}
+
+pub(crate) type Queued = (Arc<HubInner>, Item);
+
+thread_local! {
+    /// How many observer calls (or deferred sections) this thread is inside.
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+    /// What was published on this thread while `DEPTH > 0`, in order.
+    static QUEUE: RefCell<Vec<Queued>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether this thread is inside an observer call of some hub (or a deferred section).
+pub(crate) fn in_callback() -> bool {
+    DEPTH.with(|d| d.get() > 0)
+}
+
+fn enter() -> Vec<Queued> {
+    DEPTH.with(|d| d.set(d.get() + 1));
+    QUEUE.with(|q| std::mem::take(&mut *q.borrow_mut()))
+}
+
+fn leave(saved: Vec<Queued>) -> Vec<Queued> {
+    DEPTH.with(|d| d.set(d.get() - 1));
+    QUEUE.with(|q| std::mem::replace(&mut *q.borrow_mut(), saved))
+}
+
+fn dispatch(hub: &Arc<HubInner>, item: Item) {
+    if in_callback() {
+        QUEUE.with(|q| q.borrow_mut().push((hub.clone(), item)));
+        return;
+    }
+    let children = run_item(hub, item);
+    drain(children);
+}
+
+/// Runs `f` with every hub dispatch it causes on this thread deferred, then delivers them in
+/// order (depth-first). Inside an observer call, they join that call's queue instead.
+pub(crate) fn deferred<R>(f: impl FnOnce() -> R) -> R {
+    if in_callback() {
+        return f();
+    }
+    let saved = enter();
+    let result = f();
+    let queued = leave(saved);
+    drain(queued);
+    result
+}
+
+fn run_item(hub: &Arc<HubInner>, item: Item) -> Vec<Queued> {
+    match item {
+        Item::Event(event) => hub.run(&event),
+        Item::Complete => {
+            hub.complete_now();
+            Vec::new()
+        }
+    }
+}
+
+/// Delivers queued items depth-first: the items an item's observers queue come right after it.
+fn drain(mut items: Vec<Queued>) {
+    if items.is_empty() {
+        return;
+    }
+    items.reverse();
+    while let Some((hub, item)) = items.pop() {
+        let mut children = run_item(&hub, item);
+        children.reverse();
+        items.append(&mut children);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The dispatch pool.
+
+fn pool() -> &'static rayon::ThreadPool {
+    static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(pool_threads())
+            .thread_name(|i| format!("interrole-dispatch-{i}"))
+            .build()
+            .expect("cannot start the interrole dispatch pool")
+    })
+}
+
+/// The number of threads of the parallel dispatch pool: the cores available.
+pub fn pool_threads() -> usize {
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// FNV-1a: type tags are short and trusted-length, so a simple hash beats SipHash here.
+#[derive(Default)]
+pub(crate) struct FnvHasher(u64);
+
+impl Hasher for FnvHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv_distinguishes_tags() {
+        use std::hash::{BuildHasher, Hash};
+        let b = BuildHasherDefault::<FnvHasher>::default();
+        let h = |s: &str| {
+            let mut x = b.build_hasher();
+            s.hash(&mut x);
+            x.finish()
+        };
+        assert_ne!(h("a.b"), h("a.c"));
+        assert_eq!(h("a.b"), h("a.b"));
+    }
+}

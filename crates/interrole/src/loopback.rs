@@ -1,0 +1,246 @@
+//! The in-process transport: buses in one process, connected through a shared fabric.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use interrole_core::{
+    Connection, Inbound, InstanceId, InterRoleEvent, OpenSpec, Topic, Transport, TransportError,
+    TransportErrorKind, TransportLimits,
+};
+use parking_lot::RwLock;
+
+use crate::hub::deferred;
+use crate::sync::Arc;
+
+/// The in-process transport: every bus opened on one `Loopback` (or on clones of it) reaches the
+/// others on the same topic, as separate role instances would through a relay.
+///
+/// Zero-copy: an envelope is never encoded; every receiving bus gets the same shared event.
+/// Delivery happens on the publishing thread, before `publish` returns, so a loopback bus needs
+/// no runtime. Buses built without a transport share [`Loopback::shared`], the process-wide
+/// fabric.
+///
+/// ```
+/// use interrole::{Bus, Loopback};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Hello { from: String }
+/// interrole::impl_event!(Hello = "example.hello");
+///
+/// let fabric = Loopback::new();
+/// let a = Bus::builder().instance("a").transport(fabric.clone()).build()?;
+/// let b = Bus::builder().instance("b").transport(fabric.clone()).build()?;
+/// let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+/// let log = seen.clone();
+/// let _sub = b.subscribe::<Hello, _>(move |h| log.lock().unwrap().push(h.from.clone()));
+/// a.publish(Hello { from: "a".into() })?;
+/// assert_eq!(*seen.lock().unwrap(), ["a"]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Default)]
+pub struct Loopback {
+    fabric: Arc<Fabric>,
+}
+
+#[derive(Default)]
+struct Fabric {
+    topics: RwLock<HashMap<Topic, Arc<[Arc<Member>]>>>,
+    next_id: AtomicU64,
+}
+
+struct Member {
+    id: u64,
+    instance: InstanceId,
+    inbound: Arc<dyn Inbound>,
+    /// Held for reading while delivering; taken for writing to close, so that nothing is
+    /// delivered once `close` returns.
+    open: RwLock<bool>,
+}
+
+impl Loopback {
+    /// A new, empty fabric.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The process-wide fabric that buses built without a transport use.
+    pub fn shared() -> Self {
+        static SHARED: OnceLock<Loopback> = OnceLock::new();
+        SHARED.get_or_init(Loopback::new).clone()
+    }
+
+    /// How many connections are open on `topic`.
+    pub fn connections(&self, topic: &Topic) -> usize {
+        self.fabric.topics.read().get(topic).map_or(0, |m| m.len())
+    }
+
+    /// Drops every connection, as a relay restart would: each is told through
+    /// [`Inbound::closed`] with a transient error, and must be opened again.
+    pub fn restart(&self) {
+        let all: Vec<Arc<Member>> = {
+            let mut topics = self.fabric.topics.write();
+            topics.drain().flat_map(|(_, m)| m.to_vec()).collect()
+        };
+        for member in all {
+            let was_open = std::mem::replace(&mut *member.open.write(), false);
+            if was_open {
+                member.inbound.closed(TransportError::new(
+                    TransportErrorKind::ConnectionLost,
+                    "loopback fabric restarted",
+                ));
+            }
+        }
+    }
+}
+
+impl Fabric {
+    fn remove(&self, topic: &Topic, id: u64) {
+        let mut topics = self.topics.write();
+        if let Some(members) = topics.get(topic) {
+            let rest: Arc<[Arc<Member>]> = members.iter().filter(|m| m.id != id).cloned().collect();
+            if rest.is_empty() {
+                topics.remove(topic);
+            } else {
+                topics.insert(topic.clone(), rest);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for Loopback {
+    fn name(&self) -> &'static str {
+        "loopback"
+    }
+
+    fn limits(&self) -> TransportLimits {
+        TransportLimits::with_max_envelope(None)
+    }
+
+    async fn open(
+        &self,
+        spec: OpenSpec,
+        inbound: Arc<dyn Inbound>,
+    ) -> Result<Arc<dyn Connection>, TransportError> {
+        let id = self.fabric.next_id.fetch_add(1, Ordering::Relaxed);
+        let member = Arc::new(Member {
+            id,
+            instance: spec.instance.clone(),
+            inbound,
+            open: RwLock::new(true),
+        });
+        {
+            let mut topics = self.fabric.topics.write();
+            let members = topics.entry(spec.topic.clone()).or_insert_with(|| Arc::new([]));
+            if members.iter().any(|m| m.instance == spec.instance) {
+                return Err(TransportError::new(
+                    TransportErrorKind::Conflict,
+                    format!("instance {} is already connected on {}", spec.instance, spec.topic),
+                ));
+            }
+            *members = members.iter().cloned().chain([member.clone()]).collect();
+        }
+        Ok(Arc::new(LoopbackConnection {
+            fabric: self.fabric.clone(),
+            topic: spec.topic,
+            member,
+            closed: AtomicBool::new(false),
+        }))
+    }
+}
+
+struct LoopbackConnection {
+    fabric: Arc<Fabric>,
+    topic: Topic,
+    member: Arc<Member>,
+    closed: AtomicBool,
+}
+
+impl LoopbackConnection {
+    fn shut(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            *self.member.open.write() = false;
+            self.fabric.remove(&self.topic, self.member.id);
+        }
+    }
+}
+
+#[async_trait]
+impl Connection for LoopbackConnection {
+    fn send(
+        &self,
+        event: &InterRoleEvent,
+        target: Option<&InstanceId>,
+    ) -> Result<(), TransportError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(TransportError::new(TransportErrorKind::Closed, "connection closed"));
+        }
+        if !*self.member.open.read() {
+            return Err(TransportError::new(
+                TransportErrorKind::ConnectionLost,
+                "loopback fabric restarted",
+            ));
+        }
+        let members = self.fabric.topics.read().get(&self.topic).cloned();
+        let mut reached = false;
+        // Deliveries into buses are queued and run after the fabric's locks are released.
+        deferred(|| {
+            for m in members.iter().flat_map(|m| m.iter()) {
+                if m.id == self.member.id || target.is_some_and(|t| *t != m.instance) {
+                    continue;
+                }
+                let open = m.open.read();
+                if *open {
+                    m.inbound.event(event.clone());
+                    reached = true;
+                }
+            }
+        });
+        match target {
+            Some(t) if !reached => Err(TransportError::new(
+                TransportErrorKind::NoListener,
+                format!("instance {t} is not connected on {}", self.topic),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    async fn flush(&self) -> Result<(), TransportError> {
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.shut();
+    }
+
+    fn is_open(&self) -> bool {
+        !self.closed.load(Ordering::Acquire) && *self.member.open.read()
+    }
+}
+
+impl Drop for LoopbackConnection {
+    fn drop(&mut self) {
+        self.shut();
+    }
+}
+
+impl fmt::Debug for Loopback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loopback")
+            .field("topics", &self.fabric.topics.read().len())
+            .finish()
+    }
+}
+
+impl fmt::Debug for LoopbackConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoopbackConnection")
+            .field("topic", &self.topic)
+            .field("instance", &self.member.instance)
+            .field("open", &self.is_open())
+            .finish()
+    }
+}

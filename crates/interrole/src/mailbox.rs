@@ -1,0 +1,424 @@
+//! Async observers: a bounded mailbox per observer, drained by its own task.
+//!
+//! The hub calls the mailbox synchronously (a push that never runs user code); the observer's
+//! task takes events out in order and awaits the observer for each. What happens when the mailbox
+//! is full is the [`Overflow`] policy chosen at subscribe time. Lag is never silent: before the
+//! next event it receives, the observer's `on_error` is told how many it missed
+//! ([`ObserverError::Lagged`]), the hub's `lagged` counter grows, and a `tracing` warning is
+//! logged.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use interrole_core::{Event, InterRoleEvent, PayloadError};
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::Notify;
+
+use crate::hub::HubInner;
+use crate::observer::{Observer, ObserverError};
+use crate::sync::{Arc, Ordering};
+
+/// Receives values asynchronously: the async form of [`Observer`].
+///
+/// Calls to one async observer never overlap, and arrive in publish order per publisher. A panic
+/// in `on_next` is caught and handed to `on_error`.
+#[async_trait]
+pub trait AsyncObserver<T: Send + 'static>: Send + Sync + 'static {
+    /// A new value.
+    async fn on_next(&self, value: T);
+
+    /// Something went wrong for this observer (see [`ObserverError`]). Logs by default.
+    async fn on_error(&self, error: ObserverError) {
+        tracing::warn!(%error, "async observer error");
+    }
+
+    /// The bus closed; everything the mailbox held has been delivered. Does nothing by default.
+    async fn on_completed(&self) {}
+}
+
+/// What to do when an async observer's mailbox is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Overflow {
+    /// The publisher waits for room, up to `timeout`; then the event is dropped for this
+    /// observer and counted as missed. Waiting blocks the publishing thread: do not use it when
+    /// the observer's task runs on a current-thread runtime shared with the publisher.
+    Block {
+        /// The longest wait for room.
+        timeout: Duration,
+    },
+    /// The oldest queued event is dropped to make room. The default.
+    DropOldest,
+    /// The new event is dropped.
+    DropNewest,
+    /// The observer is unsubscribed: it receives what its mailbox holds, then
+    /// [`ObserverError::Disconnected`], then nothing.
+    Disconnect,
+}
+
+/// The mailbox of an async observer: its capacity and overflow policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mailbox {
+    /// How many events may wait for the observer.
+    pub capacity: usize,
+    /// What to do when that many are waiting.
+    pub overflow: Overflow,
+}
+
+impl Mailbox {
+    /// A mailbox of `capacity` events (at least 1) that drops the oldest when full.
+    pub fn bounded(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            overflow: Overflow::DropOldest,
+        }
+    }
+
+    /// The same mailbox with another overflow policy.
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+}
+
+impl Default for Mailbox {
+    /// 1024 events, [`Overflow::DropOldest`].
+    fn default() -> Self {
+        Self::bounded(1024)
+    }
+}
+
+/// An event known to carry an `E`, owned, for async observers: dereferences to the `E`, and
+/// [`Received::envelope`] gives the sender, sequence number and timestamp.
+pub struct Received<E> {
+    event: InterRoleEvent,
+    _type: PhantomData<fn() -> E>,
+}
+
+impl<E: Event> Received<E> {
+    /// Checks that `event` carries an `E` (decoding it if it came off the wire).
+    ///
+    /// # Errors
+    /// [`PayloadError`] when it does not.
+    pub fn new(event: InterRoleEvent) -> Result<Self, PayloadError> {
+        event.try_payload::<E>()?;
+        Ok(Self {
+            event,
+            _type: PhantomData,
+        })
+    }
+
+    /// The envelope.
+    pub fn envelope(&self) -> &InterRoleEvent {
+        &self.event
+    }
+
+    /// The envelope, giving up the typed view.
+    pub fn into_envelope(self) -> InterRoleEvent {
+        self.event
+    }
+}
+
+impl<E: Event> Deref for Received<E> {
+    type Target = E;
+    fn deref(&self) -> &E {
+        self.event
+            .payload::<E>()
+            .expect("checked when the Received was made")
+    }
+}
+
+impl<E: Event + fmt::Debug> fmt::Debug for Received<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Received")
+            .field("id", self.event.id())
+            .field("payload", &**self)
+            .finish()
+    }
+}
+
+/// Values an async observer can be given: envelopes, or typed views of them.
+pub trait FromEnvelope: Sized + Send + 'static {
+    /// Converts, or says why not.
+    ///
+    /// # Errors
+    /// [`PayloadError`] when the envelope is not what the observer takes.
+    fn from_envelope(event: InterRoleEvent) -> Result<Self, PayloadError>;
+}
+
+impl FromEnvelope for InterRoleEvent {
+    fn from_envelope(event: InterRoleEvent) -> Result<Self, PayloadError> {
+        Ok(event)
+    }
+}
+
+impl<E: Event> FromEnvelope for Received<E> {
+    fn from_envelope(event: InterRoleEvent) -> Result<Self, PayloadError> {
+        Self::new(event)
+    }
+}
+
+/// An async observer made of a closure returning a future.
+pub(crate) struct AsyncFn<T, F> {
+    f: F,
+    _values: PhantomData<fn(T)>,
+}
+
+impl<T, F> AsyncFn<T, F> {
+    pub(crate) fn new(f: F) -> Self {
+        Self {
+            f,
+            _values: PhantomData,
+        }
+    }
+}
+
+#[async_trait]
+impl<T, F, Fut> AsyncObserver<T> for AsyncFn<T, F>
+where
+    T: Send + 'static,
+    F: Fn(T) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    async fn on_next(&self, value: T) {
+        (self.f)(value).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct State {
+    queue: VecDeque<InterRoleEvent>,
+    missed: u64,
+    errors: VecDeque<ObserverError>,
+    completed: bool,
+    disconnected: bool,
+    cancelled: bool,
+}
+
+/// The shared half of a mailbox: the hub pushes, the task pops.
+pub(crate) struct Shared {
+    config: Mailbox,
+    state: Mutex<State>,
+    space: Condvar,
+    ready: Notify,
+    hub: std::sync::Weak<HubInner>,
+    disconnect: OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl Shared {
+    pub(crate) fn new(config: Mailbox, hub: std::sync::Weak<HubInner>) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            state: Mutex::new(State {
+                queue: VecDeque::with_capacity(config.capacity.min(1024)),
+                missed: 0,
+                errors: VecDeque::new(),
+                completed: false,
+                disconnected: false,
+                cancelled: false,
+            }),
+            space: Condvar::new(),
+            ready: Notify::new(),
+            hub,
+            disconnect: OnceLock::new(),
+        })
+    }
+
+    /// Sets what unsubscribes the observer (for [`Overflow::Disconnect`]).
+    pub(crate) fn set_disconnect(&self, f: impl Fn() + Send + Sync + 'static) {
+        let _ = self.disconnect.set(Box::new(f));
+    }
+
+    /// The guard was dropped: discard everything, end the task without `on_completed`.
+    pub(crate) fn cancel(&self) {
+        let mut s = self.state.lock();
+        s.cancelled = true;
+        s.queue.clear();
+        drop(s);
+        self.space.notify_all();
+        self.ready.notify_one();
+    }
+
+    fn count_lag(&self, n: u64) {
+        if let Some(hub) = self.hub.upgrade() {
+            hub.counters.lagged.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The observer the hub sees for an async observer: pushes into the mailbox.
+pub(crate) struct Pusher(pub(crate) Arc<Shared>);
+
+impl Observer<InterRoleEvent> for Pusher {
+    fn on_next(&self, event: &InterRoleEvent) {
+        let shared = &self.0;
+        let mut s = shared.state.lock();
+        if s.cancelled || s.completed || s.disconnected {
+            return;
+        }
+        if s.queue.len() < shared.config.capacity {
+            s.queue.push_back(event.clone());
+            drop(s);
+            shared.ready.notify_one();
+            return;
+        }
+        let dropped = match shared.config.overflow {
+            Overflow::DropOldest => {
+                s.queue.pop_front();
+                s.queue.push_back(event.clone());
+                true
+            }
+            Overflow::DropNewest => true,
+            Overflow::Block { timeout } => {
+                let deadline = std::time::Instant::now() + timeout;
+                while s.queue.len() >= shared.config.capacity && !s.cancelled {
+                    if shared.space.wait_until(&mut s, deadline).timed_out() {
+                        break;
+                    }
+                }
+                if s.cancelled {
+                    return;
+                }
+                let room = s.queue.len() < shared.config.capacity;
+                if room {
+                    s.queue.push_back(event.clone());
+                }
+                !room
+            }
+            Overflow::Disconnect => {
+                s.disconnected = true;
+                s.missed += 1;
+                drop(s);
+                shared.count_lag(1);
+                shared.ready.notify_one();
+                if let Some(f) = shared.disconnect.get() {
+                    f();
+                }
+                return;
+            }
+        };
+        if dropped {
+            s.missed += 1;
+        }
+        drop(s);
+        if dropped {
+            shared.count_lag(1);
+        }
+        shared.ready.notify_one();
+    }
+
+    fn on_error(&self, error: ObserverError) {
+        self.0.state.lock().errors.push_back(error);
+        self.0.ready.notify_one();
+    }
+
+    fn on_completed(&self) {
+        self.0.state.lock().completed = true;
+        self.0.ready.notify_one();
+    }
+}
+
+enum Step {
+    Lagged(u64),
+    Error(ObserverError),
+    Next(InterRoleEvent),
+    Disconnected(u64),
+    Completed,
+    Wait,
+    Stop,
+}
+
+/// The observer's task: takes events out in order and awaits the observer for each.
+pub(crate) async fn drain<T: FromEnvelope>(shared: Arc<Shared>, observer: Arc<dyn AsyncObserver<T>>) {
+    loop {
+        let step = {
+            let mut s = shared.state.lock();
+            if s.cancelled {
+                Step::Stop
+            } else if s.missed > 0 && !s.disconnected {
+                Step::Lagged(std::mem::take(&mut s.missed))
+            } else if let Some(e) = s.errors.pop_front() {
+                Step::Error(e)
+            } else if let Some(event) = s.queue.pop_front() {
+                shared.space.notify_one();
+                Step::Next(event)
+            } else if s.disconnected {
+                Step::Disconnected(std::mem::take(&mut s.missed))
+            } else if s.completed {
+                Step::Completed
+            } else {
+                Step::Wait
+            }
+        };
+        match step {
+            Step::Stop => return,
+            Step::Wait => shared.ready.notified().await,
+            Step::Lagged(missed) => {
+                tracing::warn!(missed, "async observer lagged; events dropped from its mailbox");
+                call_error(&*observer, ObserverError::Lagged { missed }).await;
+            }
+            Step::Error(error) => call_error(&*observer, error).await,
+            Step::Next(event) => match T::from_envelope(event.clone()) {
+                Ok(value) => {
+                    let result = std::panic::AssertUnwindSafe(observer.on_next(value))
+                        .catch_unwind()
+                        .await;
+                    if let Err(payload) = result {
+                        if let Some(hub) = shared.hub.upgrade() {
+                            hub.counters.panics.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let error = ObserverError::panicked(&*payload);
+                        tracing::warn!(event = %event.id(), %error, "async observer panicked; routed to its on_error");
+                        std::mem::forget(payload);
+                        call_error(&*observer, error).await;
+                    }
+                }
+                Err(error) => {
+                    call_error(&*observer, ObserverError::from_payload(&event, error)).await;
+                }
+            },
+            Step::Disconnected(missed) => {
+                let reason = format!(
+                    "mailbox of {} events overflowed ({missed} dropped)",
+                    shared.config.capacity
+                );
+                tracing::warn!(%reason, "async observer disconnected");
+                call_error(&*observer, ObserverError::Disconnected { reason }).await;
+                return;
+            }
+            Step::Completed => {
+                let r = std::panic::AssertUnwindSafe(observer.on_completed())
+                    .catch_unwind()
+                    .await;
+                if let Err(payload) = r {
+                    tracing::error!(error = %ObserverError::panicked(&*payload), "async observer on_completed panicked; ignored");
+                    std::mem::forget(payload);
+                }
+                return;
+            }
+        }
+    }
+}
+
+async fn call_error<T: Send + 'static>(observer: &dyn AsyncObserver<T>, error: ObserverError) {
+    let r = std::panic::AssertUnwindSafe(observer.on_error(error))
+        .catch_unwind()
+        .await;
+    if let Err(payload) = r {
+        tracing::error!(error = %ObserverError::panicked(&*payload), "async observer on_error panicked; ignored");
+        std::mem::forget(payload);
+    }
+}
+
+impl fmt::Debug for Pusher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pusher").field("config", &self.0.config).finish()
+    }
+}
