@@ -262,7 +262,7 @@ impl HubInner {
     }
 
     /// Delivers to one route; returns what the observers published meanwhile.
-    fn run(self: &Arc<Self>, event: &InterRoleEvent) -> Vec<Queued> {
+    fn run(self: &Arc<Self>, event: &InterRoleEvent) -> Vec<Group> {
         let routes = self.registry.snapshot();
         let route = routes.route(event.type_tag().as_str());
         self.counters.dispatched.fetch_add(1, Ordering::Relaxed);
@@ -305,7 +305,7 @@ impl HubInner {
         route: &Route<DynObserver>,
         event: &InterRoleEvent,
         measure: bool,
-    ) -> Vec<Queued> {
+    ) -> Vec<Group> {
         let work = || {
             pool().install(|| {
                 route
@@ -389,11 +389,15 @@ pub(crate) enum Item {
 
 pub(crate) type Queued = (Arc<HubInner>, Item);
 
+/// The dispatches of one publish: a publish on a bus with an in-process transport dispatches to
+/// several hubs, and they all run before anything that any of them causes.
+pub(crate) type Group = Vec<Queued>;
+
 thread_local! {
     /// How many observer calls (or deferred sections) this thread is inside.
     static DEPTH: Cell<u32> = const { Cell::new(0) };
-    /// What was published on this thread while `DEPTH > 0`, in order.
-    static QUEUE: RefCell<Vec<Queued>> = const { RefCell::new(Vec::new()) };
+    /// What was published on this thread while `DEPTH > 0`, in order, one group per publish.
+    static QUEUE: RefCell<Vec<Group>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Whether this thread is inside an observer call of some hub (or a deferred section).
@@ -401,39 +405,44 @@ pub(crate) fn in_callback() -> bool {
     DEPTH.with(|d| d.get() > 0)
 }
 
-fn enter() -> Vec<Queued> {
+fn enter() -> Vec<Group> {
     DEPTH.with(|d| d.set(d.get() + 1));
     QUEUE.with(|q| std::mem::take(&mut *q.borrow_mut()))
 }
 
-fn leave(saved: Vec<Queued>) -> Vec<Queued> {
+fn leave(saved: Vec<Group>) -> Vec<Group> {
     DEPTH.with(|d| d.set(d.get() - 1));
     QUEUE.with(|q| std::mem::replace(&mut *q.borrow_mut(), saved))
 }
 
 fn dispatch(hub: &Arc<HubInner>, item: Item) {
     if in_callback() {
-        QUEUE.with(|q| q.borrow_mut().push((hub.clone(), item)));
+        QUEUE.with(|q| q.borrow_mut().push(vec![(hub.clone(), item)]));
         return;
     }
     let children = run_item(hub, item);
     drain(children);
 }
 
-/// Runs `f` with every hub dispatch it causes on this thread deferred, then delivers them in
-/// order (depth-first). Inside an observer call, they join that call's queue instead.
+/// Runs `f` with every hub dispatch it causes on this thread deferred and grouped as one publish,
+/// then delivers them; inside an observer call, the group joins that call's queue instead.
 pub(crate) fn deferred<R>(f: impl FnOnce() -> R) -> R {
-    if in_callback() {
-        return f();
-    }
     let saved = enter();
     let result = f();
-    let queued = leave(saved);
-    drain(queued);
+    let produced = leave(saved);
+    let group: Group = produced.into_iter().flatten().collect();
+    if group.is_empty() {
+        return result;
+    }
+    if in_callback() {
+        QUEUE.with(|q| q.borrow_mut().push(group));
+    } else {
+        drain(vec![group]);
+    }
     result
 }
 
-fn run_item(hub: &Arc<HubInner>, item: Item) -> Vec<Queued> {
+fn run_item(hub: &Arc<HubInner>, item: Item) -> Vec<Group> {
     match item {
         Item::Event(event) => hub.run(&event),
         Item::Complete => {
@@ -443,16 +452,21 @@ fn run_item(hub: &Arc<HubInner>, item: Item) -> Vec<Queued> {
     }
 }
 
-/// Delivers queued items depth-first: the items an item's observers queue come right after it.
-fn drain(mut items: Vec<Queued>) {
-    if items.is_empty() {
+/// Delivers queued publishes depth-first: every dispatch of one publish runs, then what they
+/// caused, before the publishes queued after it.
+fn drain(groups: Vec<Group>) {
+    if groups.is_empty() {
         return;
     }
-    items.reverse();
-    while let Some((hub, item)) = items.pop() {
-        let mut children = run_item(&hub, item);
+    let mut stack = groups;
+    stack.reverse();
+    while let Some(group) = stack.pop() {
+        let mut children = Vec::new();
+        for (hub, item) in group {
+            children.append(&mut run_item(&hub, item));
+        }
         children.reverse();
-        items.append(&mut children);
+        stack.append(&mut children);
     }
 }
 
