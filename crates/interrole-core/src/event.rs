@@ -307,11 +307,15 @@ impl InterRoleEvent {
         if version != ENVELOPE_VERSION {
             return Err(CodecError::new(
                 CodecErrorKind::UnsupportedVersion,
-                format!("envelope version {version} is not supported (this build reads {ENVELOPE_VERSION})"),
+                format!(
+                    "envelope version {version} is not supported (this build reads {ENVELOPE_VERSION})"
+                ),
             ));
         }
-        let (header, used): (WireHeader, usize) = codec::decode_prefix(&bytes[1..])
-            .map_err(|e| CodecError::new(CodecErrorKind::Decode, format!("envelope header: {e}")))?;
+        let (header, used): (WireHeader, usize) =
+            codec::decode_prefix(&bytes[1..]).map_err(|e| {
+                CodecError::new(CodecErrorKind::Decode, format!("envelope header: {e}"))
+            })?;
         let invalid = |m: String| CodecError::new(CodecErrorKind::InvalidHeader, m);
         let sender = InstanceId::new(&header.sender).map_err(|e| invalid(e.to_string()))?;
         let type_tag = TypeTag::new(&header.type_tag).map_err(|e| invalid(e.to_string()))?;
@@ -377,11 +381,19 @@ mod tests {
 
     #[test]
     fn local_payload_is_the_value_itself() {
-        let e = InterRoleEvent::new(id(1), Refresh { section_name: "db".into() });
+        let e = InterRoleEvent::new(
+            id(1),
+            Refresh {
+                section_name: "db".into(),
+            },
+        );
         assert!(e.is_local());
         assert_eq!(e.payload::<Refresh>().unwrap().section_name, "db");
         assert!(e.payload::<Other>().is_none());
-        assert!(matches!(e.try_payload::<Other>(), Err(PayloadError::WrongType { .. })));
+        assert!(matches!(
+            e.try_payload::<Other>(),
+            Err(PayloadError::WrongType { .. })
+        ));
         assert_eq!(e.type_tag(), &TypeTag::from_static("test.refresh"));
         let clone = e.clone();
         assert!(InterRoleEvent::ptr_eq(&e, &clone));
@@ -389,7 +401,12 @@ mod tests {
 
     #[test]
     fn wire_round_trip_keeps_header_and_payload() {
-        let e = InterRoleEvent::new(id(42), Refresh { section_name: "cache".into() });
+        let e = InterRoleEvent::new(
+            id(42),
+            Refresh {
+                section_name: "cache".into(),
+            },
+        );
         let wire = e.to_wire().unwrap();
         assert_eq!(wire[0], ENVELOPE_VERSION);
         // Encoded once: the second call returns the same buffer.
@@ -423,7 +440,9 @@ mod tests {
         tagged[at - 1] = 12;
         let back = InterRoleEvent::from_wire(Bytes::from(tagged)).unwrap();
         match back.try_payload::<Refresh>() {
-            Err(PayloadError::Undecodable { type_tag, .. }) => assert_eq!(type_tag.as_str(), "test.refresh"),
+            Err(PayloadError::Undecodable { type_tag, .. }) => {
+                assert_eq!(type_tag.as_str(), "test.refresh")
+            }
             other => panic!("expected Undecodable, got {other:?}"),
         }
     }
@@ -435,11 +454,15 @@ mod tests {
             CodecErrorKind::Decode
         );
         assert_eq!(
-            InterRoleEvent::from_wire(Bytes::from_static(&[9, 1, 2])).unwrap_err().kind(),
+            InterRoleEvent::from_wire(Bytes::from_static(&[9, 1, 2]))
+                .unwrap_err()
+                .kind(),
             CodecErrorKind::UnsupportedVersion
         );
         assert_eq!(
-            InterRoleEvent::from_wire(Bytes::from_static(&[1, 200])).unwrap_err().kind(),
+            InterRoleEvent::from_wire(Bytes::from_static(&[1, 200]))
+                .unwrap_err()
+                .kind(),
             CodecErrorKind::Decode
         );
         let zero_seq = InterRoleEvent::new(id(0), Other(1)).to_wire().unwrap();

@@ -221,7 +221,11 @@ fn count_by_sender(events: &[InterRoleEvent]) -> HashMap<InstanceId, Vec<u64>> {
 /// echo.
 pub async fn multicast_reaches_every_listener_once(h: &dyn Harness) {
     let topic = unique_topic("multicast");
-    let (ta, tb, tc) = (h.transport().await, h.transport().await, h.transport().await);
+    let (ta, tb, tc) = (
+        h.transport().await,
+        h.transport().await,
+        h.transport().await,
+    );
     let mut a = Peer::open(&*ta, &topic, "kit-a").await;
     let b = Peer::open(&*tb, &topic, "kit-b").await;
     let c = Peer::open(&*tc, &topic, "kit-c").await;
@@ -234,25 +238,40 @@ pub async fn multicast_reaches_every_listener_once(h: &dyn Harness) {
         tokio::time::sleep(QUIET).await;
         let events = peer.inbound.snapshot().events;
         let seen = events.len();
-        assert_eq!(seen, 100, "{} received {seen} events, expected exactly 100", peer.instance);
+        assert_eq!(
+            seen, 100,
+            "{} received {seen} events, expected exactly 100",
+            peer.instance
+        );
         for (i, e) in events.iter().enumerate() {
             let p = e
                 .payload::<KitEvent>()
                 .unwrap_or_else(|| panic!("{}: event {i} has no KitEvent payload", peer.instance));
-            assert_eq!(p.n, i as u64, "{}: payload of event {i} changed", peer.instance);
+            assert_eq!(
+                p.n, i as u64,
+                "{}: payload of event {i} changed",
+                peer.instance
+            );
             assert_eq!(p.blob.len(), 16);
             assert_eq!(e.sender(), &a.instance);
         }
     }
     tokio::time::sleep(QUIET).await;
     let echoed = a.inbound.snapshot().events.len();
-    assert_eq!(echoed, 0, "the sender received {echoed} of its own events back");
+    assert_eq!(
+        echoed, 0,
+        "the sender received {echoed} of its own events back"
+    );
 }
 
 /// Each receiver sees each sender's events in the order they were sent, none missing.
 pub async fn per_sender_order(h: &dyn Harness) {
     let topic = unique_topic("order");
-    let (ta, tb, tc) = (h.transport().await, h.transport().await, h.transport().await);
+    let (ta, tb, tc) = (
+        h.transport().await,
+        h.transport().await,
+        h.transport().await,
+    );
     let mut a = Peer::open(&*ta, &topic, "kit-a").await;
     let mut b = Peer::open(&*tb, &topic, "kit-b").await;
     let c = Peer::open(&*tc, &topic, "kit-c").await;
@@ -275,14 +294,22 @@ pub async fn per_sender_order(h: &dyn Harness) {
     for sender in ["kit-a", "kit-b"] {
         let seqs = by.get(sender).map(Vec::as_slice).unwrap_or_default();
         let expected: Vec<u64> = (1..=500).collect();
-        assert_eq!(seqs, expected.as_slice(), "sequence of {sender} as seen by kit-c");
+        assert_eq!(
+            seqs,
+            expected.as_slice(),
+            "sequence of {sender} as seen by kit-c"
+        );
     }
 }
 
 /// A directed event reaches its target and no one else.
 pub async fn directed_delivery(h: &dyn Harness) {
     let topic = unique_topic("directed");
-    let (ta, tb, tc) = (h.transport().await, h.transport().await, h.transport().await);
+    let (ta, tb, tc) = (
+        h.transport().await,
+        h.transport().await,
+        h.transport().await,
+    );
     let mut a = Peer::open(&*ta, &topic, "kit-a").await;
     let b = Peer::open(&*tb, &topic, "kit-b").await;
     let c = Peer::open(&*tc, &topic, "kit-c").await;
@@ -297,7 +324,11 @@ pub async fn directed_delivery(h: &dyn Harness) {
         .wait_for("10 directed events", |s| s.events.len() >= 10)
         .await;
     tokio::time::sleep(QUIET).await;
-    assert_eq!(b.inbound.snapshot().events.len(), 10, "target got duplicates");
+    assert_eq!(
+        b.inbound.snapshot().events.len(),
+        10,
+        "target got duplicates"
+    );
     let stray = c.inbound.snapshot().events.len();
     assert_eq!(stray, 0, "a bystander received {stray} directed events");
 }
@@ -305,12 +336,18 @@ pub async fn directed_delivery(h: &dyn Harness) {
 /// A closed connection receives nothing more and refuses to send; the others carry on.
 pub async fn closed_connection_receives_nothing(h: &dyn Harness) {
     let topic = unique_topic("close");
-    let (ta, tb, tc) = (h.transport().await, h.transport().await, h.transport().await);
+    let (ta, tb, tc) = (
+        h.transport().await,
+        h.transport().await,
+        h.transport().await,
+    );
     let mut a = Peer::open(&*ta, &topic, "kit-a").await;
     let b = Peer::open(&*tb, &topic, "kit-b").await;
     let c = Peer::open(&*tc, &topic, "kit-c").await;
     a.send_many(5);
-    c.inbound.wait_for("5 events", |s| s.events.len() >= 5).await;
+    c.inbound
+        .wait_for("5 events", |s| s.events.len() >= 5)
+        .await;
     c.connection.close().await;
     assert!(!c.connection.is_open(), "closed connection says it is open");
     let before = c.inbound.snapshot().events.len();
@@ -321,7 +358,12 @@ pub async fn closed_connection_receives_nothing(h: &dyn Harness) {
         .await;
     tokio::time::sleep(QUIET).await;
     let after = c.inbound.snapshot().events.len();
-    assert_eq!(after, before, "{} events arrived after close", after - before);
+    assert_eq!(
+        after,
+        before,
+        "{} events arrived after close",
+        after - before
+    );
     let mut c = c;
     let e = c.event(0, 1);
     let err = c
@@ -338,7 +380,9 @@ pub async fn reconnect_after_far_end_restart(h: &dyn Harness) {
     let mut a = Peer::open(&*ta, &topic, "kit-a").await;
     let b = Peer::open(&*tb, &topic, "kit-b").await;
     a.send_many(3);
-    b.inbound.wait_for("3 events", |s| s.events.len() >= 3).await;
+    b.inbound
+        .wait_for("3 events", |s| s.events.len() >= 3)
+        .await;
     assert!(
         h.restart_far_end().await,
         "the harness cannot restart its far end: every transport must be tested for it"
@@ -349,7 +393,10 @@ pub async fn reconnect_after_far_end_restart(h: &dyn Harness) {
             .wait_for("a closed notice", |s| !s.closed.is_empty())
             .await;
         let err = &seen.closed[0];
-        assert!(err.is_transient(), "restart reported as a fatal error: {err}");
+        assert!(
+            err.is_transient(),
+            "restart reported as a fatal error: {err}"
+        );
     }
     let mut a2 = Peer::open(&*ta, &topic, "kit-a").await;
     let b2 = Peer::open(&*tb, &topic, "kit-b").await;
@@ -377,14 +424,22 @@ pub async fn payload_limits(h: &dyn Harness) {
             assert_eq!(err.kind(), TransportErrorKind::PayloadTooLarge, "{err}");
             assert!(!err.is_transient());
             let ok = a.event(2, 64);
-            a.connection.send(&ok, None).expect("small send after refusal");
-            let seen = b.inbound.wait_for("1 event", |s| !s.events.is_empty()).await;
+            a.connection
+                .send(&ok, None)
+                .expect("small send after refusal");
+            let seen = b
+                .inbound
+                .wait_for("1 event", |s| !s.events.is_empty())
+                .await;
             assert_eq!(seen.events[0].payload::<KitEvent>().unwrap().n, 2);
         }
         None => {
             let big = a.event(7, 4 * 1024 * 1024);
             a.connection.send(&big, None).expect("large send");
-            let seen = b.inbound.wait_for("1 event", |s| !s.events.is_empty()).await;
+            let seen = b
+                .inbound
+                .wait_for("1 event", |s| !s.events.is_empty())
+                .await;
             let p = seen.events[0].payload::<KitEvent>().expect("payload");
             assert_eq!(p.blob.len(), 4 * 1024 * 1024);
             assert!(p.blob.iter().all(|&x| x == 7));

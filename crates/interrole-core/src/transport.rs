@@ -93,8 +93,11 @@ pub trait Connection: Send + Sync + fmt::Debug {
     /// [`TransportErrorKind::PayloadTooLarge`] for an envelope over the limit,
     /// [`TransportErrorKind::Closed`] after [`Connection::close`], a transient error when the
     /// connection is lost, [`TransportErrorKind::NoListener`] for a target not connected.
-    fn send(&self, event: &InterRoleEvent, target: Option<&InstanceId>)
-    -> Result<(), TransportError>;
+    fn send(
+        &self,
+        event: &InterRoleEvent,
+        target: Option<&InstanceId>,
+    ) -> Result<(), TransportError>;
 
     /// Waits until everything sent so far has been handed to the far end.
     ///

@@ -61,7 +61,9 @@ pub enum BuildError {
     #[error("opening the transport: {0}")]
     Transport(#[from] TransportError),
     /// The transport opens asynchronously and no tokio runtime was given or current.
-    #[error("the {0} transport needs a tokio runtime: build the bus inside one or give .runtime(handle)")]
+    #[error(
+        "the {0} transport needs a tokio runtime: build the bus inside one or give .runtime(handle)"
+    )]
     NoRuntime(&'static str),
 }
 
@@ -179,6 +181,7 @@ impl BusBuilder {
             closed: AtomicBool::new(false),
             runtime: self.runtime.clone(),
             tasks: Mutex::new(Vec::new()),
+            task_runtime: Mutex::new(None),
             close_timeout: self.close_timeout.unwrap_or(Duration::from_secs(10)),
         });
         let spec = OpenSpec::new(topic, instance);
@@ -233,6 +236,8 @@ struct BusInner {
     closed: AtomicBool,
     runtime: Option<Handle>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The runtime the async observers' tasks run on.
+    task_runtime: Mutex<Option<Handle>>,
     close_timeout: Duration,
 }
 
@@ -320,7 +325,11 @@ impl Bus {
         self.send(event, Some(target))
     }
 
-    fn send<E: Event>(&self, event: E, target: Option<&InstanceId>) -> Result<EventId, PublishError> {
+    fn send<E: Event>(
+        &self,
+        event: E,
+        target: Option<&InstanceId>,
+    ) -> Result<EventId, PublishError> {
         let inner = &*self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(PublishError::Closed);
@@ -430,6 +439,12 @@ impl Bus {
         self.inner.hub.subscribe(Arc::new(FnObserver::new(f)))
     }
 
+    /// Subscribes a full [`Observer`] of every event, whatever its type (the same as
+    /// [`Observable::subscribe`]).
+    pub fn observe_all<O: Observer<InterRoleEvent>>(&self, observer: O) -> Subscription {
+        self.inner.hub.subscribe(Arc::new(observer))
+    }
+
     /// Subscribes an async closure to events of type `E`. It gets a [`Received<E>`] (owned;
     /// dereferences to the `E`) and runs in its own task, fed by a bounded `mailbox` whose
     /// overflow policy says what happens when the closure falls behind.
@@ -484,6 +499,7 @@ impl Bus {
             .expect("async observers need a tokio runtime: subscribe inside one or give the bus .runtime(handle)");
         let shared = mailbox::Shared::new(mailbox, Arc::downgrade(&self.inner.hub.inner));
         let task = runtime.spawn(mailbox::drain(shared.clone(), observer));
+        self.inner.task_runtime.lock().get_or_insert(runtime);
         let pusher = Arc::new(Pusher(shared.clone()));
         let subscription = match tag {
             Some(tag) => self.inner.hub.subscribe_tag(tag, pusher),
@@ -524,9 +540,18 @@ impl Bus {
         }
         inner.hub.complete();
         let tasks = std::mem::take(&mut *inner.tasks.lock());
-        let all = futures::future::join_all(tasks);
-        if tokio::time::timeout(inner.close_timeout, all).await.is_err() {
-            tracing::warn!(timeout = ?inner.close_timeout, "async observers did not drain in time");
+        let runtime = inner.task_runtime.lock().clone();
+        if let (false, Some(runtime)) = (tasks.is_empty(), runtime) {
+            // Timed on the observers' own runtime, so that close works under any executor.
+            let timeout = inner.close_timeout;
+            let waiter = runtime.spawn(async move {
+                tokio::time::timeout(timeout, futures::future::join_all(tasks))
+                    .await
+                    .is_ok()
+            });
+            if !waiter.await.unwrap_or(false) {
+                tracing::warn!(?timeout, "async observers did not drain in time");
+            }
         }
         tracing::debug!(instance = %inner.instance, "bus closed");
     }
@@ -538,11 +563,7 @@ impl Bus {
 
     /// Whether the bus is connected to its transport.
     pub fn is_connected(&self) -> bool {
-        self.inner
-            .link
-            .read()
-            .as_ref()
-            .is_some_and(|c| c.is_open())
+        self.inner.link.read().as_ref().is_some_and(|c| c.is_open())
     }
 
     /// The bus's counters.

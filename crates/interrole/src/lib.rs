@@ -34,7 +34,7 @@
 //! | one type | a closure `Fn(&E)` | [`Bus::subscribe`] |
 //! | one type | an [`Observer<E>`] (`on_next`, `on_error`, `on_completed`) | [`Bus::observe`] |
 //! | every event | a closure `Fn(&InterRoleEvent)` | [`Bus::subscribe_all`] |
-//! | every event | an [`Observer<InterRoleEvent>`] | [`Observable::subscribe`] |
+//! | every event | an [`Observer<InterRoleEvent>`] | [`Bus::observe_all`] |
 //! | one type | an async closure, bounded [`Mailbox`] | [`Bus::subscribe_async`] |
 //! | one type / every event | an [`AsyncObserver`] | [`Bus::observe_async`], [`Bus::observe_all_async`] |
 //!
@@ -105,7 +105,7 @@ mod registry;
 mod subscription;
 mod sync;
 
-pub use bus::{Bus, BusBuilder, BusStats, BuildError, PublishError};
+pub use bus::{BuildError, Bus, BusBuilder, BusStats, PublishError};
 pub use hub::{Dispatch, DispatchConfig, Hub, HubClosed, HubStats, pool_threads};
 pub use loopback::Loopback;
 pub use mailbox::{AsyncObserver, FromEnvelope, Mailbox, Overflow, Received};
@@ -116,6 +116,9 @@ pub use interrole_core::{
     Event, EventId, InstanceId, InterRoleEvent, InvalidName, PayloadError, Topic, Transport,
     TransportError, TransportErrorKind, TypeTag, impl_event,
 };
+
+/// The attribute that async observers are written with: `#[interrole::async_trait]`.
+pub use async_trait::async_trait;
 
 /// The contract crate, for transport implementations: the envelope codec, the transport seam.
 pub use interrole_core as core;

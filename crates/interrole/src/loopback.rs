@@ -134,11 +134,16 @@ impl Transport for Loopback {
         });
         {
             let mut topics = self.fabric.topics.write();
-            let members = topics.entry(spec.topic.clone()).or_insert_with(|| Arc::new([]));
+            let members = topics
+                .entry(spec.topic.clone())
+                .or_insert_with(|| Arc::new([]));
             if members.iter().any(|m| m.instance == spec.instance) {
                 return Err(TransportError::new(
                     TransportErrorKind::Conflict,
-                    format!("instance {} is already connected on {}", spec.instance, spec.topic),
+                    format!(
+                        "instance {} is already connected on {}",
+                        spec.instance, spec.topic
+                    ),
                 ));
             }
             *members = members.iter().cloned().chain([member.clone()]).collect();
@@ -176,7 +181,10 @@ impl Connection for LoopbackConnection {
         target: Option<&InstanceId>,
     ) -> Result<(), TransportError> {
         if self.closed.load(Ordering::Acquire) {
-            return Err(TransportError::new(TransportErrorKind::Closed, "connection closed"));
+            return Err(TransportError::new(
+                TransportErrorKind::Closed,
+                "connection closed",
+            ));
         }
         if !*self.member.open.read() {
             return Err(TransportError::new(

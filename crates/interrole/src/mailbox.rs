@@ -42,6 +42,19 @@ pub trait AsyncObserver<T: Send + 'static>: Send + Sync + 'static {
     async fn on_completed(&self) {}
 }
 
+#[async_trait]
+impl<T: Send + 'static, O: AsyncObserver<T> + ?Sized> AsyncObserver<T> for Arc<O> {
+    async fn on_next(&self, value: T) {
+        (**self).on_next(value).await
+    }
+    async fn on_error(&self, error: ObserverError) {
+        (**self).on_error(error).await
+    }
+    async fn on_completed(&self) {
+        (**self).on_completed().await
+    }
+}
+
 /// What to do when an async observer's mailbox is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -246,6 +259,10 @@ impl Shared {
         self.ready.notify_one();
     }
 
+    fn hub_closing(&self) -> bool {
+        self.hub.upgrade().is_none_or(|h| h.is_closing())
+    }
+
     fn count_lag(&self, n: u64) {
         if let Some(hub) = self.hub.upgrade() {
             hub.counters.lagged.fetch_add(n, Ordering::Relaxed);
@@ -278,10 +295,14 @@ impl Observer<InterRoleEvent> for Pusher {
             Overflow::DropNewest => true,
             Overflow::Block { timeout } => {
                 let deadline = std::time::Instant::now() + timeout;
+                // Wait in slices, so that a hub closing meanwhile is noticed within one.
+                let slice = Duration::from_millis(10);
                 while s.queue.len() >= shared.config.capacity && !s.cancelled {
-                    if shared.space.wait_until(&mut s, deadline).timed_out() {
+                    let now = std::time::Instant::now();
+                    if now >= deadline || shared.hub_closing() {
                         break;
                     }
+                    shared.space.wait_until(&mut s, deadline.min(now + slice));
                 }
                 if s.cancelled {
                     return;
@@ -336,7 +357,10 @@ enum Step {
 }
 
 /// The observer's task: takes events out in order and awaits the observer for each.
-pub(crate) async fn drain<T: FromEnvelope>(shared: Arc<Shared>, observer: Arc<dyn AsyncObserver<T>>) {
+pub(crate) async fn drain<T: FromEnvelope>(
+    shared: Arc<Shared>,
+    observer: Arc<dyn AsyncObserver<T>>,
+) {
     loop {
         let step = {
             let mut s = shared.state.lock();
@@ -361,7 +385,10 @@ pub(crate) async fn drain<T: FromEnvelope>(shared: Arc<Shared>, observer: Arc<dy
             Step::Stop => return,
             Step::Wait => shared.ready.notified().await,
             Step::Lagged(missed) => {
-                tracing::warn!(missed, "async observer lagged; events dropped from its mailbox");
+                tracing::warn!(
+                    missed,
+                    "async observer lagged; events dropped from its mailbox"
+                );
                 call_error(&*observer, ObserverError::Lagged { missed }).await;
             }
             Step::Error(error) => call_error(&*observer, error).await,
@@ -376,7 +403,7 @@ pub(crate) async fn drain<T: FromEnvelope>(shared: Arc<Shared>, observer: Arc<dy
                         }
                         let error = ObserverError::panicked(&*payload);
                         tracing::warn!(event = %event.id(), %error, "async observer panicked; routed to its on_error");
-                        std::mem::forget(payload);
+                        crate::hub::drop_payload(payload);
                         call_error(&*observer, error).await;
                     }
                 }
@@ -399,7 +426,7 @@ pub(crate) async fn drain<T: FromEnvelope>(shared: Arc<Shared>, observer: Arc<dy
                     .await;
                 if let Err(payload) = r {
                     tracing::error!(error = %ObserverError::panicked(&*payload), "async observer on_completed panicked; ignored");
-                    std::mem::forget(payload);
+                    crate::hub::drop_payload(payload);
                 }
                 return;
             }
@@ -413,12 +440,14 @@ async fn call_error<T: Send + 'static>(observer: &dyn AsyncObserver<T>, error: O
         .await;
     if let Err(payload) = r {
         tracing::error!(error = %ObserverError::panicked(&*payload), "async observer on_error panicked; ignored");
-        std::mem::forget(payload);
+        crate::hub::drop_payload(payload);
     }
 }
 
 impl fmt::Debug for Pusher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pusher").field("config", &self.0.config).finish()
+        f.debug_struct("Pusher")
+            .field("config", &self.0.config)
+            .finish()
     }
 }

@@ -34,6 +34,18 @@ pub trait Observer<T>: Send + Sync + 'static {
     fn on_completed(&self) {}
 }
 
+impl<T, O: Observer<T> + ?Sized> Observer<T> for Arc<O> {
+    fn on_next(&self, value: &T) {
+        (**self).on_next(value)
+    }
+    fn on_error(&self, error: ObserverError) {
+        (**self).on_error(error)
+    }
+    fn on_completed(&self) {
+        (**self).on_completed()
+    }
+}
+
 /// Something that observers subscribe to: the `IObservable<T>` of the seed.
 pub trait Observable<T> {
     /// Registers `observer`; it receives values until the returned guard is dropped.
@@ -156,7 +168,9 @@ impl<E: Event, O: Observer<E> + ?Sized> Observer<InterRoleEvent> for Typed<E, O>
     fn on_next(&self, event: &InterRoleEvent) {
         match event.try_payload::<E>() {
             Ok(value) => self.inner.on_next(value),
-            Err(error) => self.inner.on_error(ObserverError::from_payload(event, error)),
+            Err(error) => self
+                .inner
+                .on_error(ObserverError::from_payload(event, error)),
         }
     }
     fn on_error(&self, error: ObserverError) {

@@ -76,7 +76,11 @@ impl<O: ?Sized> Slot<O> {
     /// Folds one measured call into the estimate (an exponential moving average, weight 1/4).
     pub(crate) fn record_cost(&self, ns: u64) {
         let old = self.cost_ns.load(Ordering::Relaxed);
-        let new = if old == 0 { ns.max(1) } else { (old * 3 + ns) / 4 };
+        let new = if old == 0 {
+            ns.max(1)
+        } else {
+            (old * 3 + ns) / 4
+        };
         self.cost_ns.store(new.max(1), Ordering::Relaxed);
     }
 }
@@ -105,8 +109,12 @@ impl<O: ?Sized> Route<O> {
 
     /// Counts one dispatch on this route and says whether it should be measured: the first few,
     /// then one in `every`.
+    ///
+    /// The count only paces sampling, so it is a plain load and store, not a read-modify-write:
+    /// concurrent publishers may lose a count now and then, which only shifts the next sample.
     pub(crate) fn tick(&self, every: u64) -> bool {
-        let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        let n = self.calls.load(Ordering::Relaxed);
+        self.calls.store(n.wrapping_add(1), Ordering::Relaxed);
         n < 4 || n % every == 0
     }
 

@@ -81,10 +81,12 @@ impl Drop for Subscription {
         if let Some(hub) = self.hub.upgrade() {
             hub.unregister(slot.id());
         }
-        slot.deactivate(!in_callback());
+        // First wake whatever the observer's call may be waiting on (a full mailbox), so that
+        // waiting for that call below is short.
         if let Some(f) = self.on_cancel.take() {
             f();
         }
+        slot.deactivate(!in_callback());
     }
 }
 

@@ -17,6 +17,7 @@ fn bus() -> Bus {
     Bus::builder()
         .instance("async-test")
         .transport(Loopback::new())
+        .close_timeout(Duration::from_millis(200))
         .build()
         .unwrap()
 }
@@ -65,7 +66,10 @@ impl AsyncObserver<Received<Num>> for Gated {
 async fn wait_until(what: &str, f: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
@@ -93,7 +97,10 @@ async fn an_async_closure_gets_every_event_in_order() {
 async fn drop_oldest_reports_lag_with_its_count_before_the_next_event() {
     let bus = bus();
     let obs = Arc::new(Gated::default());
-    let _g = bus.observe_async::<Num, _>(Mailbox::bounded(4).overflow(Overflow::DropOldest), ArcObs(obs.clone()));
+    let _g = bus.observe_async::<Num, _>(
+        Mailbox::bounded(4).overflow(Overflow::DropOldest),
+        ArcObs(obs.clone()),
+    );
     // The observer holds event 0 (waiting for a permit) while 1..=10 arrive: the mailbox keeps
     // the 4 newest (7..=10), 6 are dropped.
     bus.publish(Num(0)).unwrap();
@@ -114,7 +121,10 @@ async fn drop_oldest_reports_lag_with_its_count_before_the_next_event() {
 async fn drop_newest_keeps_the_oldest() {
     let bus = bus();
     let obs = Arc::new(Gated::default());
-    let _g = bus.observe_async::<Num, _>(Mailbox::bounded(3).overflow(Overflow::DropNewest), ArcObs(obs.clone()));
+    let _g = bus.observe_async::<Num, _>(
+        Mailbox::bounded(3).overflow(Overflow::DropNewest),
+        ArcObs(obs.clone()),
+    );
     bus.publish(Num(0)).unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     for n in 1..=10 {
@@ -123,7 +133,10 @@ async fn drop_newest_keeps_the_oldest() {
     obs.permits.add_permits(100);
     wait_until("4 events", || obs.seen.lock().unwrap().len() == 4).await;
     assert_eq!(*obs.seen.lock().unwrap(), [0, 1, 2, 3]);
-    assert_eq!(*obs.errors.lock().unwrap(), [ObserverError::Lagged { missed: 7 }]);
+    assert_eq!(
+        *obs.errors.lock().unwrap(),
+        [ObserverError::Lagged { missed: 7 }]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,7 +144,9 @@ async fn block_waits_for_room_then_times_out_and_counts() {
     let bus = bus();
     let obs = Arc::new(Gated::default());
     let _g = bus.observe_async::<Num, _>(
-        Mailbox::bounded(2).overflow(Overflow::Block { timeout: Duration::from_millis(30) }),
+        Mailbox::bounded(2).overflow(Overflow::Block {
+            timeout: Duration::from_millis(30),
+        }),
         ArcObs(obs.clone()),
     );
     bus.publish(Num(0)).unwrap();
@@ -146,21 +161,32 @@ async fn block_waits_for_room_then_times_out_and_counts() {
     })
     .await
     .unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(30), "the publisher did not wait");
+    assert!(
+        started.elapsed() >= Duration::from_millis(30),
+        "the publisher did not wait"
+    );
     // With room made in time, nothing is dropped: 4 waits while the observer drains.
     obs.permits.add_permits(100);
     let b = bus.clone();
-    tokio::task::spawn_blocking(move || b.publish(Num(4)).unwrap()).await.unwrap();
+    tokio::task::spawn_blocking(move || b.publish(Num(4)).unwrap())
+        .await
+        .unwrap();
     wait_until("4 events", || obs.seen.lock().unwrap().len() == 4).await;
     assert_eq!(*obs.seen.lock().unwrap(), [0, 1, 2, 4]);
-    assert_eq!(*obs.errors.lock().unwrap(), [ObserverError::Lagged { missed: 1 }]);
+    assert_eq!(
+        *obs.errors.lock().unwrap(),
+        [ObserverError::Lagged { missed: 1 }]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_unsubscribes_after_delivering_what_was_queued() {
     let bus = bus();
     let obs = Arc::new(Gated::default());
-    let g = bus.observe_async::<Num, _>(Mailbox::bounded(2).overflow(Overflow::Disconnect), ArcObs(obs.clone()));
+    let g = bus.observe_async::<Num, _>(
+        Mailbox::bounded(2).overflow(Overflow::Disconnect),
+        ArcObs(obs.clone()),
+    );
     bus.publish(Num(0)).unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     for n in 1..=5 {
@@ -169,12 +195,22 @@ async fn disconnect_unsubscribes_after_delivering_what_was_queued() {
     assert!(!g.is_active(), "still subscribed after overflow");
     assert_eq!(bus.stats().hub.observers, 0);
     obs.permits.add_permits(100);
-    wait_until("disconnected notice", || !obs.errors.lock().unwrap().is_empty()).await;
+    wait_until("disconnected notice", || {
+        !obs.errors.lock().unwrap().is_empty()
+    })
+    .await;
     assert_eq!(*obs.seen.lock().unwrap(), [0, 1, 2]);
     let errors = obs.errors.lock().unwrap().clone();
-    assert!(matches!(&errors[..], [ObserverError::Disconnected { .. }]), "{errors:?}");
+    assert!(
+        matches!(&errors[..], [ObserverError::Disconnected { .. }]),
+        "{errors:?}"
+    );
     bus.close().await;
-    assert_eq!(obs.completed.load(Ordering::SeqCst), 0, "completed after a disconnect");
+    assert_eq!(
+        obs.completed.load(Ordering::SeqCst),
+        0,
+        "completed after a disconnect"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +226,9 @@ async fn a_panic_in_an_async_observer_goes_to_its_on_error() {
     assert_eq!(*obs.seen.lock().unwrap(), [12, 14]);
     assert_eq!(
         *obs.errors.lock().unwrap(),
-        [ObserverError::Panicked { message: "unlucky".into() }]
+        [ObserverError::Panicked {
+            message: "unlucky".into()
+        }]
     );
     assert_eq!(bus.stats().hub.panics, 1);
 }
@@ -209,7 +247,11 @@ async fn close_drains_the_mailbox_then_completes_once() {
         permits.add_permits(100);
     });
     bus.close().await;
-    assert_eq!(obs.seen.lock().unwrap().len(), 20, "close returned before the mailbox drained");
+    assert_eq!(
+        obs.seen.lock().unwrap().len(),
+        20,
+        "close returned before the mailbox drained"
+    );
     assert_eq!(obs.completed.load(Ordering::SeqCst), 1);
 }
 
@@ -226,7 +268,11 @@ async fn dropping_the_guard_discards_the_mailbox_and_stops() {
     obs.permits.add_permits(100);
     tokio::time::sleep(Duration::from_millis(50)).await;
     // Event 0 was already in on_next (waiting for its permit); nothing after it starts.
-    assert!(obs.seen.lock().unwrap().len() <= 1, "{:?}", obs.seen.lock().unwrap());
+    assert!(
+        obs.seen.lock().unwrap().len() <= 1,
+        "{:?}",
+        obs.seen.lock().unwrap()
+    );
     bus.close().await;
     assert_eq!(obs.completed.load(Ordering::SeqCst), 0);
 }
@@ -244,5 +290,44 @@ impl AsyncObserver<Received<Num>> for ArcObs {
     }
     async fn on_completed(&self) {
         self.0.on_completed().await
+    }
+}
+
+/// A publisher blocked on a full mailbox does not hold up the guard's drop or the bus's close
+/// for its whole timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_publisher_does_not_hold_up_unsubscribe_or_close() {
+    for close in [false, true] {
+        let bus = bus();
+        let sub = bus.subscribe_async::<Num, _, _>(
+            Mailbox::bounded(1).overflow(Overflow::Block {
+                timeout: Duration::from_secs(60),
+            }),
+            |_| std::future::pending::<()>(),
+        );
+        bus.publish(Num(1)).unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        bus.publish(Num(2)).unwrap();
+        let b = bus.clone();
+        let blocked = std::thread::spawn(move || {
+            let _ = b.publish(Num(3));
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        if close {
+            // The observer never finishes its first event: close gives up after its timeout.
+            let b = Bus::clone(&bus);
+            tokio::time::timeout(Duration::from_secs(30), async move { b.close().await })
+                .await
+                .expect("close hung behind a blocked publisher");
+        } else {
+            tokio::task::block_in_place(|| drop(sub));
+        }
+        tokio::task::block_in_place(|| blocked.join().unwrap());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "held up for {:?} (close: {close})",
+            started.elapsed()
+        );
     }
 }

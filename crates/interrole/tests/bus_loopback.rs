@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use interrole::core::{Connection, Inbound, OpenSpec, TransportLimits};
 use interrole::{
-    Bus, BuildError, EventId, InstanceId, InterRoleEvent, Loopback, Observer, ObserverError,
+    BuildError, Bus, EventId, InstanceId, InterRoleEvent, Loopback, Observer, ObserverError,
     PublishError, Transport, TransportError, TransportErrorKind,
 };
 use serde::{Deserialize, Serialize};
@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 struct RoleConfigurationSectionRefresh {
     section_name: String,
 }
-interrole::impl_event!(RoleConfigurationSectionRefresh = "interrole.role.configuration-section-refresh");
+interrole::impl_event!(
+    RoleConfigurationSectionRefresh = "interrole.role.configuration-section-refresh"
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct RoleGracefulRecycle {
@@ -31,7 +33,9 @@ fn on(fabric: &Loopback, name: &str) -> Bus {
         .unwrap()
 }
 
-fn collect<E: interrole::Event + Clone>(bus: &Bus) -> (Arc<Mutex<Vec<E>>>, interrole::Subscription) {
+fn collect<E: interrole::Event + Clone>(
+    bus: &Bus,
+) -> (Arc<Mutex<Vec<E>>>, interrole::Subscription) {
     let seen: Arc<Mutex<Vec<E>>> = Arc::default();
     let s = seen.clone();
     let g = bus.subscribe::<E, _>(move |e| s.lock().unwrap().push(e.clone()));
@@ -50,7 +54,7 @@ fn every_bus_on_the_fabric_gets_each_event_once_including_the_publisher() {
     assert_eq!(id.seq, 1);
     assert_eq!(id.sender.as_str(), "w-0");
     for (i, (s, _)) in seen.iter().enumerate() {
-        assert_eq!(*s.lock().unwrap(), [ev.clone()], "bus {i}");
+        assert_eq!(*s.lock().unwrap(), std::slice::from_ref(&ev), "bus {i}");
     }
     // Zero-copy: every bus sees the very envelope that was published.
     let envelopes: Arc<Mutex<Vec<InterRoleEvent>>> = Arc::default();
@@ -64,7 +68,11 @@ fn every_bus_on_the_fabric_gets_each_event_once_including_the_publisher() {
     buses[2].publish(ev).unwrap();
     let envelopes = envelopes.lock().unwrap();
     assert_eq!(envelopes.len(), 4);
-    assert!(envelopes.iter().all(|e| InterRoleEvent::ptr_eq(e, &envelopes[0])));
+    assert!(
+        envelopes
+            .iter()
+            .all(|e| InterRoleEvent::ptr_eq(e, &envelopes[0]))
+    );
     assert!(envelopes[0].is_local());
     drop(guards);
 }
@@ -72,10 +80,23 @@ fn every_bus_on_the_fabric_gets_each_event_once_including_the_publisher() {
 #[test]
 fn topics_separate_buses() {
     let fabric = Loopback::new();
-    let a = Bus::builder().instance("a").topic("orders").transport(fabric.clone()).build().unwrap();
-    let b = Bus::builder().instance("b").topic("billing").transport(fabric.clone()).build().unwrap();
+    let a = Bus::builder()
+        .instance("a")
+        .topic("orders")
+        .transport(fabric.clone())
+        .build()
+        .unwrap();
+    let b = Bus::builder()
+        .instance("b")
+        .topic("billing")
+        .transport(fabric.clone())
+        .build()
+        .unwrap();
     let (seen, _g) = collect::<RoleGracefulRecycle>(&b);
-    a.publish(RoleGracefulRecycle { role_name: "x".into() }).unwrap();
+    a.publish(RoleGracefulRecycle {
+        role_name: "x".into(),
+    })
+    .unwrap();
     assert!(seen.lock().unwrap().is_empty());
 }
 
@@ -83,18 +104,31 @@ fn topics_separate_buses() {
 fn send_to_reaches_one_instance_only() {
     let fabric = Loopback::new();
     let (a, b, c) = (on(&fabric, "a"), on(&fabric, "b"), on(&fabric, "c"));
-    let seen: Vec<_> = [&a, &b, &c].into_iter().map(collect::<RoleConfigurationSectionRefresh>).collect();
-    let ev = RoleConfigurationSectionRefresh { section_name: "db".into() };
+    let seen: Vec<_> = [&a, &b, &c]
+        .into_iter()
+        .map(collect::<RoleConfigurationSectionRefresh>)
+        .collect();
+    let ev = RoleConfigurationSectionRefresh {
+        section_name: "db".into(),
+    };
     a.send_to(b.instance(), ev.clone()).unwrap();
-    assert!(seen[0].0.lock().unwrap().is_empty(), "the sender got its directed event");
-    assert_eq!(*seen[1].0.lock().unwrap(), [ev.clone()]);
-    assert!(seen[2].0.lock().unwrap().is_empty(), "a bystander got a directed event");
+    assert!(
+        seen[0].0.lock().unwrap().is_empty(),
+        "the sender got its directed event"
+    );
+    assert_eq!(*seen[1].0.lock().unwrap(), std::slice::from_ref(&ev));
+    assert!(
+        seen[2].0.lock().unwrap().is_empty(),
+        "a bystander got a directed event"
+    );
     // To itself: local only.
     a.send_to(a.instance(), ev.clone()).unwrap();
     assert_eq!(seen[0].0.lock().unwrap().len(), 1);
     assert_eq!(seen[1].0.lock().unwrap().len(), 1);
     // To nobody: a transient, specific error.
-    let err = a.send_to(&InstanceId::new("ghost").unwrap(), ev).unwrap_err();
+    let err = a
+        .send_to(&InstanceId::new("ghost").unwrap(), ev)
+        .unwrap_err();
     match &err {
         PublishError::Transport(e) => assert_eq!(e.kind(), TransportErrorKind::NoListener),
         other => panic!("expected NoListener, got {other:?}"),
@@ -110,11 +144,21 @@ fn sequence_numbers_grow_per_sender_and_publish_order_holds_across_buses() {
     let s = seqs.clone();
     let _g = b.subscribe_all(move |e| s.lock().unwrap().push((e.sender().to_string(), e.seq())));
     for _ in 0..5 {
-        a.publish(RoleGracefulRecycle { role_name: "r".into() }).unwrap();
+        a.publish(RoleGracefulRecycle {
+            role_name: "r".into(),
+        })
+        .unwrap();
     }
-    b.publish(RoleGracefulRecycle { role_name: "r".into() }).unwrap();
+    b.publish(RoleGracefulRecycle {
+        role_name: "r".into(),
+    })
+    .unwrap();
     let seqs = seqs.lock().unwrap().clone();
-    let from_a: Vec<u64> = seqs.iter().filter(|(s, _)| s == "a").map(|(_, n)| *n).collect();
+    let from_a: Vec<u64> = seqs
+        .iter()
+        .filter(|(s, _)| s == "a")
+        .map(|(_, n)| *n)
+        .collect();
     assert_eq!(from_a, [1, 2, 3, 4, 5]);
     assert_eq!(seqs.last().unwrap(), &("b".to_string(), 1));
 }
@@ -128,7 +172,9 @@ fn cross_bus_publishes_from_handlers_keep_causal_order() {
     for bus in [&a, &b] {
         let (l, name) = (log.clone(), bus.instance().to_string());
         bus.subscribe_all(move |e| {
-            l.lock().unwrap().push(format!("{name}<-{}#{}", e.sender(), e.seq()))
+            l.lock()
+                .unwrap()
+                .push(format!("{name}<-{}#{}", e.sender(), e.seq()))
         })
         .detach();
     }
@@ -136,13 +182,23 @@ fn cross_bus_publishes_from_handlers_keep_causal_order() {
     let b2 = b.clone();
     b.subscribe::<RoleGracefulRecycle, _>(move |e| {
         if e.role_name == "ping" {
-            b2.publish(RoleGracefulRecycle { role_name: "pong".into() }).unwrap();
+            b2.publish(RoleGracefulRecycle {
+                role_name: "pong".into(),
+            })
+            .unwrap();
         }
     })
     .detach();
-    a.publish(RoleGracefulRecycle { role_name: "ping".into() }).unwrap();
+    a.publish(RoleGracefulRecycle {
+        role_name: "ping".into(),
+    })
+    .unwrap();
     let log = log.lock().unwrap().clone();
-    let pos = |s: &str| log.iter().position(|x| x == s).unwrap_or_else(|| panic!("{s} missing in {log:?}"));
+    let pos = |s: &str| {
+        log.iter()
+            .position(|x| x == s)
+            .unwrap_or_else(|| panic!("{s} missing in {log:?}"))
+    };
     assert!(pos("a<-a#1") < pos("a<-b#1"), "{log:?}");
     assert!(pos("b<-a#1") < pos("b<-b#1"), "{log:?}");
     assert_eq!(log.len(), 4, "{log:?}");
@@ -150,15 +206,27 @@ fn cross_bus_publishes_from_handlers_keep_causal_order() {
 
 #[test]
 fn bad_names_are_refused_at_build() {
-    let err = Bus::builder().instance("not valid").transport(Loopback::new()).build().unwrap_err();
+    let err = Bus::builder()
+        .instance("not valid")
+        .transport(Loopback::new())
+        .build()
+        .unwrap_err();
     assert!(matches!(err, BuildError::InvalidName(_)), "{err}");
     assert!(err.to_string().contains("instance id"), "{err}");
-    let err = Bus::builder().topic("a//b").transport(Loopback::new()).build().unwrap_err();
+    let err = Bus::builder()
+        .topic("a//b")
+        .transport(Loopback::new())
+        .build()
+        .unwrap_err();
     assert!(err.to_string().contains("topic"), "{err}");
     // The same instance twice on one topic is a conflict.
     let fabric = Loopback::new();
     let _a = on(&fabric, "same");
-    let err = Bus::builder().instance("same").transport(fabric).build().unwrap_err();
+    let err = Bus::builder()
+        .instance("same")
+        .transport(fabric)
+        .build()
+        .unwrap_err();
     match err {
         BuildError::Transport(e) => assert_eq!(e.kind(), TransportErrorKind::Conflict),
         other => panic!("expected a conflict, got {other:?}"),
@@ -178,10 +246,21 @@ fn an_invalid_event_tag_is_a_clear_publish_error() {
 
 #[test]
 fn buses_without_a_transport_share_the_process_fabric() {
-    let a = Bus::builder().instance("shared-a").topic("shared-test").build().unwrap();
-    let b = Bus::builder().instance("shared-b").topic("shared-test").build().unwrap();
+    let a = Bus::builder()
+        .instance("shared-a")
+        .topic("shared-test")
+        .build()
+        .unwrap();
+    let b = Bus::builder()
+        .instance("shared-b")
+        .topic("shared-test")
+        .build()
+        .unwrap();
     let (seen, _g) = collect::<RoleGracefulRecycle>(&b);
-    a.publish(RoleGracefulRecycle { role_name: "x".into() }).unwrap();
+    a.publish(RoleGracefulRecycle {
+        role_name: "x".into(),
+    })
+    .unwrap();
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
 
@@ -217,7 +296,11 @@ impl Transport for Wire {
     fn limits(&self) -> TransportLimits {
         TransportLimits::with_max_envelope(Some(1 << 20))
     }
-    async fn open(&self, _: OpenSpec, inbound: Arc<dyn Inbound>) -> Result<Arc<dyn Connection>, TransportError> {
+    async fn open(
+        &self,
+        _: OpenSpec,
+        inbound: Arc<dyn Inbound>,
+    ) -> Result<Arc<dyn Connection>, TransportError> {
         *self.inbound.lock().unwrap() = Some(inbound);
         Ok(Arc::new(WireConnection))
     }
@@ -225,7 +308,10 @@ impl Transport for Wire {
 
 impl Wire {
     fn deliver<E: interrole::Event>(&self, seq: u64, e: E) {
-        let id = EventId { sender: InstanceId::new("remote").unwrap(), seq };
+        let id = EventId {
+            sender: InstanceId::new("remote").unwrap(),
+            seq,
+        };
         let bytes = InterRoleEvent::new(id, e).to_wire().unwrap();
         let received = InterRoleEvent::from_wire(bytes).unwrap();
         let inbound = self.inbound.lock().unwrap().clone().unwrap();
@@ -236,15 +322,29 @@ impl Wire {
 #[test]
 fn events_off_the_wire_are_decoded_once_and_unknown_tags_reach_raw_observers() {
     let wire = Wire::default();
-    let bus = Bus::builder().instance("local").transport(wire.clone()).build().unwrap();
+    let bus = Bus::builder()
+        .instance("local")
+        .transport(wire.clone())
+        .build()
+        .unwrap();
     let (seen, _g) = collect::<RoleGracefulRecycle>(&bus);
     let raw = Arc::new(AtomicU64::new(0));
     let r = raw.clone();
     let _all = bus.subscribe_all(move |_| {
         r.fetch_add(1, Ordering::SeqCst);
     });
-    wire.deliver(1, RoleGracefulRecycle { role_name: "w".into() });
-    assert_eq!(*seen.lock().unwrap(), [RoleGracefulRecycle { role_name: "w".into() }]);
+    wire.deliver(
+        1,
+        RoleGracefulRecycle {
+            role_name: "w".into(),
+        },
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [RoleGracefulRecycle {
+            role_name: "w".into()
+        }]
+    );
     assert_eq!(bus.stats().unknown_tags, 0);
 
     #[derive(Serialize, Deserialize)]
@@ -252,7 +352,11 @@ fn events_off_the_wire_are_decoded_once_and_unknown_tags_reach_raw_observers() {
     interrole::impl_event!(Future = "from.a.newer.build");
     wire.deliver(2, Future(1));
     wire.deliver(3, Future(2));
-    assert_eq!(raw.load(Ordering::SeqCst), 3, "unknown types still reach raw observers");
+    assert_eq!(
+        raw.load(Ordering::SeqCst),
+        3,
+        "unknown types still reach raw observers"
+    );
     assert_eq!(bus.stats().unknown_tags, 2);
     assert_eq!(bus.stats().received, 3);
 }
@@ -275,7 +379,11 @@ fn an_undecodable_payload_goes_to_on_error_not_nowhere() {
     interrole::impl_event!(Impostor = "interrole.role.graceful-recycle");
 
     let wire = Wire::default();
-    let bus = Bus::builder().instance("local").transport(wire.clone()).build().unwrap();
+    let bus = Bus::builder()
+        .instance("local")
+        .transport(wire.clone())
+        .build()
+        .unwrap();
     let obs = Arc::new(Errors::default());
     let _g = bus.observe_arc::<RoleGracefulRecycle>(obs.clone());
     wire.deliver(1, Impostor(300, 1, 1));
@@ -283,7 +391,9 @@ fn an_undecodable_payload_goes_to_on_error_not_nowhere() {
     let errors = obs.0.lock().unwrap().clone();
     assert_eq!(errors.len(), 1);
     match &errors[0] {
-        ObserverError::Undecodable { type_tag, sender, .. } => {
+        ObserverError::Undecodable {
+            type_tag, sender, ..
+        } => {
             assert_eq!(type_tag.as_str(), "interrole.role.graceful-recycle");
             assert_eq!(sender.as_str(), "remote");
         }

@@ -247,9 +247,21 @@ fn no_overlapping_calls_and_per_publisher_order_under_contention() {
             h.join().unwrap();
         }
         for c in &checkers {
-            assert_eq!(c.overlaps.load(Ordering::SeqCst), 0, "{mode:?}: overlapping calls");
-            assert_eq!(c.disorder.load(Ordering::SeqCst), 0, "{mode:?}: out of order");
-            assert_eq!(c.count.load(Ordering::SeqCst), PUBLISHERS * EVENTS, "{mode:?}");
+            assert_eq!(
+                c.overlaps.load(Ordering::SeqCst),
+                0,
+                "{mode:?}: overlapping calls"
+            );
+            assert_eq!(
+                c.disorder.load(Ordering::SeqCst),
+                0,
+                "{mode:?}: out of order"
+            );
+            assert_eq!(
+                c.count.load(Ordering::SeqCst),
+                PUBLISHERS * EVENTS,
+                "{mode:?}"
+            );
         }
         if mode == Dispatch::Parallel && interrole::pool_threads() >= 2 {
             assert!(bus.stats().hub.parallel_dispatches > 0);
@@ -270,7 +282,11 @@ fn dropping_the_guard_from_inside_its_own_callback_does_not_deadlock() {
     *slot.lock().unwrap() = Some(guard);
     bus.publish(Num(1)).unwrap();
     bus.publish(Num(2)).unwrap();
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "delivered after its own unsubscribe");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "delivered after its own unsubscribe"
+    );
     assert_eq!(bus.stats().hub.observers, 0);
 }
 
@@ -289,7 +305,11 @@ fn subscribing_from_inside_a_callback_takes_effect_for_later_events() {
         }
     });
     bus.publish(Num(1)).unwrap();
-    assert_eq!(late.load(Ordering::SeqCst), 0, "a new observer got the event in flight");
+    assert_eq!(
+        late.load(Ordering::SeqCst),
+        0,
+        "a new observer got the event in flight"
+    );
     bus.publish(Num(2)).unwrap();
     assert_eq!(late.load(Ordering::SeqCst), 1);
 }
@@ -375,7 +395,11 @@ fn nothing_is_delivered_after_the_guard_drop_returns() {
         thread::sleep(Duration::from_millis(2));
         stop.store(true, Ordering::SeqCst);
         publisher.join().unwrap();
-        assert_eq!(late.load(Ordering::SeqCst), 0, "round {round}: delivered after drop");
+        assert_eq!(
+            late.load(Ordering::SeqCst),
+            0,
+            "round {round}: delivered after drop"
+        );
     }
 }
 
@@ -425,7 +449,11 @@ fn closing_from_inside_a_callback_completes_after_the_dispatch() {
     let _s = bus.observe_arc::<Num>(second.clone());
     bus.publish(Num(7)).unwrap();
     for o in [&first, &second] {
-        assert_eq!(*o.next.lock().unwrap(), [7], "the event in flight still reaches everyone");
+        assert_eq!(
+            *o.next.lock().unwrap(),
+            [7],
+            "the event in flight still reaches everyone"
+        );
         assert_eq!(o.completed.load(Ordering::SeqCst), 1);
     }
     assert!(matches!(bus.publish(Num(8)), Err(PublishError::Closed)));
@@ -487,6 +515,38 @@ fn heavy_observers_go_parallel_on_their_own() {
         bus.publish(Num(n)).unwrap();
         cheap.publish(Num(n)).unwrap();
     }
-    assert!(bus.stats().hub.parallel_dispatches > 0, "8 × 30 µs never went parallel");
-    assert_eq!(cheap.stats().hub.parallel_dispatches, 0, "cheap observers went parallel");
+    assert!(
+        bus.stats().hub.parallel_dispatches > 0,
+        "8 × 30 µs never went parallel"
+    );
+    assert_eq!(
+        cheap.stats().hub.parallel_dispatches,
+        0,
+        "cheap observers went parallel"
+    );
+}
+
+/// `close` needs no tokio runtime for a bus without async observers: any executor will do.
+#[test]
+fn close_works_outside_a_tokio_runtime() {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let bus = bus();
+    let o = Arc::new(Recording::default());
+    let _g = bus.observe_arc::<Num>(o.clone());
+    let waker = Waker::from(Arc::new(Unpark(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut close = std::pin::pin!(bus.close());
+    loop {
+        match close.as_mut().poll(&mut cx) {
+            Poll::Ready(()) => break,
+            Poll::Pending => thread::park(),
+        }
+    }
+    assert_eq!(o.completed.load(Ordering::SeqCst), 1);
 }

@@ -1,0 +1,186 @@
+//! Model checks (loom) of the registry core: the copy-on-write snapshot and the slot gate.
+//!
+//! `src/registry.rs` is compiled here against loom's primitives, and loom explores every
+//! interleaving of the threads in each model.
+
+#![allow(dead_code, unreachable_pub)]
+
+mod sync {
+    pub(crate) use loom::sync::Arc;
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
+
+    impl<T> Mutex<T> {
+        pub(crate) fn new(value: T) -> Self {
+            Self(loom::sync::Mutex::new(value))
+        }
+        pub(crate) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
+            self.0.lock().unwrap()
+        }
+    }
+
+    pub(crate) struct RwLock<T>(loom::sync::RwLock<T>);
+
+    impl<T> RwLock<T> {
+        pub(crate) fn new(value: T) -> Self {
+            Self(loom::sync::RwLock::new(value))
+        }
+        pub(crate) fn read(&self) -> loom::sync::RwLockReadGuard<'_, T> {
+            self.0.read().unwrap()
+        }
+        pub(crate) fn write(&self) -> loom::sync::RwLockWriteGuard<'_, T> {
+            self.0.write().unwrap()
+        }
+    }
+}
+
+#[path = "../src/registry.rs"]
+mod registry;
+
+use loom::sync::Arc;
+use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use loom::thread;
+use registry::Registry;
+use std::collections::hash_map::RandomState;
+
+#[derive(Default)]
+struct Obs {
+    /// Set by the test once the unsubscribe (or close) has returned.
+    gone: AtomicBool,
+    calls: AtomicU64,
+    completed: AtomicU64,
+    /// Set while a call is under way, to catch overlapping calls.
+    busy: AtomicBool,
+}
+
+impl Obs {
+    fn call(&self) {
+        assert!(
+            !self.gone.load(Ordering::SeqCst),
+            "called after its unsubscribe returned"
+        );
+        assert_eq!(
+            self.completed.load(Ordering::SeqCst),
+            0,
+            "called after on_completed"
+        );
+        assert!(!self.busy.swap(true, Ordering::SeqCst), "overlapping calls");
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.busy.store(false, Ordering::SeqCst);
+    }
+}
+
+type Reg = Registry<u8, Obs, RandomState>;
+
+/// Explores interleavings with at most two preemptions per execution: enough to put each
+/// racing operation between any two steps of the other, small enough to finish in seconds.
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(2);
+    builder.check(f);
+}
+
+fn publish(reg: &Reg, key: u8) -> usize {
+    let routes = reg.snapshot();
+    let mut delivered = 0;
+    for slot in routes.route(&key).slots() {
+        if slot.deliver(|o| o.call()).is_some() {
+            delivered += 1;
+        }
+    }
+    delivered
+}
+
+/// Once `deactivate(wait = true)` returns, no call is under way and none starts.
+#[test]
+fn nothing_is_delivered_after_unsubscribe_returns() {
+    model(|| {
+        let reg = Arc::new(Reg::new());
+        let obs = Arc::new(Obs::default());
+        let slot = reg.insert(Some(1), obs.clone()).unwrap();
+        let publisher = {
+            let reg = reg.clone();
+            thread::spawn(move || publish(&reg, 1))
+        };
+        reg.remove(slot.id());
+        slot.deactivate(true);
+        obs.gone.store(true, Ordering::SeqCst);
+        publisher.join().unwrap();
+        assert_eq!(publish(&reg, 1), 0);
+    });
+}
+
+/// Two publishers never call one observer at once, and each call is counted once.
+#[test]
+fn concurrent_publishers_never_overlap_on_one_observer() {
+    model(|| {
+        let reg = Arc::new(Reg::new());
+        let obs = Arc::new(Obs::default());
+        let _slot = reg.insert(None, obs.clone()).unwrap();
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let reg = reg.clone();
+                thread::spawn(move || publish(&reg, 7))
+            })
+            .collect();
+        let delivered: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(delivered, 2);
+        assert_eq!(obs.calls.load(Ordering::SeqCst), 2);
+    });
+}
+
+/// Closing completes each observer exactly once, and no call happens after its completion, even
+/// with a publisher and an unsubscribe racing the close.
+#[test]
+fn close_completes_once_and_nothing_follows() {
+    model(|| {
+        let reg = Arc::new(Reg::new());
+        let a = Arc::new(Obs::default());
+        let b = Arc::new(Obs::default());
+        let _sa = reg.insert(Some(1), a.clone()).unwrap();
+        let sb = reg.insert(None, b.clone()).unwrap();
+        let publisher = {
+            let reg = reg.clone();
+            thread::spawn(move || publish(&reg, 1))
+        };
+        let unsubscriber = thread::spawn(move || {
+            sb.deactivate(true);
+        });
+        for slot in reg.close() {
+            slot.finish(|o| {
+                o.completed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        publisher.join().unwrap();
+        unsubscriber.join().unwrap();
+        assert_eq!(a.completed.load(Ordering::SeqCst), 1);
+        assert!(b.completed.load(Ordering::SeqCst) <= 1);
+        assert!(
+            reg.insert(Some(1), Arc::new(Obs::default())).is_err(),
+            "subscribed after close"
+        );
+        assert_eq!(publish(&reg, 1), 0);
+    });
+}
+
+/// Concurrent subscribes both land, with distinct ids, in the final snapshot; a publisher racing
+/// them sees a consistent snapshot (each observer at most once).
+#[test]
+fn concurrent_subscribes_all_land() {
+    model(|| {
+        let reg = Arc::new(Reg::new());
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let reg = reg.clone();
+                thread::spawn(move || reg.insert(Some(3), Arc::new(Obs::default())).unwrap().id())
+            })
+            .collect();
+        let seen = publish(&reg, 3);
+        assert!(seen <= 2);
+        let ids: Vec<u64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_ne!(ids[0], ids[1]);
+        assert_eq!(reg.snapshot().route(&3).slots().len(), 2);
+        assert_eq!(reg.len(), 2);
+    });
+}
