@@ -89,7 +89,11 @@ impl AsyncObserver<Received<Tick>> for SlowAuditor {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The mailbox logs each lag with tracing; show it.
-    tracing_subscriber::fmt().with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
     let bus = Bus::builder().instance("worker-1").build()?;
 
     // 1. An async closure with a roomy mailbox: it keeps up, nothing is dropped.

@@ -57,7 +57,11 @@ impl Observer<RoleConfigurationSectionRefresh> for ConfigReloader {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The hub logs each caught panic with tracing; show it.
-    tracing_subscriber::fmt().with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
 
     // A bus's own observers get what it publishes: one bus is enough here.
     let bus = Bus::builder().instance("worker-1").build()?;

@@ -618,6 +618,8 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_timer(tracing_subscriber::fmt::time::uptime())
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
         .init();
 
     let started = Instant::now();
