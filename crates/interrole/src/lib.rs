@@ -122,3 +122,8 @@ pub use async_trait::async_trait;
 
 /// The contract crate, for transport implementations: the envelope codec, the transport seam.
 pub use interrole_core as core;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
