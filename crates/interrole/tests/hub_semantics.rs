@@ -550,3 +550,64 @@ fn close_works_outside_a_tokio_runtime() {
     }
     assert_eq!(o.completed.load(Ordering::SeqCst), 1);
 }
+
+/// Parallel fan-out from inside tokio: on a multi-thread worker it runs under `block_in_place`
+/// (other tasks keep running on the other worker meanwhile); on a current-thread runtime, where
+/// `block_in_place` is not allowed, it still works.
+#[test]
+fn parallel_dispatch_works_from_both_tokio_flavours() {
+    let heavy = |bus: &Bus| -> Vec<Subscription> {
+        (0..4)
+            .map(|_| {
+                bus.subscribe::<Num, _>(|_| {
+                    let t = std::time::Instant::now();
+                    while t.elapsed() < Duration::from_micros(200) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect()
+    };
+    let current = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    current.block_on(async {
+        let bus = bus_with(Dispatch::Parallel);
+        let _g = heavy(&bus);
+        for n in 0..5 {
+            bus.publish(Num(n)).unwrap();
+        }
+        assert_eq!(bus.stats().hub.delivered, 20);
+    });
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    multi.block_on(async {
+        let bus = bus_with(Dispatch::Parallel);
+        let _g = heavy(&bus);
+        let ticks = Arc::new(AtomicU64::new(0));
+        let t = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            for _ in 0..20 {
+                t.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        });
+        let b = bus.clone();
+        tokio::spawn(async move {
+            for n in 0..50 {
+                b.publish(Num(n)).unwrap();
+            }
+        })
+        .await
+        .unwrap();
+        ticker.await.unwrap();
+        assert_eq!(ticks.load(Ordering::SeqCst), 20);
+        assert_eq!(bus.stats().hub.delivered, 200);
+        if interrole::pool_threads() >= 2 {
+            assert_eq!(bus.stats().hub.parallel_dispatches, 50);
+        }
+    });
+}
