@@ -217,18 +217,25 @@ fn count_by_sender(events: &[InterRoleEvent]) -> HashMap<InstanceId, Vec<u64>> {
     by
 }
 
+/// Opens `kit-a`, `kit-b` and `kit-c` on a fresh topic, each through its own transport (as three
+/// processes would).
+async fn three_peers(h: &dyn Harness, check: &str) -> (Peer, Peer, Peer) {
+    let topic = unique_topic(check);
+    let mut peers = Vec::with_capacity(3);
+    for name in ["kit-a", "kit-b", "kit-c"] {
+        let transport = h.transport().await;
+        peers.push(Peer::open(&*transport, &topic, name).await);
+    }
+    let c = peers.pop().expect("three peers");
+    let b = peers.pop().expect("three peers");
+    let a = peers.pop().expect("three peers");
+    (a, b, c)
+}
+
 /// Multicast reaches every other connection exactly once, payload intact; the sender hears no
 /// echo.
 pub async fn multicast_reaches_every_listener_once(h: &dyn Harness) {
-    let topic = unique_topic("multicast");
-    let (ta, tb, tc) = (
-        h.transport().await,
-        h.transport().await,
-        h.transport().await,
-    );
-    let mut a = Peer::open(&*ta, &topic, "kit-a").await;
-    let b = Peer::open(&*tb, &topic, "kit-b").await;
-    let c = Peer::open(&*tc, &topic, "kit-c").await;
+    let (mut a, b, c) = three_peers(h, "multicast").await;
     a.send_many(100);
     a.connection.flush().await.expect("flush");
     for peer in [&b, &c] {
@@ -266,15 +273,7 @@ pub async fn multicast_reaches_every_listener_once(h: &dyn Harness) {
 
 /// Each receiver sees each sender's events in the order they were sent, none missing.
 pub async fn per_sender_order(h: &dyn Harness) {
-    let topic = unique_topic("order");
-    let (ta, tb, tc) = (
-        h.transport().await,
-        h.transport().await,
-        h.transport().await,
-    );
-    let mut a = Peer::open(&*ta, &topic, "kit-a").await;
-    let mut b = Peer::open(&*tb, &topic, "kit-b").await;
-    let c = Peer::open(&*tc, &topic, "kit-c").await;
+    let (mut a, mut b, c) = three_peers(h, "order").await;
     let sa = tokio::spawn(async move {
         a.send_many(500);
         a.connection.flush().await.expect("flush a");
@@ -304,15 +303,7 @@ pub async fn per_sender_order(h: &dyn Harness) {
 
 /// A directed event reaches its target and no one else.
 pub async fn directed_delivery(h: &dyn Harness) {
-    let topic = unique_topic("directed");
-    let (ta, tb, tc) = (
-        h.transport().await,
-        h.transport().await,
-        h.transport().await,
-    );
-    let mut a = Peer::open(&*ta, &topic, "kit-a").await;
-    let b = Peer::open(&*tb, &topic, "kit-b").await;
-    let c = Peer::open(&*tc, &topic, "kit-c").await;
+    let (mut a, b, c) = three_peers(h, "directed").await;
     for n in 0..10 {
         let e = a.event(n, 8);
         a.connection
@@ -335,15 +326,7 @@ pub async fn directed_delivery(h: &dyn Harness) {
 
 /// A closed connection receives nothing more and refuses to send; the others carry on.
 pub async fn closed_connection_receives_nothing(h: &dyn Harness) {
-    let topic = unique_topic("close");
-    let (ta, tb, tc) = (
-        h.transport().await,
-        h.transport().await,
-        h.transport().await,
-    );
-    let mut a = Peer::open(&*ta, &topic, "kit-a").await;
-    let b = Peer::open(&*tb, &topic, "kit-b").await;
-    let c = Peer::open(&*tc, &topic, "kit-c").await;
+    let (mut a, b, c) = three_peers(h, "close").await;
     a.send_many(5);
     c.inbound
         .wait_for("5 events", |s| s.events.len() >= 5)

@@ -70,7 +70,8 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
 
     /// Opens a connection for `spec.instance` on `spec.topic`. Everything other instances publish
     /// on the topic, and everything directed to `spec.instance`, is handed to `inbound` until the
-    /// connection is closed or lost.
+    /// connection is closed or lost. The connection stays usable when the `Transport` handle that
+    /// opened it is dropped.
     ///
     /// # Errors
     /// A [`TransportError`]; [transient](TransportError::is_transient) ones may succeed on retry.
