@@ -236,6 +236,10 @@ impl InterRoleEvent {
     /// [`PayloadError::Undecodable`] when the payload came off the wire and is not a valid `T`.
     /// The decoding is done once per envelope and its result kept, so later calls cost a lookup.
     pub fn try_payload<T: Event>(&self) -> Result<&T, PayloadError> {
+        // The common case first: a local event of the very type asked for.
+        if let Some(value) = self.body.local().and_then(|v| v.downcast_ref::<T>()) {
+            return Ok(value);
+        }
         let header = self.body.header();
         let wrong = || PayloadError::WrongType {
             expected: T::TYPE_TAG,
@@ -244,8 +248,9 @@ impl InterRoleEvent {
         if header.type_tag.as_str() != T::TYPE_TAG {
             return Err(wrong());
         }
-        if let Some(value) = self.body.local() {
-            return value.downcast_ref::<T>().ok_or_else(wrong);
+        if self.body.local().is_some() {
+            // Same tag, another type: two types claim one tag.
+            return Err(wrong());
         }
         let remote = self.body.remote().expect("an envelope is local or remote");
         let decoded = remote.decoded.get_or_init(|| {

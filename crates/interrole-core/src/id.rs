@@ -47,6 +47,25 @@ fn check(what: &'static str, value: &str, extra: fn(char) -> bool) -> Result<(),
     Ok(())
 }
 
+/// Whether `tag` is a valid type tag: 1 to 256 bytes of ASCII letters, digits and `- _ . :`.
+///
+/// A `const fn`, so that a bus checks each event type's tag once, at compile time.
+pub const fn tag_is_valid(tag: &str) -> bool {
+    let bytes = tag.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_NAME_LEN {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')) {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// The identity of one role instance: the sender of the events it publishes.
 ///
 /// Cheap to clone (a shared string). Made of ASCII letters, digits and `- _ . :`, 1 to 256 bytes,
@@ -303,5 +322,21 @@ mod tests {
         };
         assert_eq!(h(&a), h(&b));
         assert!(TypeTag::new("x y").is_err());
+    }
+
+    #[test]
+    fn the_const_tag_check_agrees_with_the_runtime_one() {
+        for tag in [
+            "a",
+            "a.b-c_d:e",
+            "",
+            "a b",
+            "é",
+            "a/b",
+            &"x".repeat(256),
+            &"x".repeat(257),
+        ] {
+            assert_eq!(tag_is_valid(tag), TypeTag::check(tag).is_ok(), "{tag:?}");
+        }
     }
 }

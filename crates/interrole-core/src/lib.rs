@@ -51,7 +51,7 @@ mod transport;
 
 pub use codec::{CodecError, CodecErrorKind};
 pub use event::{Event, InterRoleEvent, PayloadError};
-pub use id::{EventId, InstanceId, InvalidName, MAX_NAME_LEN, Topic, TypeTag};
+pub use id::{EventId, InstanceId, InvalidName, MAX_NAME_LEN, Topic, TypeTag, tag_is_valid};
 pub use transport::{
     Connection, Inbound, OpenSpec, Transport, TransportError, TransportErrorKind, TransportLimits,
 };

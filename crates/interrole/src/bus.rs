@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use crate::hub::{DispatchConfig, Hub, deferred};
+use crate::hub::{DispatchConfig, Hub, publish_group};
 use crate::loopback::Loopback;
 use crate::mailbox::{self, AsyncFn, AsyncObserver, FromEnvelope, Mailbox, Pusher, Received};
 use crate::observer::{FnObserver, Observable, Observer, Typed};
@@ -175,8 +176,7 @@ impl BusBuilder {
             hub,
             receiver: receiver.clone(),
             seq: Mutex::new(0),
-            published: AtomicU64::new(0),
-            link: RwLock::new(None),
+            link: OnceLock::new(),
             transport: transport.clone(),
             closed: AtomicBool::new(false),
             runtime: self.runtime.clone(),
@@ -187,7 +187,9 @@ impl BusBuilder {
         let spec = OpenSpec::new(topic, instance);
         let opening = transport.open(spec.clone(), receiver.clone());
         match opening.now_or_never() {
-            Some(result) => *inner.link.write() = Some(result?),
+            Some(result) => {
+                let _ = inner.link.set(result?);
+            }
             None => {
                 let handle = self
                     .runtime
@@ -198,7 +200,7 @@ impl BusBuilder {
                     match transport.open(spec, receiver).await {
                         Ok(conn) => match weak.upgrade() {
                             Some(inner) if !inner.closed.load(Ordering::Acquire) => {
-                                *inner.link.write() = Some(conn)
+                                let _ = inner.link.set(conn);
                             }
                             _ => conn.close().await,
                         },
@@ -230,8 +232,8 @@ struct BusInner {
     /// The last sequence number; held while an event is numbered and handed to the transport,
     /// so that the transport sees each sender's events in sequence order.
     seq: Mutex<u64>,
-    published: AtomicU64,
-    link: RwLock<Option<Arc<dyn Connection>>>,
+    /// The transport connection, once open.
+    link: OnceLock<Arc<dyn Connection>>,
     transport: Arc<dyn Transport>,
     closed: AtomicBool,
     runtime: Option<Handle>,
@@ -334,44 +336,40 @@ impl Bus {
         if inner.closed.load(Ordering::Acquire) {
             return Err(PublishError::Closed);
         }
-        self.check_tag::<E>()?;
-        let local = target.is_none_or(|t| *t == inner.instance);
-        let remote_target = target.filter(|t| **t != inner.instance);
-        let link = inner.link.read().clone();
-        deferred(|| {
+        // Checked at compile time, once per event type.
+        if !const { interrole_core::tag_is_valid(E::TYPE_TAG) } {
+            let error = TypeTag::check(E::TYPE_TAG);
+            return Err(PublishError::InvalidTag(
+                error.expect_err("the compile-time and run-time tag checks agree"),
+            ));
+        }
+        let to_self = target.is_some_and(|t| *t == inner.instance);
+        let local = target.is_none() || to_self;
+        let remote_target = if to_self { None } else { target };
+        let link = inner.link.get();
+        publish_group(&inner.hub.inner, local, || {
             let mut seq = inner.seq.lock();
             let id = EventId {
                 sender: inner.instance.clone(),
                 seq: *seq + 1,
             };
             let envelope = InterRoleEvent::new(id.clone(), event);
-            if target.is_none() || remote_target.is_some() {
-                match &link {
+            if !to_self {
+                match link {
                     Some(conn) => conn.send(&envelope, remote_target)?,
                     None if remote_target.is_some() => return Err(PublishError::NotConnected),
                     None => {}
                 }
             }
             *seq += 1;
-            drop(seq);
-            inner.published.fetch_add(1, Ordering::Relaxed);
-            if local {
-                inner
-                    .hub
-                    .publish(envelope)
-                    .map_err(|_| PublishError::Closed)?;
-            }
-            Ok(id)
+            Ok((envelope, id))
         })
     }
 
+    /// Checks `E`'s tag and records the type as known to this process.
     fn check_tag<E: Event>(&self) -> Result<(), InvalidName> {
-        let tag = TypeTag::from_static(E::TYPE_TAG);
-        if self.inner.receiver.known.read().contains(&tag) {
-            return Ok(());
-        }
         TypeTag::check(E::TYPE_TAG)?;
-        self.inner.receiver.known.write().insert(tag);
+        self.inner.receiver.known.write().insert(E::type_tag());
         Ok(())
     }
 
@@ -415,7 +413,10 @@ impl Bus {
         E: Event,
         O: Observer<E>,
     {
-        self.observe_arc::<E>(Arc::new(observer))
+        let tag = self.typed_tag::<E>();
+        self.inner
+            .hub
+            .subscribe_tag(tag, Arc::new(Typed::<E, O>::new(Arc::new(observer))))
     }
 
     /// As [`Bus::observe`], for an observer already shared.
@@ -531,8 +532,7 @@ impl Bus {
         if inner.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        let link = inner.link.write().take();
-        if let Some(conn) = link {
+        if let Some(conn) = inner.link.get() {
             if let Err(error) = conn.flush().await {
                 tracing::warn!(%error, "flushing the transport on close");
             }
@@ -563,13 +563,13 @@ impl Bus {
 
     /// Whether the bus is connected to its transport.
     pub fn is_connected(&self) -> bool {
-        self.inner.link.read().as_ref().is_some_and(|c| c.is_open())
+        self.inner.link.get().is_some_and(|c| c.is_open())
     }
 
     /// The bus's counters.
     pub fn stats(&self) -> BusStats {
         BusStats {
-            published: self.inner.published.load(Ordering::Relaxed),
+            published: *self.inner.seq.lock(),
             received: self.inner.receiver.received.load(Ordering::Relaxed),
             unknown_tags: self.inner.receiver.unknown.load(Ordering::Relaxed),
             hub: self.inner.hub.stats(),

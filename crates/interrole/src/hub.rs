@@ -11,7 +11,7 @@
 //!    `catch_unwind`; a panic goes to that observer's own `on_error`.
 //! 3. Sequential or parallel: entering a rayon pool from outside costs some 15–24 µs while an
 //!    observer call costs a few nanoseconds, so the hub calls observers one after the other unless
-//!    the measured cost of the route (sampled: the first calls, then one in 16) exceeds the
+//!    the measured cost of the route (sampled: the first calls, then one in 64) exceeds the
 //!    parallel threshold (50 µs by default) and the route has at least two observers. On a tokio
 //!    multi-thread worker, the parallel region runs inside `block_in_place`, so the runtime moves
 //!    its other tasks elsewhere instead of stalling behind it.
@@ -348,28 +348,48 @@ impl HubInner {
     }
 
     /// Calls one observer with one event. Returns whether `on_next` was called.
+    ///
+    /// The common call (not timed, no panic) stays small; timing and the panic path are out of
+    /// line.
+    #[inline]
     fn invoke(&self, slot: &HubSlot, event: &InterRoleEvent, measure: bool) -> bool {
         slot.deliver(|observer| {
-            let started = measure.then(Instant::now);
-            let result = catch_unwind(AssertUnwindSafe(|| observer.on_next(event)));
-            if let Some(t) = started {
-                slot.record_cost(t.elapsed().as_nanos() as u64);
-            }
+            let result = if measure {
+                let started = Instant::now();
+                let result = catch_unwind(AssertUnwindSafe(|| observer.on_next(event)));
+                slot.record_cost(started.elapsed().as_nanos() as u64);
+                result
+            } else {
+                catch_unwind(AssertUnwindSafe(|| observer.on_next(event)))
+            };
             if let Err(payload) = result {
-                self.counters.panics.fetch_add(1, Ordering::Relaxed);
-                let error = ObserverError::panicked(&*payload);
-                tracing::warn!(
-                    observer = slot.id(),
-                    event = %event.id(),
-                    type_tag = %event.type_tag(),
-                    %error,
-                    "observer panicked; routed to its on_error"
-                );
-                run_guarded("on_error", || observer.on_error(error));
-                drop_payload(payload);
+                self.panicked(slot, observer, event, payload);
             }
         })
         .is_some()
+    }
+
+    /// An observer's `on_next` panicked: count it, log it, and tell the observer.
+    #[cold]
+    #[inline(never)]
+    fn panicked(
+        &self,
+        slot: &HubSlot,
+        observer: &DynObserver,
+        event: &InterRoleEvent,
+        payload: Box<dyn std::any::Any + Send>,
+    ) {
+        self.counters.panics.fetch_add(1, Ordering::Relaxed);
+        let error = ObserverError::panicked(&*payload);
+        tracing::warn!(
+            observer = slot.id(),
+            event = %event.id(),
+            type_tag = %event.type_tag(),
+            %error,
+            "observer panicked; routed to its on_error"
+        );
+        run_guarded("on_error", || observer.on_error(error));
+        drop_payload(payload);
     }
 
     fn complete_now(&self) {
@@ -447,46 +467,81 @@ fn leave(saved: Vec<Group>) -> Vec<Group> {
 }
 
 fn dispatch(hub: &Arc<HubInner>, item: Item) {
-    // Inside a call: queued (the closure keeps the item). Outside: handed back, and run now.
-    let outside = REENTRY.with(|r| {
-        if r.depth.get() == 0 {
-            return Some(item);
-        }
-        r.queue.borrow_mut().push(vec![(hub.clone(), item)]);
-        None
-    });
-    if let Some(item) = outside {
-        let children = run_item(hub, item);
-        drain(children);
+    if in_callback() {
+        REENTRY.with(|r| r.queue.borrow_mut().push(vec![(hub.clone(), item)]));
+        return;
     }
+    let children = run_item(hub, item);
+    drain(children);
 }
 
 /// Runs `f` with every hub dispatch it causes on this thread deferred and grouped as one publish,
 /// then delivers them; inside an observer call, the group joins that call's queue instead.
 pub(crate) fn deferred<R>(f: impl FnOnce() -> R) -> R {
+    let (result, queued) = capture(f);
+    release(queued);
+    result
+}
+
+/// Runs `f` with every hub dispatch it causes on this thread held back; returns them for
+/// [`release`], so that the caller can let go of its locks first.
+pub(crate) fn capture<R>(f: impl FnOnce() -> R) -> (R, Vec<Group>) {
     let saved = enter();
     let result = f();
-    let mut produced = leave(saved);
-    // One group for everything `f` published; most often it published once (no copy then).
+    (result, leave(saved))
+}
+
+/// Delivers what [`capture`] held back, as one group; inside an observer call, the group joins
+/// that call's queue instead.
+pub(crate) fn release(mut produced: Vec<Group>) {
+    // One group for everything; most often there was one publish (no copy then).
     let group: Group = match produced.len() {
-        0 => return result,
+        0 => return,
         1 => produced.pop().unwrap_or_default(),
         _ => produced.into_iter().flatten().collect(),
     };
     if group.is_empty() {
-        return result;
+        return;
     }
-    let outside = REENTRY.with(|r| {
-        if r.depth.get() == 0 {
-            return Some(group);
-        }
-        r.queue.borrow_mut().push(group);
-        None
-    });
-    if let Some(group) = outside {
+    if in_callback() {
+        REENTRY.with(|r| r.queue.borrow_mut().push(group));
+    } else {
         drain(run_group(group));
     }
-    result
+}
+
+/// One publish on a bus: `send` numbers the event and hands it to the transport (whose
+/// in-process deliveries are queued on this thread), then, with `local`, the bus's own hub gets
+/// it. The local dispatch and the transport's deliveries form one group: all of them run before
+/// anything their observers publish. The common case (nothing delivered in process through the
+/// transport, not inside an observer call) allocates nothing here.
+pub(crate) fn publish_group<T, E>(
+    hub: &Arc<HubInner>,
+    local: bool,
+    send: impl FnOnce() -> Result<(InterRoleEvent, T), E>,
+) -> Result<T, E> {
+    if in_callback() {
+        return deferred(|| {
+            let (event, value) = send()?;
+            if local {
+                dispatch(hub, Item::Event(event));
+            }
+            Ok(value)
+        });
+    }
+    let saved = enter();
+    let sent = send();
+    let remote = leave(saved);
+    let mut children = match &sent {
+        Ok((event, _)) if local => hub.run(event),
+        _ => Vec::new(),
+    };
+    if !remote.is_empty() {
+        let mut caused = run_group(remote.into_iter().flatten().collect());
+        children.append(&mut caused);
+    }
+    drain(children);
+    sent.map(|(_, value)| value)
 }
 
 fn run_item(hub: &Arc<HubInner>, item: Item) -> Vec<Group> {

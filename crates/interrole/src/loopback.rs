@@ -12,7 +12,7 @@ use interrole_core::{
 };
 use parking_lot::RwLock;
 
-use crate::hub::deferred;
+use crate::hub::{capture, release};
 use crate::sync::Arc;
 
 /// The in-process transport: every bus opened on one `Loopback` (or on clones of it) reaches the
@@ -47,17 +47,34 @@ pub struct Loopback {
 
 #[derive(Default)]
 struct Fabric {
-    topics: RwLock<HashMap<Topic, Arc<[Arc<Member>]>>>,
+    topics: RwLock<HashMap<Topic, Arc<TopicState>>>,
     next_id: AtomicU64,
+}
+
+/// The connections open on one topic. A connection keeps its topic's state, so sending needs no
+/// map lookup.
+#[derive(Default)]
+struct TopicState {
+    members: RwLock<Vec<Arc<Member>>>,
 }
 
 struct Member {
     id: u64,
     instance: InstanceId,
     inbound: Arc<dyn Inbound>,
-    /// Held for reading while delivering; taken for writing to close, so that nothing is
-    /// delivered once `close` returns.
-    open: RwLock<bool>,
+    live: AtomicBool,
+    /// Held for reading while delivering; taken for writing once `live` is cleared, so that
+    /// nothing is delivered after a close returns.
+    gate: RwLock<()>,
+}
+
+impl Member {
+    /// Stops deliveries to this member; returns whether it was live.
+    fn end(&self) -> bool {
+        let was = self.live.swap(false, Ordering::AcqRel);
+        drop(self.gate.write());
+        was
+    }
 }
 
 impl Loopback {
@@ -74,23 +91,27 @@ impl Loopback {
 
     /// How many connections are open on `topic`.
     pub fn connections(&self, topic: &Topic) -> usize {
-        self.fabric.topics.read().get(topic).map_or(0, |m| m.len())
+        self.fabric
+            .topics
+            .read()
+            .get(topic)
+            .map_or(0, |t| t.members.read().len())
     }
 
     /// Drops every connection, as a relay restart would: each is told through
     /// [`Inbound::closed`] with a transient error, and must be opened again.
     pub fn restart(&self) {
-        let all: Vec<Arc<Member>> = {
-            let mut topics = self.fabric.topics.write();
-            topics.drain().flat_map(|(_, m)| m.to_vec()).collect()
-        };
-        for member in all {
-            let was_open = std::mem::replace(&mut *member.open.write(), false);
-            if was_open {
-                member.inbound.closed(TransportError::new(
-                    TransportErrorKind::ConnectionLost,
-                    "loopback fabric restarted",
-                ));
+        let topics: Vec<Arc<TopicState>> =
+            self.fabric.topics.write().drain().map(|(_, t)| t).collect();
+        for topic in topics {
+            let members = std::mem::take(&mut *topic.members.write());
+            for member in members {
+                if member.end() {
+                    member.inbound.closed(TransportError::new(
+                        TransportErrorKind::ConnectionLost,
+                        "loopback fabric restarted",
+                    ));
+                }
             }
         }
     }
@@ -99,12 +120,12 @@ impl Loopback {
 impl Fabric {
     fn remove(&self, topic: &Topic, id: u64) {
         let mut topics = self.topics.write();
-        if let Some(members) = topics.get(topic) {
-            let rest: Arc<[Arc<Member>]> = members.iter().filter(|m| m.id != id).cloned().collect();
-            if rest.is_empty() {
+        if let Some(state) = topics.get(topic) {
+            let mut members = state.members.write();
+            members.retain(|m| m.id != id);
+            if members.is_empty() {
+                drop(members);
                 topics.remove(topic);
-            } else {
-                topics.insert(topic.clone(), rest);
             }
         }
     }
@@ -130,13 +151,13 @@ impl Transport for Loopback {
             id,
             instance: spec.instance.clone(),
             inbound,
-            open: RwLock::new(true),
+            live: AtomicBool::new(true),
+            gate: RwLock::new(()),
         });
-        {
+        let state = {
             let mut topics = self.fabric.topics.write();
-            let members = topics
-                .entry(spec.topic.clone())
-                .or_insert_with(|| Arc::new([]));
+            let state = topics.entry(spec.topic.clone()).or_default().clone();
+            let mut members = state.members.write();
             if members.iter().any(|m| m.instance == spec.instance) {
                 return Err(TransportError::new(
                     TransportErrorKind::Conflict,
@@ -146,11 +167,14 @@ impl Transport for Loopback {
                     ),
                 ));
             }
-            *members = members.iter().cloned().chain([member.clone()]).collect();
-        }
+            members.push(member.clone());
+            drop(members);
+            state
+        };
         Ok(Arc::new(LoopbackConnection {
             fabric: self.fabric.clone(),
             topic: spec.topic,
+            state,
             member,
             closed: AtomicBool::new(false),
         }))
@@ -160,6 +184,7 @@ impl Transport for Loopback {
 struct LoopbackConnection {
     fabric: Arc<Fabric>,
     topic: Topic,
+    state: Arc<TopicState>,
     member: Arc<Member>,
     closed: AtomicBool,
 }
@@ -167,7 +192,7 @@ struct LoopbackConnection {
 impl LoopbackConnection {
     fn shut(&self) {
         if !self.closed.swap(true, Ordering::AcqRel) {
-            *self.member.open.write() = false;
+            self.member.end();
             self.fabric.remove(&self.topic, self.member.id);
         }
     }
@@ -186,27 +211,34 @@ impl Connection for LoopbackConnection {
                 "connection closed",
             ));
         }
-        if !*self.member.open.read() {
+        if !self.member.live.load(Ordering::Acquire) {
             return Err(TransportError::new(
                 TransportErrorKind::ConnectionLost,
                 "loopback fabric restarted",
             ));
         }
-        let members = self.fabric.topics.read().get(&self.topic).cloned();
+        let members = self.state.members.read();
         let mut reached = false;
-        // Deliveries into buses are queued and run after the fabric's locks are released.
-        deferred(|| {
-            for m in members.iter().flat_map(|m| m.iter()) {
-                if m.id == self.member.id || target.is_some_and(|t| *t != m.instance) {
-                    continue;
+        if members.len() > 1 {
+            // Deliveries into buses are held back and run once this publish is numbered and sent,
+            // and never under the fabric's locks.
+            let ((), queued) = capture(|| {
+                for m in members.iter() {
+                    if m.id == self.member.id || target.is_some_and(|t| *t != m.instance) {
+                        continue;
+                    }
+                    let _gate = m.gate.read();
+                    if m.live.load(Ordering::Acquire) {
+                        m.inbound.event(event.clone());
+                        reached = true;
+                    }
                 }
-                let open = m.open.read();
-                if *open {
-                    m.inbound.event(event.clone());
-                    reached = true;
-                }
-            }
-        });
+            });
+            drop(members);
+            release(queued);
+        } else {
+            drop(members);
+        }
         match target {
             Some(t) if !reached => Err(TransportError::new(
                 TransportErrorKind::NoListener,
@@ -225,7 +257,7 @@ impl Connection for LoopbackConnection {
     }
 
     fn is_open(&self) -> bool {
-        !self.closed.load(Ordering::Acquire) && *self.member.open.read()
+        !self.closed.load(Ordering::Acquire) && self.member.live.load(Ordering::Acquire)
     }
 }
 
