@@ -4,6 +4,19 @@
 pub(crate) use std::sync::Arc;
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+/// Waits a little before a waiter looks at a lock again: spins, then yields, then sleeps in
+/// steps that double from 1 µs up to 1 ms.
+pub(crate) fn backoff(round: u32) {
+    if round < 32 {
+        std::hint::spin_loop();
+    } else if round < 64 {
+        std::thread::yield_now();
+    } else {
+        let micros = 1u64 << (round - 64).min(10);
+        std::thread::sleep(std::time::Duration::from_micros(micros));
+    }
+}
+
 /// A mutex whose `lock` cannot fail (parking_lot: no poisoning).
 #[derive(Debug, Default)]
 pub(crate) struct Mutex<T>(parking_lot::Mutex<T>);

@@ -9,6 +9,11 @@ mod sync {
     pub(crate) use loom::sync::Arc;
     pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+    /// Under loom a waiter yields, so that the model explores the holder's progress.
+    pub(crate) fn backoff(_round: u32) {
+        loom::thread::yield_now();
+    }
+
     pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
 
     impl<T> Mutex<T> {
