@@ -1,0 +1,184 @@
+//! The HTTP side of a connection: reading a request head, answering plain requests.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The most headers a request head may carry.
+const MAX_HEADERS: usize = 100;
+
+/// A parsed request head.
+#[derive(Debug)]
+pub(crate) struct Head {
+    pub(crate) method: String,
+    pub(crate) target: String,
+    pub(crate) headers: Vec<(String, Vec<u8>)>,
+    /// Bytes read past the head.
+    pub(crate) rest: Vec<u8>,
+}
+
+impl Head {
+    /// The first header named `name` (any case), as text.
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .map(str::trim)
+    }
+
+    /// Whether a header named `name` holds `token` in its comma-separated list (any case).
+    pub(crate) fn has_token(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+}
+
+/// Why no head could be read.
+#[derive(Debug)]
+pub(crate) enum HeadError {
+    /// The peer closed or the socket failed.
+    Io,
+    /// Not HTTP: answer 400.
+    Malformed,
+    /// Over the size limit or too many headers: answer 431.
+    TooLarge,
+}
+
+/// Reads a request head of at most `max` bytes.
+pub(crate) async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max: usize,
+) -> Result<Head, HeadError> {
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|_| HeadError::Io)?;
+        if n == 0 {
+            return Err(if buf.is_empty() {
+                HeadError::Io
+            } else {
+                HeadError::Malformed
+            });
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                if len > max {
+                    return Err(HeadError::TooLarge);
+                }
+                let head = Head {
+                    method: req.method.unwrap_or_default().to_owned(),
+                    target: req.path.unwrap_or_default().to_owned(),
+                    headers: req
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.to_owned(), h.value.to_vec()))
+                        .collect(),
+                    rest: buf[len..].to_vec(),
+                };
+                return Ok(head);
+            }
+            Ok(httparse::Status::Partial) => {
+                if buf.len() > max {
+                    return Err(HeadError::TooLarge);
+                }
+            }
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(_) => return Err(HeadError::Malformed),
+        }
+    }
+}
+
+/// The reason phrase of the statuses this server answers.
+pub(crate) fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        410 => "Gone",
+        414 => "URI Too Long",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// Writes a complete response with a text body and `Connection: close`, then shuts the
+/// socket's write side down. Errors are ignored: the connection is being dropped anyway.
+pub(crate) async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    content_type: &str,
+    extra_headers: &str,
+    body: &str,
+) {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra_headers}Connection: close\r\n\r\n",
+        reason_phrase(status),
+        body.len()
+    );
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    let _ = stream.write_all(&out).await;
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+}
+
+/// Writes a short text error.
+pub(crate) async fn respond_error<S: AsyncWrite + Unpin>(stream: &mut S, status: u16, why: &str) {
+    let body = format!("{status} {}: {why}\n", reason_phrase(status));
+    respond(stream, status, "text/plain; charset=utf-8", "", &body).await;
+}
+
+/// Writes the 101 answer of a WebSocket upgrade.
+pub(crate) async fn respond_upgrade<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    accept_key: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_a_head_and_keeps_the_rest() {
+        let mut input: &[u8] = b"GET /x HTTP/1.1\r\nHost: a\r\n0: odd\r\n\r\nabc";
+        let head = read_head(&mut input, 1024).await.unwrap();
+        assert_eq!((head.method.as_str(), head.target.as_str()), ("GET", "/x"));
+        assert_eq!(head.header("host"), Some("a"));
+        assert_eq!(head.header("0"), Some("odd"));
+        assert_eq!(head.rest, b"abc");
+    }
+
+    #[tokio::test]
+    async fn refuses_garbage_and_oversized_heads() {
+        let mut input: &[u8] = b"\x00\x01\x02 garbage\r\n\r\n";
+        assert!(matches!(
+            read_head(&mut input, 1024).await,
+            Err(HeadError::Malformed)
+        ));
+        let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(2000));
+        let mut input = long.as_bytes();
+        assert!(matches!(
+            read_head(&mut input, 1024).await,
+            Err(HeadError::TooLarge)
+        ));
+    }
+}

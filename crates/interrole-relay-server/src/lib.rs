@@ -1,0 +1,73 @@
+//! The interrole relay server, as a library: the `interrole-relay` binary is a thin wrapper.
+//!
+//! The relay serves, on one port, multicast publish/subscribe over WebSockets (interrole's
+//! extension of the Azure Relay Hybrid Connections URL space, `docs/protocol.md`), a health
+//! endpoint (`GET /healthz`) and Prometheus metrics (`GET /metrics`). Every handshake is
+//! authorized with a shared access signature checked against the configured keys.
+//!
+//! ```no_run
+//! use interrole_relay_server::{Config, Server};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let config = Config {
+//!     listen: "127.0.0.1:0".parse()?,
+//!     ..Config::default()
+//! };
+//! let server = Server::bind(config).await?;
+//! println!("listening on {}", server.local_addr());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Delivery
+//!
+//! An event published on a path reaches every subscriber of the path except the publisher's
+//! own instance, or only its target for a directed event, in per-sender order. Each path keeps a
+//! bounded replay window that a reconnecting subscriber resumes from.
+//!
+//! ## Slow consumers
+//!
+//! Each subscriber has a bounded send queue. When it is full, the configured policy applies to
+//! that subscriber alone: drop the oldest queued events and send MISSED, or close with 4000.
+//! Publishing never waits for a subscriber.
+//!
+//! ## Closing
+//!
+//! [`Server::shutdown`] stops accepting, closes WebSockets with 1001 and waits for them up to
+//! the configured shutdown timeout.
+//!
+//! ## Not yet served
+//!
+//! Hybrid Connections one-to-one actions (`listen`, `connect`, `accept`, `request`, HTTP) are
+//! answered 404, and there is no TLS: put a TLS terminator in front.
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![deny(rustdoc::broken_intra_doc_links)]
+
+pub mod config;
+mod http;
+pub mod metrics;
+mod multicast;
+mod server;
+
+pub use config::{Config, ConfigError, DEFAULT_CONFIG_TOML, KeyConfig, SlowConsumerPolicy};
+pub use metrics::Metrics;
+pub use server::{Server, ShutdownHandle};
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn public_types_are_send_and_sync() {
+        fn check<T: Send + Sync + 'static>() {}
+        check::<crate::Server>();
+        check::<crate::ShutdownHandle>();
+        check::<crate::Config>();
+        check::<crate::Metrics>();
+    }
+}

@@ -1,0 +1,187 @@
+//! `interrole-relay`: the interrole relay server.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use interrole_relay::sas::SharedAccessSignature;
+use interrole_relay_server::{Config, DEFAULT_CONFIG_TOML, KeyConfig, Server};
+
+/// The interrole relay: multicast publish/subscribe over WebSockets, Azure Relay style.
+#[derive(Debug, Parser)]
+#[command(name = "interrole-relay", version)]
+struct Cli {
+    /// A TOML configuration file (see `generate-config`).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The address to listen on (overrides the file).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// A shared access key, `NAME=KEY[:rights][@/scope]`; rights are listen,send,manage
+    /// (default manage). Repeatable; added to the file's keys.
+    #[arg(long = "sas-key", value_name = "NAME=KEY[:rights][@/scope]")]
+    sas_keys: Vec<String>,
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Prints the commented default configuration.
+    GenerateConfig,
+    /// Prints a shared access signature token.
+    Token {
+        /// The key's name.
+        #[arg(long)]
+        key_name: String,
+        /// The key.
+        #[arg(long)]
+        key: String,
+        /// The resource, e.g. `https://relay.example/orders`.
+        #[arg(long)]
+        resource: String,
+        /// How long the token is valid: `90s`, `30m`, `1h`, `7d`, or seconds.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: Duration,
+    },
+}
+
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (num, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |i| text.split_at(i));
+    let n: u64 = num.parse().map_err(|_| format!("bad duration {text:?}"))?;
+    let mul = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("bad unit {unit:?} (s, m, h, d)")),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(mul)))
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load_config(cli: &Cli) -> Result<Config, Box<dyn std::error::Error + Send + Sync>> {
+    let mut config = match &cli.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    if let Some(listen) = cli.listen {
+        config.listen = listen;
+    }
+    for k in &cli.sas_keys {
+        let key = KeyConfig::parse_flag(k).map_err(|e| format!("--sas-key: {e}"))?;
+        config.keys.retain(|old| old.name != key.name);
+        config.keys.push(key);
+    }
+    config.key_set()?;
+    Ok(config)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::GenerateConfig) => {
+            print!("{DEFAULT_CONFIG_TOML}");
+            return std::process::ExitCode::SUCCESS;
+        }
+        Some(Command::Token {
+            key_name,
+            key,
+            resource,
+            ttl,
+        }) => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let token = SharedAccessSignature::sign(key_name, key, resource, now + ttl.as_secs());
+            println!("{token}");
+            return std::process::ExitCode::SUCCESS;
+        }
+        None => {}
+    }
+    init_tracing(cli.verbose);
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("interrole-relay: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("interrole-relay: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("interrole-relay: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    if config.keys.is_empty() {
+        tracing::warn!("no --sas-key configured: every multicast handshake will be refused (401)");
+    }
+    let server = Server::bind(config).await?;
+    // Printed on stdout so that scripts and tests can find an ephemeral port.
+    println!("listening on {}", server.local_addr());
+    tracing::info!(addr = %server.local_addr(), "relay started");
+    let handle = server.shutdown_handle();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received, shutting down");
+        handle.shutdown();
+    });
+    server.wait().await;
+    tracing::info!("relay stopped");
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}

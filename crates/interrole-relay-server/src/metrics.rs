@@ -1,0 +1,204 @@
+//! Counters kept with atomics and rendered in the Prometheus text format.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why something was refused, for the `rejections` counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A malformed request head.
+    BadRequest,
+    /// A handshake refused for its address (400, 404, 414).
+    BadAddress,
+    /// A missing or invalid token (401).
+    Unauthorized,
+    /// A token without the right for this path or action (403).
+    Forbidden,
+    /// Over a capacity limit (connections, paths, subscribers).
+    Capacity,
+    /// A handshake that did not finish in time.
+    HandshakeTimeout,
+    /// A multicast message that did not decode, or a protocol violation.
+    Protocol,
+    /// REJECT TOO_LARGE.
+    TooLarge,
+    /// REJECT TARGET_NOT_CONNECTED.
+    TargetNotConnected,
+}
+
+impl Reason {
+    const ALL: [Reason; 9] = [
+        Reason::BadRequest,
+        Reason::BadAddress,
+        Reason::Unauthorized,
+        Reason::Forbidden,
+        Reason::Capacity,
+        Reason::HandshakeTimeout,
+        Reason::Protocol,
+        Reason::TooLarge,
+        Reason::TargetNotConnected,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Reason::BadRequest => "bad_request",
+            Reason::BadAddress => "bad_address",
+            Reason::Unauthorized => "unauthorized",
+            Reason::Forbidden => "forbidden",
+            Reason::Capacity => "capacity",
+            Reason::HandshakeTimeout => "handshake_timeout",
+            Reason::Protocol => "protocol",
+            Reason::TooLarge => "too_large",
+            Reason::TargetNotConnected => "target_not_connected",
+        }
+    }
+}
+
+/// The kind of an open connection, for the `connections` gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Accepted, before or during its handshake, or a plain HTTP request.
+    Handshake,
+    /// A multicast publisher.
+    Publisher,
+    /// A multicast subscriber.
+    Subscriber,
+}
+
+/// The relay's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub(crate) conn_handshake: AtomicU64,
+    pub(crate) conn_publisher: AtomicU64,
+    pub(crate) conn_subscriber: AtomicU64,
+    pub(crate) connections_total: AtomicU64,
+    pub(crate) paths: AtomicU64,
+    pub(crate) events_in: AtomicU64,
+    pub(crate) events_out: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    pub(crate) slow_disconnects: AtomicU64,
+    rejections: [AtomicU64; 9],
+}
+
+impl Metrics {
+    pub(crate) fn gauge(&self, kind: Kind) -> &AtomicU64 {
+        match kind {
+            Kind::Handshake => &self.conn_handshake,
+            Kind::Publisher => &self.conn_publisher,
+            Kind::Subscriber => &self.conn_subscriber,
+        }
+    }
+
+    pub(crate) fn reject(&self, reason: Reason) {
+        let i = Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.rejections[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The count of refusals for `reason` so far.
+    pub fn rejections(&self, reason: Reason) -> u64 {
+        let i = Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.rejections[i].load(Ordering::Relaxed)
+    }
+
+    /// Events dropped from slow subscribers' queues so far.
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The counters in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut s = String::with_capacity(2048);
+        let mut metric = |name: &str, ty: &str, help: &str, rows: &[(&str, u64)]| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {ty}");
+            for (labels, v) in rows {
+                let _ = writeln!(s, "{name}{labels} {v}");
+            }
+        };
+        metric(
+            "interrole_relay_connections",
+            "gauge",
+            "Open connections by kind.",
+            &[
+                ("{kind=\"handshake\"}", l(&self.conn_handshake)),
+                ("{kind=\"publisher\"}", l(&self.conn_publisher)),
+                ("{kind=\"subscriber\"}", l(&self.conn_subscriber)),
+            ],
+        );
+        metric(
+            "interrole_relay_connections_total",
+            "counter",
+            "Connections accepted.",
+            &[("", l(&self.connections_total))],
+        );
+        metric(
+            "interrole_relay_paths",
+            "gauge",
+            "Multicast paths held.",
+            &[("", l(&self.paths))],
+        );
+        metric(
+            "interrole_relay_events_in_total",
+            "counter",
+            "Events accepted from publishers.",
+            &[("", l(&self.events_in))],
+        );
+        metric(
+            "interrole_relay_events_out_total",
+            "counter",
+            "Events queued to subscribers (replays included).",
+            &[("", l(&self.events_out))],
+        );
+        metric(
+            "interrole_relay_bytes_in_total",
+            "counter",
+            "Multicast message bytes received.",
+            &[("", l(&self.bytes_in))],
+        );
+        metric(
+            "interrole_relay_bytes_out_total",
+            "counter",
+            "Multicast message bytes sent.",
+            &[("", l(&self.bytes_out))],
+        );
+        metric(
+            "interrole_relay_dropped_total",
+            "counter",
+            "Events dropped from slow subscribers' queues.",
+            &[("", l(&self.dropped))],
+        );
+        metric(
+            "interrole_relay_duplicates_total",
+            "counter",
+            "PUBLISH frames at or below the sender's last sequence number.",
+            &[("", l(&self.duplicates))],
+        );
+        metric(
+            "interrole_relay_slow_consumer_disconnects_total",
+            "counter",
+            "Subscribers closed with 4000.",
+            &[("", l(&self.slow_disconnects))],
+        );
+        let rows: Vec<(String, u64)> = Reason::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                (
+                    format!("{{reason=\"{}\"}}", r.name()),
+                    l(&self.rejections[i]),
+                )
+            })
+            .collect();
+        let rows: Vec<(&str, u64)> = rows.iter().map(|(a, b)| (a.as_str(), *b)).collect();
+        metric(
+            "interrole_relay_rejections_total",
+            "counter",
+            "Handshakes, connections and events refused, by reason.",
+            &rows,
+        );
+        s
+    }
+}

@@ -1,0 +1,413 @@
+//! The listener: accepts connections, reads request heads, routes them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use interrole_core::InstanceId;
+use interrole_relay::sas::{Access, KeySet, SasError, SharedAccessSignature};
+use interrole_relay::url::{Action, RelayAddress};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::config::{Config, ConfigError};
+use crate::http::{self, Head, HeadError};
+use crate::metrics::{Kind, Metrics, Reason};
+use crate::multicast::{self, ConnInfo, Hub, Outbox};
+
+/// A running relay server.
+///
+/// Dropping it does not stop it: call [`Server::shutdown`] (or trigger a [`ShutdownHandle`] and
+/// [`Server::wait`]).
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    shutdown: ShutdownHandle,
+    metrics: Arc<Metrics>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Stops a [`Server`] gracefully: it stops accepting, closes WebSockets with 1001 and waits for
+/// them up to the configured shutdown timeout.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl ShutdownHandle {
+    /// Starts the shutdown (idempotent).
+    pub fn shutdown(&self) {
+        self.tx.send_replace(true);
+    }
+}
+
+struct Ctx {
+    config: Arc<Config>,
+    keys: KeySet,
+    metrics: Arc<Metrics>,
+    hub: Hub,
+    ws_config: WebSocketConfig,
+}
+
+impl Server {
+    /// Binds `config.listen` and starts serving.
+    ///
+    /// # Errors
+    /// When the address cannot be bound or the configuration is invalid.
+    pub async fn bind(config: Config) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let listener = TcpListener::bind(config.listen).await?;
+        Ok(Self::start(listener, config)?)
+    }
+
+    /// Starts serving on `listener` (which may be bound to port 0). Must be called within a
+    /// tokio runtime.
+    ///
+    /// # Errors
+    /// When the configuration is invalid (a key's rights) or the listener has no local address.
+    pub fn start(listener: TcpListener, config: Config) -> Result<Self, ConfigError> {
+        let keys = config.key_set()?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| ConfigError(format!("listener: {e}")))?;
+        let limits = config.limits.frame_limits();
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(limits.max_message))
+            .max_frame_size(Some(limits.max_message));
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::default());
+        let ctx = Arc::new(Ctx {
+            hub: Hub::new(config.clone(), metrics.clone()),
+            config,
+            keys,
+            metrics: metrics.clone(),
+            ws_config,
+        });
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, ctx, rx));
+        Ok(Self {
+            addr,
+            shutdown: ShutdownHandle { tx: Arc::new(tx) },
+            metrics,
+            task,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A handle that shuts the server down.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// The server's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Shuts down gracefully and waits until done.
+    pub async fn shutdown(self) {
+        self.shutdown.shutdown();
+        self.wait().await;
+    }
+
+    /// Waits until the server has stopped (after a [`ShutdownHandle::shutdown`]).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
+    let mut conns = JoinSet::new();
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            r = shutdown.changed() => {
+                if r.is_err() || *shutdown.borrow() {
+                    break;
+                }
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = sweep.tick() => ctx.hub.sweep(),
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                ctx.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+                if conns.len() >= ctx.config.limits.max_connections {
+                    ctx.metrics.reject(Reason::Capacity);
+                    tokio::spawn(async move {
+                        let mut stream = stream;
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(1),
+                            http::respond_error(&mut stream, 503, "too many connections"),
+                        )
+                        .await;
+                    });
+                    continue;
+                }
+                conns.spawn(connection(stream, peer, ctx.clone(), shutdown.clone()));
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!(connections = conns.len(), "shutting down");
+    ctx.hub.close_all();
+    let wait = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(ctx.config.shutdown_timeout(), wait)
+        .await
+        .is_err()
+    {
+        tracing::warn!(left = conns.len(), "shutdown timeout: dropping connections");
+        conns.abort_all();
+        while conns.join_next().await.is_some() {}
+    }
+}
+
+/// Counts a connection in a gauge while alive.
+struct Gauge<'a>(&'a AtomicU64);
+
+impl<'a> Gauge<'a> {
+    fn new(g: &'a AtomicU64) -> Self {
+        g.fetch_add(1, Ordering::Relaxed);
+        Self(g)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Ctx>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let gauge = Gauge::new(ctx.metrics.gauge(Kind::Handshake));
+    let limits = &ctx.config.limits;
+    let head = match tokio::time::timeout(
+        limits.handshake_timeout(),
+        http::read_head(&mut stream, limits.max_header_bytes),
+    )
+    .await
+    {
+        Err(_) => {
+            ctx.metrics.reject(Reason::HandshakeTimeout);
+            tracing::debug!(%peer, "handshake timeout");
+            return;
+        }
+        Ok(Err(HeadError::Io)) => return,
+        Ok(Err(HeadError::Malformed)) => {
+            ctx.metrics.reject(Reason::BadRequest);
+            http::respond_error(&mut stream, 400, "malformed request").await;
+            return;
+        }
+        Ok(Err(HeadError::TooLarge)) => {
+            ctx.metrics.reject(Reason::BadRequest);
+            http::respond_error(&mut stream, 431, "request head too large").await;
+            return;
+        }
+        Ok(Ok(head)) => head,
+    };
+    let route = head.target.split('?').next().unwrap_or_default();
+    if route == "/healthz" || route == "/metrics" {
+        if head.method != "GET" && head.method != "HEAD" {
+            http::respond_error(&mut stream, 405, "use GET").await;
+        } else {
+            let (ct, mut body) = if route == "/healthz" {
+                ("text/plain; charset=utf-8", "ok\n".to_owned())
+            } else {
+                (
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    ctx.metrics.render(),
+                )
+            };
+            if head.method == "HEAD" {
+                body.clear();
+            }
+            http::respond(&mut stream, 200, ct, "", &body).await;
+        }
+        return;
+    }
+    let admitted = match admit(&head, &ctx) {
+        Ok(a) => a,
+        Err((status, reason, why)) => {
+            ctx.metrics.reject(reason);
+            tracing::debug!(%peer, status, why, "handshake refused");
+            let extra = if status == 426 {
+                "Sec-WebSocket-Version: 13\r\n"
+            } else {
+                ""
+            };
+            let body = format!("{status} {}: {why}\n", http::reason_phrase(status));
+            http::respond(
+                &mut stream,
+                status,
+                "text/plain; charset=utf-8",
+                extra,
+                &body,
+            )
+            .await;
+            return;
+        }
+    };
+    if *shutdown.borrow() {
+        http::respond_error(&mut stream, 503, "relay shutting down").await;
+        return;
+    }
+    if http::respond_upgrade(&mut stream, &admitted.accept_key)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let ws =
+        WebSocketStream::from_partially_read(stream, head.rest, Role::Server, Some(ctx.ws_config))
+            .await;
+    drop(gauge);
+    let publisher = admitted.action == Action::Publish;
+    let _gauge = Gauge::new(ctx.metrics.gauge(if publisher {
+        Kind::Publisher
+    } else {
+        Kind::Subscriber
+    }));
+    tracing::debug!(%peer, path = %admitted.info.path, id = %admitted.info.id, publisher, "multicast connection");
+    let (sink, stream) = ws.split();
+    let outbox = Outbox::new();
+    let idle = limits.idle_timeout();
+    let writer = tokio::spawn(multicast::write_loop(
+        sink,
+        outbox.clone(),
+        ctx.metrics.clone(),
+        shutdown,
+        idle / 2,
+        limits.frame_limits(),
+    ));
+    if publisher {
+        multicast::run_publisher(&ctx.hub, stream, &outbox, &admitted.info).await;
+    } else {
+        multicast::run_subscriber(&ctx.hub, stream, &outbox, &admitted.info).await;
+    }
+    outbox.request_close(interrole_relay::frame::CloseCode::Normal, "");
+    let mut writer = writer;
+    if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+        .await
+        .is_err()
+    {
+        // A peer that reads nothing: drop its socket.
+        writer.abort();
+    }
+}
+
+struct Admitted {
+    action: Action,
+    accept_key: String,
+    info: ConnInfo,
+}
+
+type Refusal = (u16, Reason, String);
+
+/// Checks a handshake: address, upgrade headers, token.
+fn admit(head: &Head, ctx: &Ctx) -> Result<Admitted, Refusal> {
+    let address = RelayAddress::parse(&head.target, &ctx.config.limits.url_limits())
+        .map_err(|e| (e.http_status(), Reason::BadAddress, e.to_string()))?;
+    let action = address.action();
+    if !action.is_multicast() {
+        return Err((
+            404,
+            Reason::BadAddress,
+            format!("action {action} is not served by this relay"),
+        ));
+    }
+    let upgrade = head.method == "GET" && head.has_token("upgrade", "websocket");
+    let key = head.header("sec-websocket-key").filter(|k| !k.is_empty());
+    let Some(key) = key.filter(|_| upgrade) else {
+        return Err((
+            400,
+            Reason::BadRequest,
+            "a WebSocket upgrade is required".into(),
+        ));
+    };
+    if head.header("sec-websocket-version") != Some("13") {
+        return Err((
+            426,
+            Reason::BadRequest,
+            "WebSocket version 13 is required".into(),
+        ));
+    }
+    let id = address
+        .id()
+        .and_then(|id| InstanceId::new(id).ok())
+        .ok_or_else(|| {
+            (
+                400,
+                Reason::BadAddress,
+                "sb-hc-id must be an instance id".into(),
+            )
+        })?;
+    let expires = authorize(&address, head, &ctx.keys).map_err(|e| {
+        let status = e.http_status();
+        let reason = if status == 401 {
+            Reason::Unauthorized
+        } else {
+            Reason::Forbidden
+        };
+        (status, reason, e.to_string())
+    })?;
+    Ok(Admitted {
+        action,
+        accept_key: derive_accept_key(key.as_bytes()),
+        info: ConnInfo {
+            path: address.path().to_owned(),
+            id,
+            expires,
+        },
+    })
+}
+
+/// Verifies the handshake's token; returns when it expires.
+fn authorize(
+    address: &RelayAddress,
+    head: &Head,
+    keys: &KeySet,
+) -> Result<Option<Instant>, SasError> {
+    let Some(right) = address.action().required_right() else {
+        return Ok(None);
+    };
+    let token = address
+        .token()
+        .or_else(|| head.header("ServiceBusAuthorization"))
+        .ok_or_else(SasError::missing)?;
+    let token = SharedAccessSignature::parse(token)?;
+    let now = unix_now();
+    let mut access = Access::new(address.path(), right, now);
+    if let Some(host) = head.header("host") {
+        access = access.with_host(host);
+    }
+    keys.verify(&token, &access)?;
+    let left = token.expiry().saturating_sub(now);
+    Ok(Instant::now().checked_add(Duration::from_secs(left)))
+}
