@@ -47,8 +47,13 @@ max_connections = 10000
 max_paths = 10000
 # The most subscriber connections per path; one more is closed with 1013.
 max_subscribers_per_path = 10000
-# The most Hybrid Connections listeners per path (for the one-to-one mode).
+# The most Hybrid Connections listeners per path; one more is refused 403
+# (MaximumListenersPerEndpoint).
 max_hc_listeners_per_path = 25
+# How long a listener has to accept or reject a sender, in seconds (the sender gets 504 after it).
+accept_timeout_secs = 20
+# How long an HTTP sender waits for the listener's response, in seconds (504 after it).
+request_timeout_secs = 60
 # The largest envelope a publisher may send, in bytes; a larger one is refused with REJECT 1.
 max_envelope_bytes = 1048576
 # The longest multicast WebSocket message, version byte included, in bytes (close 1009 over it).
@@ -240,6 +245,10 @@ pub struct Limits {
     pub max_subscribers_per_path: usize,
     /// The most Hybrid Connections listeners per path (default 25).
     pub max_hc_listeners_per_path: usize,
+    /// The time a listener has to accept or reject a sender, in seconds (default 20).
+    pub accept_timeout_secs: u64,
+    /// The time an HTTP sender waits for the listener's response, in seconds (default 60).
+    pub request_timeout_secs: u64,
     /// The largest envelope, in bytes (default 1 MiB).
     pub max_envelope_bytes: usize,
     /// The longest multicast message, in bytes (default 4 MiB + 1 KiB).
@@ -261,6 +270,8 @@ impl Default for Limits {
             max_paths: 10_000,
             max_subscribers_per_path: 10_000,
             max_hc_listeners_per_path: 25,
+            accept_timeout_secs: 20,
+            request_timeout_secs: 60,
             max_envelope_bytes: 1024 * 1024,
             max_message_bytes: 4 * 1024 * 1024 + 1024,
             max_frames_per_message: 8192,
@@ -294,6 +305,16 @@ impl Limits {
     /// The idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs.max(1))
+    }
+
+    /// The time a listener has to accept or reject a sender.
+    pub fn accept_timeout(&self) -> Duration {
+        Duration::from_secs(self.accept_timeout_secs)
+    }
+
+    /// The time an HTTP sender waits for its response.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
     }
 
     /// The RESUME timeout.

@@ -106,10 +106,14 @@ pub(crate) fn reason_phrase(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         410 => "Gone",
         414 => "URI Too Long",
+        411 => "Length Required",
+        413 => "Content Too Large",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         _ => "Error",
     }
 }
@@ -123,13 +127,41 @@ pub(crate) async fn respond<S: AsyncWrite + Unpin>(
     extra_headers: &str,
     body: &str,
 ) {
-    let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra_headers}Connection: close\r\n\r\n",
+    let extra = format!("Content-Type: {content_type}\r\n{extra_headers}");
+    respond_raw(
+        stream,
+        status,
         reason_phrase(status),
+        &extra,
+        body.as_bytes(),
+        true,
+    )
+    .await;
+}
+
+/// Writes a complete response with any reason phrase (control characters become spaces),
+/// `extra_headers` (each ending in CRLF), `Content-Length`, `Connection: close` and, when
+/// `with_body`, the body; then shuts the socket's write side down.
+pub(crate) async fn respond_raw<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    reason: &str,
+    extra_headers: &str,
+    body: &[u8],
+    with_body: bool,
+) {
+    let reason: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\n{extra_headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     let mut out = head.into_bytes();
-    out.extend_from_slice(body.as_bytes());
+    if with_body {
+        out.extend_from_slice(body);
+    }
     let _ = stream.write_all(&out).await;
     let _ = stream.flush().await;
     let _ = stream.shutdown().await;
@@ -141,13 +173,18 @@ pub(crate) async fn respond_error<S: AsyncWrite + Unpin>(stream: &mut S, status:
     respond(stream, status, "text/plain; charset=utf-8", "", &body).await;
 }
 
-/// Writes the 101 answer of a WebSocket upgrade.
+/// Writes the 101 answer of a WebSocket upgrade, with the chosen subprotocol if any.
 pub(crate) async fn respond_upgrade<S: AsyncWrite + Unpin>(
     stream: &mut S,
     accept_key: &str,
+    protocol: Option<&str>,
 ) -> std::io::Result<()> {
+    let protocol = protocol
+        .filter(|p| !p.is_empty() && !p.chars().any(char::is_control))
+        .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
+        .unwrap_or_default();
     let head = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n{protocol}\r\n"
     );
     stream.write_all(head.as_bytes()).await?;
     stream.flush().await

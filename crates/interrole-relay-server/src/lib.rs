@@ -1,9 +1,11 @@
 //! The interrole relay server, as a library: the `interrole-relay` binary is a thin wrapper.
 //!
-//! The relay serves, on one port, multicast publish/subscribe over WebSockets (interrole's
-//! extension of the Azure Relay Hybrid Connections URL space, `docs/protocol.md`), a health
-//! endpoint (`GET /healthz`) and Prometheus metrics (`GET /metrics`). Every handshake is
-//! authorized with a shared access signature checked against the configured keys.
+//! The relay serves, on one port, Azure Relay Hybrid Connections one-to-one (listeners, WebSocket
+//! senders handed to a listener through a rendezvous, and small plain HTTP requests), multicast
+//! publish/subscribe over WebSockets (interrole's extension of the same URL space,
+//! `docs/protocol.md`), a health endpoint (`GET /healthz`) and Prometheus metrics
+//! (`GET /metrics`). Every handshake but a rendezvous is authorized with a shared access
+//! signature checked against the configured keys.
 //!
 //! ```no_run
 //! use interrole_relay_server::{Config, Server};
@@ -36,10 +38,17 @@
 //! [`Server::shutdown`] stops accepting, closes WebSockets with 1001 and waits for them up to
 //! the configured shutdown timeout.
 //!
+//! ## Hybrid Connections
+//!
+//! A sender is handed to one listener of its path, chosen at random; the listener has the
+//! configured accept timeout to open or reject the rendezvous (the sender gets 504 after it). A
+//! path holds at most `max_hc_listeners_per_path` listeners (one more is refused 403). Plain HTTP
+//! requests travel inline on a listener's control channel, or over a request rendezvous past
+//! 64 KiB (502 without a listener, 504 after the request timeout).
+//!
 //! ## Not yet served
 //!
-//! Hybrid Connections one-to-one actions (`listen`, `connect`, `accept`, `request`, HTTP) are
-//! answered 404, and there is no TLS: put a TLS terminator in front.
+//! Chunked HTTP request bodies; and there is no TLS: put a TLS terminator in front.
 
 #![forbid(unsafe_code)]
 #![warn(
@@ -51,6 +60,7 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod config;
+mod hc;
 mod http;
 pub mod metrics;
 mod multicast;

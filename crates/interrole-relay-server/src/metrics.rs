@@ -63,6 +63,36 @@ pub enum Kind {
     Publisher,
     /// A multicast subscriber.
     Subscriber,
+    /// A Hybrid Connections listener's control channel.
+    Listener,
+    /// A sender spliced to a listener through a rendezvous (one per pair).
+    Relayed,
+}
+
+/// What became of a Hybrid Connections sender's connect, for the `hc_rendezvous` counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rendezvous {
+    /// The listener opened the rendezvous.
+    Accepted,
+    /// The listener rejected the sender.
+    Rejected,
+    /// The listener did nothing in time.
+    TimedOut,
+    /// The listener's control channel went away meanwhile.
+    Failed,
+}
+
+/// What became of a plain HTTP request, for the `hc_http_requests` counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpOutcome {
+    /// A listener answered.
+    Answered,
+    /// No listener was connected (502).
+    NoListener,
+    /// No answer in time (504).
+    TimedOut,
+    /// The listener went away, or the request was refused before reaching it.
+    Failed,
 }
 
 /// The relay's counters.
@@ -80,6 +110,10 @@ pub struct Metrics {
     pub(crate) dropped: AtomicU64,
     pub(crate) duplicates: AtomicU64,
     pub(crate) slow_disconnects: AtomicU64,
+    pub(crate) conn_listener: AtomicU64,
+    pub(crate) conn_relayed: AtomicU64,
+    rendezvous: [AtomicU64; 4],
+    http_requests: [AtomicU64; 4],
     rejections: [AtomicU64; 9],
 }
 
@@ -89,7 +123,32 @@ impl Metrics {
             Kind::Handshake => &self.conn_handshake,
             Kind::Publisher => &self.conn_publisher,
             Kind::Subscriber => &self.conn_subscriber,
+            Kind::Listener => &self.conn_listener,
+            Kind::Relayed => &self.conn_relayed,
         }
+    }
+
+    pub(crate) fn rendezvous(&self, outcome: Rendezvous) {
+        self.rendezvous[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn http_request(&self, outcome: HttpOutcome) {
+        self.http_requests[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The count of sender connects that ended with `outcome` so far.
+    pub fn rendezvous_count(&self, outcome: Rendezvous) -> u64 {
+        self.rendezvous[outcome as usize].load(Ordering::Relaxed)
+    }
+
+    /// The count of plain HTTP requests that ended with `outcome` so far.
+    pub fn http_request_count(&self, outcome: HttpOutcome) -> u64 {
+        self.http_requests[outcome as usize].load(Ordering::Relaxed)
+    }
+
+    /// The Hybrid Connections listeners connected now.
+    pub fn hc_listeners(&self) -> u64 {
+        self.conn_listener.load(Ordering::Relaxed)
     }
 
     pub(crate) fn reject(&self, reason: Reason) {
@@ -126,6 +185,8 @@ impl Metrics {
                 ("{kind=\"handshake\"}", l(&self.conn_handshake)),
                 ("{kind=\"publisher\"}", l(&self.conn_publisher)),
                 ("{kind=\"subscriber\"}", l(&self.conn_subscriber)),
+                ("{kind=\"hc_listener\"}", l(&self.conn_listener)),
+                ("{kind=\"hc_relayed\"}", l(&self.conn_relayed)),
             ],
         );
         metric(
@@ -181,6 +242,48 @@ impl Metrics {
             "counter",
             "Subscribers closed with 4000.",
             &[("", l(&self.slow_disconnects))],
+        );
+        let r = &self.rendezvous;
+        metric(
+            "interrole_relay_hc_rendezvous_total",
+            "counter",
+            "Hybrid Connections sender connects by outcome.",
+            &[
+                (
+                    "{outcome=\"accepted\"}",
+                    l(&r[Rendezvous::Accepted as usize]),
+                ),
+                (
+                    "{outcome=\"rejected\"}",
+                    l(&r[Rendezvous::Rejected as usize]),
+                ),
+                (
+                    "{outcome=\"timed_out\"}",
+                    l(&r[Rendezvous::TimedOut as usize]),
+                ),
+                ("{outcome=\"failed\"}", l(&r[Rendezvous::Failed as usize])),
+            ],
+        );
+        let h = &self.http_requests;
+        metric(
+            "interrole_relay_hc_http_requests_total",
+            "counter",
+            "Plain HTTP requests relayed to listeners, by outcome.",
+            &[
+                (
+                    "{outcome=\"answered\"}",
+                    l(&h[HttpOutcome::Answered as usize]),
+                ),
+                (
+                    "{outcome=\"no_listener\"}",
+                    l(&h[HttpOutcome::NoListener as usize]),
+                ),
+                (
+                    "{outcome=\"timed_out\"}",
+                    l(&h[HttpOutcome::TimedOut as usize]),
+                ),
+                ("{outcome=\"failed\"}", l(&h[HttpOutcome::Failed as usize])),
+            ],
         );
         let rows: Vec<(String, u64)> = Reason::ALL
             .iter()

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use interrole_core::InstanceId;
-use interrole_relay::sas::{Access, KeySet, SasError, SharedAccessSignature};
+use interrole_relay::sas::{Access, KeySet, Right, SasError, SharedAccessSignature};
 use interrole_relay::url::{Action, RelayAddress};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::config::{Config, ConfigError};
+use crate::hc;
 use crate::http::{self, Head, HeadError};
 use crate::metrics::{Kind, Metrics, Reason};
 use crate::multicast::{self, ConnInfo, Hub, Outbox};
@@ -47,12 +48,14 @@ impl ShutdownHandle {
     }
 }
 
-struct Ctx {
-    config: Arc<Config>,
-    keys: KeySet,
-    metrics: Arc<Metrics>,
+/// What every connection shares.
+pub(crate) struct Ctx {
+    pub(crate) config: Arc<Config>,
+    pub(crate) keys: KeySet,
+    pub(crate) metrics: Arc<Metrics>,
     hub: Hub,
-    ws_config: WebSocketConfig,
+    pub(crate) hc: hc::Relay,
+    pub(crate) ws_config: WebSocketConfig,
 }
 
 impl Server {
@@ -83,6 +86,7 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let ctx = Arc::new(Ctx {
             hub: Hub::new(config.clone(), metrics.clone()),
+            hc: hc::Relay::new(),
             config,
             keys,
             metrics: metrics.clone(),
@@ -179,10 +183,10 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, mut shutdown: watch::
 }
 
 /// Counts a connection in a gauge while alive.
-struct Gauge<'a>(&'a AtomicU64);
+pub(crate) struct Gauge<'a>(&'a AtomicU64);
 
 impl<'a> Gauge<'a> {
-    fn new(g: &'a AtomicU64) -> Self {
+    pub(crate) fn new(g: &'a AtomicU64) -> Self {
         g.fetch_add(1, Ordering::Relaxed);
         Self(g)
     }
@@ -252,23 +256,14 @@ async fn connection(
         }
         return;
     }
-    let admitted = match admit(&head, &ctx) {
+    let address = match RelayAddress::parse(&head.target, &limits.url_limits()) {
         Ok(a) => a,
-        Err((status, reason, why)) => {
-            ctx.metrics.reject(reason);
-            tracing::debug!(%peer, status, why, "handshake refused");
-            let extra = if status == 426 {
-                "Sec-WebSocket-Version: 13\r\n"
-            } else {
-                ""
-            };
-            let body = format!("{status} {}: {why}\n", http::reason_phrase(status));
-            http::respond(
+        Err(e) => {
+            refuse(
                 &mut stream,
-                status,
-                "text/plain; charset=utf-8",
-                extra,
-                &body,
+                peer,
+                &ctx,
+                (e.http_status(), Reason::BadAddress, e.to_string()),
             )
             .await;
             return;
@@ -278,7 +273,19 @@ async fn connection(
         http::respond_error(&mut stream, 503, "relay shutting down").await;
         return;
     }
-    if http::respond_upgrade(&mut stream, &admitted.accept_key)
+    if !address.action().is_multicast() {
+        drop(gauge);
+        hc::serve(stream, peer, head, address, &ctx, shutdown).await;
+        return;
+    }
+    let admitted = match admit(&head, &address, &ctx) {
+        Ok(a) => a,
+        Err(refusal) => {
+            refuse(&mut stream, peer, &ctx, refusal).await;
+            return;
+        }
+    };
+    if http::respond_upgrade(&mut stream, &admitted.accept_key, None)
         .await
         .is_err()
     {
@@ -328,20 +335,26 @@ struct Admitted {
     info: ConnInfo,
 }
 
-type Refusal = (u16, Reason, String);
+/// A refused handshake: the status, the reason counted, and why (sent in the body).
+pub(crate) type Refusal = (u16, Reason, String);
 
-/// Checks a handshake: address, upgrade headers, token.
-fn admit(head: &Head, ctx: &Ctx) -> Result<Admitted, Refusal> {
-    let address = RelayAddress::parse(&head.target, &ctx.config.limits.url_limits())
-        .map_err(|e| (e.http_status(), Reason::BadAddress, e.to_string()))?;
-    let action = address.action();
-    if !action.is_multicast() {
-        return Err((
-            404,
-            Reason::BadAddress,
-            format!("action {action} is not served by this relay"),
-        ));
-    }
+/// Counts and answers a refused handshake.
+pub(crate) async fn refuse(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, refusal: Refusal) {
+    let (status, reason, why) = refusal;
+    ctx.metrics.reject(reason);
+    tracing::debug!(%peer, status, why, "handshake refused");
+    let extra = if status == 426 {
+        "Sec-WebSocket-Version: 13\r\n"
+    } else {
+        ""
+    };
+    let body = format!("{status} {}: {why}\n", http::reason_phrase(status));
+    http::respond(stream, status, "text/plain; charset=utf-8", extra, &body).await;
+}
+
+/// Checks the upgrade headers of a WebSocket handshake; returns the `Sec-WebSocket-Accept`
+/// value.
+pub(crate) fn upgrade_key(head: &Head) -> Result<String, Refusal> {
     let upgrade = head.method == "GET" && head.has_token("upgrade", "websocket");
     let key = head.header("sec-websocket-key").filter(|k| !k.is_empty());
     let Some(key) = key.filter(|_| upgrade) else {
@@ -358,6 +371,24 @@ fn admit(head: &Head, ctx: &Ctx) -> Result<Admitted, Refusal> {
             "WebSocket version 13 is required".into(),
         ));
     }
+    Ok(derive_accept_key(key.as_bytes()))
+}
+
+/// Maps a token failure to its refusal (401 or 403).
+pub(crate) fn token_refusal(e: &SasError) -> Refusal {
+    let status = e.http_status();
+    let reason = if status == 401 {
+        Reason::Unauthorized
+    } else {
+        Reason::Forbidden
+    };
+    (status, reason, e.to_string())
+}
+
+/// Checks a multicast handshake: upgrade headers, id, token.
+fn admit(head: &Head, address: &RelayAddress, ctx: &Ctx) -> Result<Admitted, Refusal> {
+    let action = address.action();
+    let accept_key = upgrade_key(head)?;
     let id = address
         .id()
         .and_then(|id| InstanceId::new(id).ok())
@@ -368,18 +399,10 @@ fn admit(head: &Head, ctx: &Ctx) -> Result<Admitted, Refusal> {
                 "sb-hc-id must be an instance id".into(),
             )
         })?;
-    let expires = authorize(&address, head, &ctx.keys).map_err(|e| {
-        let status = e.http_status();
-        let reason = if status == 401 {
-            Reason::Unauthorized
-        } else {
-            Reason::Forbidden
-        };
-        (status, reason, e.to_string())
-    })?;
+    let expires = authorize(address, head, &ctx.keys).map_err(|e| token_refusal(&e))?;
     Ok(Admitted {
         action,
-        accept_key: derive_accept_key(key.as_bytes()),
+        accept_key,
         info: ConnInfo {
             path: address.path().to_owned(),
             id,
@@ -388,8 +411,9 @@ fn admit(head: &Head, ctx: &Ctx) -> Result<Admitted, Refusal> {
     })
 }
 
-/// Verifies the handshake's token; returns when it expires.
-fn authorize(
+/// Verifies the handshake's token (`sb-hc-token`, else `ServiceBusAuthorization`, else, for
+/// plain HTTP, `Authorization`); returns when it expires.
+pub(crate) fn authorize(
     address: &RelayAddress,
     head: &Head,
     keys: &KeySet,
@@ -400,11 +424,27 @@ fn authorize(
     let token = address
         .token()
         .or_else(|| head.header("ServiceBusAuthorization"))
+        .or_else(|| {
+            (address.action() == Action::Http)
+                .then(|| head.header("Authorization"))
+                .flatten()
+        })
         .ok_or_else(SasError::missing)?;
+    verify_token(token, address.path(), right, head.header("host"), keys)
+}
+
+/// Verifies `token` for `right` on `path` (seen through `host`); returns when it expires.
+pub(crate) fn verify_token(
+    token: &str,
+    path: &str,
+    right: Right,
+    host: Option<&str>,
+    keys: &KeySet,
+) -> Result<Option<Instant>, SasError> {
     let token = SharedAccessSignature::parse(token)?;
     let now = unix_now();
-    let mut access = Access::new(address.path(), right, now);
-    if let Some(host) = head.header("host") {
+    let mut access = Access::new(path, right, now);
+    if let Some(host) = host {
         access = access.with_host(host);
     }
     keys.verify(&token, &access)?;

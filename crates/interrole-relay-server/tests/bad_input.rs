@@ -77,16 +77,24 @@ async fn handshakes_are_refused_with_the_documented_status() {
             "{bad}"
         );
     }
-    // Hybrid Connections one-to-one and unknown routes: 404.
+    // Hybrid Connections listeners and plain HTTP senders need a token too; an unknown request
+    // rendezvous is 404.
     let listen_hc = "/$hc/orders?sb-hc-action=listen";
     assert_eq!(
         raw_request(addr, &upgrade_request(addr, listen_hc, ""))
             .await
             .0,
-        404
+        401
     );
     let (status, _) = raw_request(addr, b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert_eq!(status, 404);
+    assert_eq!(status, 401);
+    let request_hc = "/$hc/orders?sb-hc-action=request&sb-hc-id=1";
+    assert_eq!(
+        raw_request(addr, &upgrade_request(addr, request_hc, ""))
+            .await
+            .0,
+        404
+    );
     // A multicast address without an upgrade.
     let t = target(
         Action::Subscribe,
