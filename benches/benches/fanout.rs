@@ -7,8 +7,9 @@
 use std::time::Duration;
 
 use benches::FANOUT_SIZES;
+use benches::fanout::Fanout;
 use benches::fanout::System;
-use benches::heavy::{self, HeavyFanout};
+use benches::heavy::{self, heavy_fanout};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use interrole::Dispatch;
 
@@ -43,7 +44,7 @@ fn heavy_observers(c: &mut Criterion) {
         ("parallel", Dispatch::Parallel),
         ("adaptive", Dispatch::Adaptive),
     ] {
-        let mut fixture = HeavyFanout::new(mode, iterations);
+        let mut fixture = heavy_fanout(mode, iterations);
         group.bench_function(name, |b| b.iter(|| fixture.publish_once()));
     }
     group.finish();

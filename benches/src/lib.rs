@@ -116,12 +116,22 @@ pub mod fanout {
     impl InterroleFanout {
         /// A bus on its own `Loopback` fabric with `n` counting observers of [`Tick`].
         pub fn new(n: usize, mode: Dispatch) -> Self {
+            Self::with_work(n, mode, || {})
+        }
+
+        /// The same, each observer also doing `work` before it counts.
+        pub fn with_work(
+            n: usize,
+            mode: Dispatch,
+            work: impl Fn() + Clone + Send + Sync + 'static,
+        ) -> Self {
             let bus = bench_bus(mode);
             let counter = Arc::new(AtomicU64::new(0));
             let guards = (0..n)
                 .map(|_| {
-                    let counter = counter.clone();
+                    let (counter, work) = (counter.clone(), work.clone());
                     bus.subscribe::<Tick, _>(move |_: &Tick| {
+                        work();
                         counter.fetch_add(1, Ordering::Relaxed);
                     })
                 })
@@ -330,14 +340,11 @@ pub mod fanout {
 /// Heavy observers: each call burns a calibrated amount of CPU.
 pub mod heavy {
     use std::hint::black_box;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::{Duration, Instant};
 
-    use interrole::{Bus, Dispatch, Subscription};
+    use interrole::Dispatch;
 
-    use crate::Tick;
-    use crate::fanout::bench_bus;
+    use crate::fanout::InterroleFanout;
 
     /// Observers per publish in the heavy bench.
     pub const OBSERVERS: usize = 16;
@@ -372,59 +379,10 @@ pub mod heavy {
     }
 
     /// A bus with [`OBSERVERS`] observers of [`Tick`] that each [`spin`] `iterations` rounds.
-    pub struct HeavyFanout {
-        bus: Bus,
-        guards: Vec<Subscription>,
-        counter: Arc<AtomicU64>,
-        next: u64,
-    }
-
-    impl std::fmt::Debug for HeavyFanout {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("HeavyFanout")
-                .field("bus", &self.bus)
-                .field("observers", &self.guards.len())
-                .finish()
-        }
-    }
-
-    impl HeavyFanout {
-        /// The fixture, with the given dispatch mode.
-        pub fn new(mode: Dispatch, iterations: u64) -> Self {
-            let bus = bench_bus(mode);
-            let counter = Arc::new(AtomicU64::new(0));
-            let guards = (0..OBSERVERS)
-                .map(|_| {
-                    let counter = counter.clone();
-                    bus.subscribe::<Tick, _>(move |_: &Tick| {
-                        black_box(spin(iterations));
-                        counter.fetch_add(1, Ordering::Relaxed);
-                    })
-                })
-                .collect();
-            Self {
-                bus,
-                guards,
-                counter,
-                next: 0,
-            }
-        }
-
-        /// Publishes one event; returns once all observers have run.
-        pub fn publish_once(&mut self) {
-            self.next += 1;
-            self.bus.publish(Tick(self.next)).expect("publish");
-        }
-
-        /// Observer calls made so far.
-        pub fn delivered(&self) -> u64 {
-            self.counter.load(Ordering::Relaxed)
-        }
-
-        /// The bus, for its counters (`stats().hub.parallel_dispatches`).
-        pub fn bus(&self) -> &Bus {
-            &self.bus
-        }
+    pub fn heavy_fanout(mode: Dispatch, iterations: u64) -> InterroleFanout {
+        InterroleFanout::with_work(OBSERVERS, mode, move || {
+            black_box(spin(iterations));
+        })
     }
 }
 

@@ -9,8 +9,9 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use benches::fanout::InterroleFanout;
 use benches::fanout::{Fanout, System};
-use benches::heavy::{self, HeavyFanout};
+use benches::heavy::{self, heavy_fanout};
 use benches::measure::{calls_for, median, ns_per_call};
 use benches::{FANOUT_SIZES, TARGET_N, TARGET_RATIO_VS_TOKIO, TARGET_SPEEDUP_PER_CORE};
 use interrole::Dispatch;
@@ -198,9 +199,9 @@ fn heavy_observers(cores: usize) -> (f64, String) {
         ("parallel", Dispatch::Parallel),
         ("adaptive", Dispatch::Adaptive),
     ];
-    let mut fixtures: Vec<HeavyFanout> = modes
+    let mut fixtures: Vec<InterroleFanout> = modes
         .iter()
-        .map(|&(_, mode)| HeavyFanout::new(mode, iterations))
+        .map(|&(_, mode)| heavy_fanout(mode, iterations))
         .collect();
     for f in &mut fixtures {
         for _ in 0..8 {
@@ -259,7 +260,7 @@ fn heavy_observers(cores: usize) -> (f64, String) {
 }
 
 /// (events dispatched, parallel dispatches) of a fixture's hub.
-fn dispatch_counts(f: &HeavyFanout) -> (u64, u64) {
+fn dispatch_counts(f: &InterroleFanout) -> (u64, u64) {
     let hub = f.bus().stats().hub;
     (hub.dispatched, hub.parallel_dispatches)
 }
