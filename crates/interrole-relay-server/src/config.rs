@@ -1,6 +1,7 @@
 //! The server's configuration: a TOML file, every field optional with a documented default.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use interrole_relay::frame::FrameLimits;
@@ -26,6 +27,12 @@ shutdown_timeout_secs = 5
 # key = "change-me"
 # rights = "manage"
 # scope = "orders"
+
+# TLS: with a certificate and its private key (both PEM files), the port accepts TLS only
+# (wss://, https://) and rendezvous addresses say wss://. Give both or neither.
+# [tls]
+# cert = "/etc/interrole/relay.crt"
+# key = "/etc/interrole/relay.key"
 
 [limits]
 # The longest HTTP request head (request line and headers), in bytes.
@@ -87,6 +94,8 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
     /// The shared access signature keys (default none).
     pub keys: Vec<KeyConfig>,
+    /// TLS on the port (default none: plain TCP).
+    pub tls: Option<TlsConfig>,
     /// Connection and message limits.
     pub limits: Limits,
     /// Subscriber queues.
@@ -101,6 +110,7 @@ impl Default for Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 9400)),
             shutdown_timeout_secs: 5,
             keys: Vec::new(),
+            tls: None,
             limits: Limits::default(),
             subscribers: Subscribers::default(),
             replay: Replay::default(),
@@ -218,6 +228,16 @@ impl KeyConfig {
             scope,
         })
     }
+}
+
+/// TLS on the listening port: a certificate chain and its private key, both PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM), the server's certificate first.
+    pub cert: PathBuf,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// Connection and message limits.
@@ -386,6 +406,18 @@ mod tests {
             Config::default()
         );
         assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let c = Config::from_toml("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n").unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(
+            (tls.cert, tls.key),
+            (PathBuf::from("c.pem"), PathBuf::from("k.pem"))
+        );
+        assert!(Config::from_toml("[tls]\ncert = \"c.pem\"\n").is_err());
+        assert!(Config::from_toml("[tls]\nkey = \"k.pem\"\n").is_err());
     }
 
     #[test]

@@ -70,13 +70,13 @@ use interrole_relay::control::{
 use interrole_relay::sas::Right;
 use interrole_relay::url::{Action, RelayAddress, Rendezvous};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
+use crate::conn::Conn;
 use crate::http::{self, Head};
 use crate::metrics::{HttpOutcome, Kind, Reason, Rendezvous as Outcome};
 use crate::server::{self, Ctx, Gauge, Refusal};
@@ -119,7 +119,7 @@ struct Waiting {
 /// What the listener did with a sender.
 enum Decision {
     Accepted {
-        stream: TcpStream,
+        stream: Conn,
         rest: Vec<u8>,
         accept_key: String,
         protocol: Option<String>,
@@ -268,7 +268,7 @@ impl Drop for PendingGuard<'_> {
 
 /// Serves every Hybrid Connections action and plain HTTP.
 pub(crate) async fn serve(
-    mut stream: TcpStream,
+    mut stream: Conn,
     peer: SocketAddr,
     head: Head,
     address: RelayAddress,
@@ -276,7 +276,7 @@ pub(crate) async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let refusal = match address.action() {
-        Action::Listen => match admit_listener(&head, &address, peer, ctx) {
+        Action::Listen => match admit_listener(&head, &address, peer, stream.is_tls(), ctx) {
             Ok(admitted) => return listen(stream, peer, head, admitted, ctx, shutdown).await,
             Err(r) => r,
         },
@@ -293,11 +293,13 @@ pub(crate) async fn serve(
     server::refuse(&mut stream, peer, ctx, refusal).await;
 }
 
-/// `ws` or `wss` and the host the peer reached the relay at.
-fn base_url(head: &Head, peer: SocketAddr) -> String {
-    let scheme = if head
-        .header("x-forwarded-proto")
-        .is_some_and(|p| p.eq_ignore_ascii_case("https"))
+/// `ws` or `wss` (over TLS, or behind a TLS terminator) and the host the peer reached the relay
+/// at.
+fn base_url(head: &Head, peer: SocketAddr, tls: bool) -> String {
+    let scheme = if tls
+        || head
+            .header("x-forwarded-proto")
+            .is_some_and(|p| p.eq_ignore_ascii_case("https"))
     {
         "wss"
     } else {
@@ -375,6 +377,7 @@ fn admit_listener<'a>(
     head: &Head,
     address: &RelayAddress,
     peer: SocketAddr,
+    tls: bool,
     ctx: &'a Ctx,
 ) -> Result<AdmittedListener<'a>, Refusal> {
     let accept_key = server::upgrade_key(head)?;
@@ -382,7 +385,7 @@ fn admit_listener<'a>(
         server::authorize(address, head, &ctx.keys).map_err(|e| server::token_refusal(&e))?;
     let path = address.path().to_owned();
     let cap = ctx.config.limits.max_hc_listeners_per_path;
-    let Some((registration, rx)) = ctx.hc.register(&path, base_url(head, peer), cap) else {
+    let Some((registration, rx)) = ctx.hc.register(&path, base_url(head, peer, tls), cap) else {
         return Err((
             403,
             Reason::Capacity,
@@ -399,7 +402,7 @@ fn admit_listener<'a>(
 }
 
 async fn listen(
-    mut stream: TcpStream,
+    mut stream: Conn,
     peer: SocketAddr,
     head: Head,
     admitted: AdmittedListener<'_>,
@@ -517,7 +520,7 @@ async fn listen(
 // Senders and the rendezvous
 
 async fn connect(
-    mut stream: TcpStream,
+    mut stream: Conn,
     peer: SocketAddr,
     head: Head,
     address: &RelayAddress,
@@ -675,7 +678,7 @@ async fn connect(
 
 /// A listener opens (or rejects at) a rendezvous address.
 async fn rendezvous(
-    mut stream: TcpStream,
+    mut stream: Conn,
     peer: SocketAddr,
     head: Head,
     address: &RelayAddress,
@@ -718,7 +721,7 @@ async fn rendezvous(
     }
 }
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Conn>;
 
 /// Relays messages between a sender and its listener until one closes.
 async fn splice(a: Ws, b: Ws, mut shutdown: watch::Receiver<bool>) {
@@ -808,7 +811,7 @@ where
 // HTTP senders
 
 async fn http_request(
-    mut stream: TcpStream,
+    mut stream: Conn,
     peer: SocketAddr,
     head: Head,
     address: &RelayAddress,
@@ -956,7 +959,7 @@ async fn http_request(
 /// A listener opens an HTTP request's rendezvous: to fetch a request too large to travel inline,
 /// or to answer with a response too large for the control channel.
 async fn request_rendezvous(
-    mut stream: TcpStream,
+    mut stream: Conn,
     peer: SocketAddr,
     head: Head,
     address: &RelayAddress,
@@ -1040,7 +1043,7 @@ async fn request_rendezvous(
 
 /// Reads a request body of `Content-Length` bytes, at most `max_message_bytes`.
 async fn read_body(
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     head: &Head,
     ctx: &Ctx,
 ) -> Result<Bytes, (u16, &'static str)> {
@@ -1120,17 +1123,22 @@ mod tests {
     fn base_url_follows_host_and_forwarded_proto() {
         let peer: SocketAddr = "10.0.0.1:5".parse().unwrap();
         assert_eq!(
-            base_url(&head(&[("Host", "relay:80")]), peer),
+            base_url(&head(&[("Host", "relay:80")]), peer, false),
             "ws://relay:80"
+        );
+        assert_eq!(
+            base_url(&head(&[("Host", "relay:443")]), peer, true),
+            "wss://relay:443"
         );
         assert_eq!(
             base_url(
                 &head(&[("Host", "relay"), ("X-Forwarded-Proto", "https")]),
-                peer
+                peer,
+                false
             ),
             "wss://relay"
         );
-        assert_eq!(base_url(&head(&[]), peer), "ws://10.0.0.1:5");
+        assert_eq!(base_url(&head(&[]), peer, false), "ws://10.0.0.1:5");
     }
 
     #[test]

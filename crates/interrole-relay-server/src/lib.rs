@@ -46,9 +46,18 @@
 //! requests travel inline on a listener's control channel, or over a request rendezvous past
 //! 64 KiB (502 without a listener, 504 after the request timeout).
 //!
+//! ## TLS
+//!
+//! With `[tls] cert` and `key` (PEM files; `--tls-cert`/`--tls-key`), the port serves TLS only
+//! (rustls), everything else unchanged over it, and rendezvous addresses say `wss://`. A failed
+//! TLS handshake (plain text on the port, say) closes that connection alone and is counted as
+//! the rejection reason `tls`; the TLS handshake and the request head together must finish
+//! within the handshake timeout. Without TLS, a TLS terminator in front that sets
+//! `X-Forwarded-Proto: https` also gets `wss://` rendezvous addresses.
+//!
 //! ## Not yet served
 //!
-//! Chunked HTTP request bodies; and there is no TLS: put a TLS terminator in front.
+//! Chunked HTTP request bodies.
 
 #![forbid(unsafe_code)]
 #![warn(
@@ -60,13 +69,16 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod config;
+mod conn;
 mod hc;
 mod http;
 pub mod metrics;
 mod multicast;
 mod server;
 
-pub use config::{Config, ConfigError, DEFAULT_CONFIG_TOML, KeyConfig, SlowConsumerPolicy};
+pub use config::{
+    Config, ConfigError, DEFAULT_CONFIG_TOML, KeyConfig, SlowConsumerPolicy, TlsConfig,
+};
 pub use metrics::Metrics;
 pub use server::{Server, ShutdownHandle};
 

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use interrole_relay::sas::SharedAccessSignature;
-use interrole_relay_server::{Config, DEFAULT_CONFIG_TOML, KeyConfig, Server};
+use interrole_relay_server::{Config, DEFAULT_CONFIG_TOML, KeyConfig, Server, TlsConfig};
 
 /// The interrole relay: multicast publish/subscribe over WebSockets, Azure Relay style.
 #[derive(Debug, Parser)]
@@ -21,6 +21,13 @@ struct Cli {
     /// (default manage). Repeatable; added to the file's keys.
     #[arg(long = "sas-key", value_name = "NAME=KEY[:rights][@/scope]")]
     sas_keys: Vec<String>,
+    /// Serve TLS with this certificate chain (PEM; overrides the file's `[tls]`, needs
+    /// `--tls-key`).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM; needs `--tls-cert`).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -90,6 +97,12 @@ fn load_config(cli: &Cli) -> Result<Config, Box<dyn std::error::Error + Send + S
     };
     if let Some(listen) = cli.listen {
         config.listen = listen;
+    }
+    if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+        config.tls = Some(TlsConfig {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
     }
     for k in &cli.sas_keys {
         let key = KeyConfig::parse_flag(k).map_err(|e| format!("--sas-key: {e}"))?;

@@ -24,10 +24,12 @@ pub enum Reason {
     TooLarge,
     /// REJECT TARGET_NOT_CONNECTED.
     TargetNotConnected,
+    /// A failed TLS handshake.
+    Tls,
 }
 
 impl Reason {
-    const ALL: [Reason; 9] = [
+    const ALL: [Reason; 10] = [
         Reason::BadRequest,
         Reason::BadAddress,
         Reason::Unauthorized,
@@ -37,6 +39,7 @@ impl Reason {
         Reason::Protocol,
         Reason::TooLarge,
         Reason::TargetNotConnected,
+        Reason::Tls,
     ];
 
     fn name(self) -> &'static str {
@@ -50,6 +53,7 @@ impl Reason {
             Reason::Protocol => "protocol",
             Reason::TooLarge => "too_large",
             Reason::TargetNotConnected => "target_not_connected",
+            Reason::Tls => "tls",
         }
     }
 }
@@ -114,7 +118,7 @@ pub struct Metrics {
     pub(crate) conn_relayed: AtomicU64,
     rendezvous: [AtomicU64; 4],
     http_requests: [AtomicU64; 4],
-    rejections: [AtomicU64; 9],
+    rejections: [AtomicU64; Reason::ALL.len()],
 }
 
 impl Metrics {

@@ -12,11 +12,13 @@ use interrole_relay::url::{Action, RelayAddress};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::config::{Config, ConfigError};
+use crate::conn::{self, Conn};
 use crate::hc;
 use crate::http::{self, Head, HeadError};
 use crate::metrics::{Kind, Metrics, Reason};
@@ -56,6 +58,8 @@ pub(crate) struct Ctx {
     hub: Hub,
     pub(crate) hc: hc::Relay,
     pub(crate) ws_config: WebSocketConfig,
+    /// Set when the port serves TLS.
+    tls: Option<TlsAcceptor>,
 }
 
 impl Server {
@@ -72,9 +76,11 @@ impl Server {
     /// tokio runtime.
     ///
     /// # Errors
-    /// When the configuration is invalid (a key's rights) or the listener has no local address.
+    /// When the configuration is invalid (a key's rights, TLS files that do not load) or the
+    /// listener has no local address.
     pub fn start(listener: TcpListener, config: Config) -> Result<Self, ConfigError> {
         let keys = config.key_set()?;
+        let tls = config.tls.as_ref().map(conn::acceptor).transpose()?;
         let addr = listener
             .local_addr()
             .map_err(|e| ConfigError(format!("listener: {e}")))?;
@@ -91,6 +97,7 @@ impl Server {
             keys,
             metrics: metrics.clone(),
             ws_config,
+            tls,
         });
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, ctx, rx));
@@ -154,6 +161,10 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, mut shutdown: watch::
                 ctx.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
                 if conns.len() >= ctx.config.limits.max_connections {
                     ctx.metrics.reject(Reason::Capacity);
+                    if ctx.tls.is_some() {
+                        // No plain-text answer on a TLS port: just close.
+                        continue;
+                    }
                     tokio::spawn(async move {
                         let mut stream = stream;
                         let _ = tokio::time::timeout(
@@ -205,15 +216,33 @@ fn unix_now() -> u64 {
 }
 
 async fn connection(
-    mut stream: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     ctx: Arc<Ctx>,
     shutdown: watch::Receiver<bool>,
 ) {
     let gauge = Gauge::new(ctx.metrics.gauge(Kind::Handshake));
     let limits = &ctx.config.limits;
-    let head = match tokio::time::timeout(
-        limits.handshake_timeout(),
+    // The TLS handshake and the request head share the handshake timeout.
+    let deadline = tokio::time::Instant::now() + limits.handshake_timeout();
+    let mut stream = match &ctx.tls {
+        None => Conn::Plain(tcp),
+        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+            Err(_) => {
+                ctx.metrics.reject(Reason::HandshakeTimeout);
+                tracing::debug!(%peer, "TLS handshake timeout");
+                return;
+            }
+            Ok(Err(e)) => {
+                ctx.metrics.reject(Reason::Tls);
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Ok(Ok(tls)) => Conn::Tls(Box::new(tls)),
+        },
+    };
+    let head = match tokio::time::timeout_at(
+        deadline,
         http::read_head(&mut stream, limits.max_header_bytes),
     )
     .await
@@ -339,7 +368,7 @@ struct Admitted {
 pub(crate) type Refusal = (u16, Reason, String);
 
 /// Counts and answers a refused handshake.
-pub(crate) async fn refuse(stream: &mut TcpStream, peer: SocketAddr, ctx: &Ctx, refusal: Refusal) {
+pub(crate) async fn refuse(stream: &mut Conn, peer: SocketAddr, ctx: &Ctx, refusal: Refusal) {
     let (status, reason, why) = refusal;
     ctx.metrics.reject(reason);
     tracing::debug!(%peer, status, why, "handshake refused");

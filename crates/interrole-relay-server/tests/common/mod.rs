@@ -2,6 +2,8 @@
 //! tokio-tungstenite client.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod tls;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
