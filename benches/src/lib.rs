@@ -378,7 +378,8 @@ pub mod heavy {
         ((target.as_secs_f64() / per_iteration) as u64).max(1)
     }
 
-    /// A bus with [`OBSERVERS`] observers of [`Tick`] that each [`spin`] `iterations` rounds.
+    /// A bus with [`OBSERVERS`] observers of [`Tick`](crate::Tick) that each [`spin`] `iterations`
+    /// rounds.
     pub fn heavy_fanout(mode: Dispatch, iterations: u64) -> InterroleFanout {
         InterroleFanout::with_work(OBSERVERS, mode, move || {
             black_box(spin(iterations));
