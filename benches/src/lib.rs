@@ -7,6 +7,8 @@
 //! - [`heavy`]: 16 observers each burning about 20 µs of CPU, dispatched sequentially, in
 //!   parallel, and adaptively.
 //! - [`codec`]: encoding and decoding an envelope with a 256-byte payload.
+//! - [`relay`]: load on the relay server in a child process (multicast throughput and latency,
+//!   idle subscribers at scale), for `compare multicast` and `compare scale`.
 //! - [`measure`]: a small `Instant`-based harness (warm-up, repetitions, median) for `compare`.
 
 use serde::{Deserialize, Serialize};
@@ -430,6 +432,8 @@ pub mod codec {
         event.payload::<Blob>().expect("decode payload").data.len()
     }
 }
+
+pub mod relay;
 
 /// A small harness for `compare`: warm-up, repetitions, median.
 pub mod measure {

@@ -4,7 +4,12 @@
 //!
 //! ```text
 //! cargo run --release -p benches --bin compare -- fanout
+//! cargo run --release -p benches --bin compare -- multicast
+//! cargo run --release -p benches --bin compare -- scale
 //! ```
+//!
+//! `multicast` and `scale` start the relay server in a child process (this executable's hidden
+//! `relay-server` subcommand) on 127.0.0.1 and kill it at the end.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -13,6 +18,7 @@ use benches::fanout::InterroleFanout;
 use benches::fanout::{Fanout, System};
 use benches::heavy::{self, heavy_fanout};
 use benches::measure::{calls_for, median, ns_per_call};
+use benches::relay::{self, Pace, RelayProcess};
 use benches::{FANOUT_SIZES, TARGET_N, TARGET_RATIO_VS_TOKIO, TARGET_SPEEDUP_PER_CORE};
 use interrole::Dispatch;
 
@@ -23,12 +29,24 @@ struct Command {
     run: fn() -> ExitCode,
 }
 
-/// Every subcommand. Later ones (multicast, scale, recovery) go here.
-const COMMANDS: &[Command] = &[Command {
-    name: "fanout",
-    about: "cheap fan-out vs tokio broadcast and crossbeam; heavy observers, parallel vs sequential",
-    run: fanout,
-}];
+/// Every subcommand. Later ones (recovery) go here.
+const COMMANDS: &[Command] = &[
+    Command {
+        name: "fanout",
+        about: "cheap fan-out vs tokio broadcast and crossbeam; heavy observers, parallel vs sequential",
+        run: fanout,
+    },
+    Command {
+        name: "multicast",
+        about: "relay (child process): 1 publisher, 20 subscribers; max throughput, paced latency",
+        run: multicast,
+    },
+    Command {
+        name: "scale",
+        about: "relay (child process): 10,000 idle subscribers; memory each, publish-to-last latency",
+        run: scale,
+    },
+];
 
 fn usage() -> String {
     let mut s = String::from("usage: compare <command>\n\ncommands:\n");
@@ -45,6 +63,14 @@ fn main() -> ExitCode {
             print!("{}", usage());
             ExitCode::SUCCESS
         }
+        // Hidden: the relay server that `multicast` and `scale` start as a child process.
+        Some("relay-server") => match relay::serve(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("compare relay-server: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some(name) => match COMMANDS.iter().find(|c| c.name == name) {
             Some(command) if args.len() == 1 => (command.run)(),
             Some(_) => {
@@ -278,4 +304,227 @@ fn print_machine(cores: usize) {
 
 fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "MISSED" }
+}
+
+fn multicast() -> ExitCode {
+    report("multicast", multicast_inner())
+}
+
+fn scale() -> ExitCode {
+    report("scale", scale_inner())
+}
+
+fn report(name: &str, result: Result<(), Box<dyn std::error::Error + Send + Sync>>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("compare {name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn multicast_inner() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    print_machine(interrole::pool_threads());
+    let subs = relay::MULTICAST_SUBSCRIBERS;
+    // Dropped (killed) on every way out of this function.
+    let server = RelayProcess::spawn()?;
+    println!(
+        "relay: pid {} on {} (child process, 2 tokio workers); load: 2 tokio workers",
+        server.pid(),
+        server.addr()
+    );
+    println!(
+        "1 publisher, {subs} subscribers, opaque {}-byte envelopes (send timestamp in the first 8 bytes)",
+        relay::ENVELOPE_BYTES
+    );
+    println!();
+    let rt = relay::runtime()?;
+    let max = rt.block_on(relay::multicast_run(
+        server.addr(),
+        "bench/throughput",
+        subs,
+        Pace::Max {
+            events: relay::THROUGHPUT_EVENTS,
+            max: relay::THROUGHPUT_MAX,
+        },
+        false,
+    ))?;
+    let paced = rt.block_on(relay::multicast_run(
+        server.addr(),
+        "bench/latency",
+        subs,
+        Pace::Paced {
+            rate: relay::LATENCY_RATE,
+            run: relay::LATENCY_RUN,
+        },
+        true,
+    ))?;
+    drop(rt);
+    drop(server);
+
+    println!(
+        "{:<34} | {:>9} | {:>10} | {:>8} | {:>12} | {:>8} | {:>8} | {:>8} | {:>5} | {:>6}",
+        "run",
+        "published",
+        "delivered",
+        "seconds",
+        "deliveries/s",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "lost",
+        "missed"
+    );
+    println!("{}", "-".repeat(130));
+    let rows = [
+        (
+            format!("max throughput (<= {} events)", relay::THROUGHPUT_EVENTS),
+            &max,
+        ),
+        (
+            format!(
+                "paced {} ev/s for {} s",
+                relay::LATENCY_RATE,
+                relay::LATENCY_RUN.as_secs()
+            ),
+            &paced,
+        ),
+    ];
+    // Latencies are recorded in the paced run only.
+    let lat = |r: &relay::RunResult, q: f64| {
+        if r.latencies_ns.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{:.1}", r.latency_us(q))
+        }
+    };
+    for (name, r) in rows {
+        println!(
+            "{name:<34} | {:>9} | {:>10} | {:>8.3} | {:>12.0} | {:>8} | {:>8} | {:>8} | {:>5} | {:>6}",
+            r.published,
+            r.delivered(),
+            r.elapsed.as_secs_f64(),
+            r.throughput(),
+            lat(r, 0.5),
+            lat(r, 0.99),
+            lat(r, 0.999),
+            r.lost(),
+            r.missed,
+        );
+    }
+    println!();
+    println!(
+        "max throughput: batches of up to {} PUBLISH frames per message, the publisher at most {} events ahead of the slowest subscriber;",
+        relay::BATCH,
+        relay::WINDOW
+    );
+    println!(
+        "  seconds = first send to last delivery; deliveries/s = events received over all {subs} subscribers per second"
+    );
+    println!(
+        "latency: receive time - send time (one Instant clock, this process), every delivery to every subscriber"
+    );
+    for (name, r) in [("max throughput", &max), ("paced", &paced)] {
+        if r.rejected > 0 {
+            println!("{name}: {} PUBLISH frames rejected", r.rejected);
+        }
+    }
+    let lost = max.lost() + paced.lost();
+    println!();
+    println!(
+        "multicast subscribers={subs} throughput_eps={:.0} p50_us={:.1} p99_us={:.1} p999_us={:.1} lost={lost}",
+        max.throughput(),
+        paced.latency_us(0.5),
+        paced.latency_us(0.99),
+        paced.latency_us(0.999),
+    );
+    Ok(())
+}
+
+fn scale_inner() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    print_machine(interrole::pool_threads());
+    let n = relay::SCALE_SUBSCRIBERS;
+    let server = RelayProcess::spawn()?;
+    println!(
+        "relay: pid {} on {} (child process, 2 tokio workers); load: 2 tokio workers",
+        server.pid(),
+        server.addr()
+    );
+    println!(
+        "{n} idle subscribers on one path, {} connecting at a time, each sends RESUME",
+        relay::CONNECT_CONCURRENCY
+    );
+    println!();
+    let rt = relay::runtime()?;
+    let r = rt.block_on(relay::scale_run(&server, n))?;
+    drop(rt);
+    drop(server);
+
+    let per = r.kib_per_subscriber();
+    println!("{:<44} | {:>12}", "measure", "value");
+    println!("{}", "-".repeat(60));
+    println!(
+        "{:<44} | {:>12.2}",
+        "connect all (s)",
+        r.connect_time.as_secs_f64()
+    );
+    let mut batches: Vec<f64> = r.batch_times.iter().map(Duration::as_secs_f64).collect();
+    batches.sort_by(f64::total_cmp);
+    println!(
+        "{:<44} | {:>12}",
+        format!(
+            "batch of {} (s): min / median / max",
+            relay::CONNECT_CONCURRENCY
+        ),
+        format!(
+            "{:.2}/{:.2}/{:.2}",
+            batches.first().copied().unwrap_or(f64::NAN),
+            median(&mut batches.clone()),
+            batches.last().copied().unwrap_or(f64::NAN)
+        )
+    );
+    println!(
+        "{:<44} | {:>12}",
+        "relay VmRSS before subscribers (KiB)", r.rss_before_kib
+    );
+    println!(
+        "{:<44} | {:>12}",
+        "relay VmRSS, all connected, idle 1 s (KiB)", r.rss_after_kib
+    );
+    println!("{:<44} | {:>12.2}", "KiB per idle subscriber", per);
+    let mut latencies = Vec::new();
+    for (i, (latency, got)) in r.rounds.iter().enumerate() {
+        let text = match latency {
+            Some(d) => {
+                latencies.push(d.as_secs_f64() * 1000.0);
+                format!("{:.2}", d.as_secs_f64() * 1000.0)
+            }
+            None => format!("{got}/{n} got it"),
+        };
+        println!(
+            "{:<44} | {:>12}",
+            format!("event {}: publish to last delivery (ms)", i + 1),
+            text
+        );
+    }
+    println!();
+    println!(
+        "target: <= {} KiB per idle subscriber: {per:.2} -> {}",
+        relay::TARGET_KIB_PER_SUBSCRIBER,
+        verdict(per <= relay::TARGET_KIB_PER_SUBSCRIBER)
+    );
+    if latencies.len() < r.rounds.len() {
+        return Err("an event did not reach every subscriber".into());
+    }
+    let last_ms = median(&mut latencies);
+    println!(
+        "publish to last delivery: median of {} single events",
+        latencies.len()
+    );
+    println!();
+    println!(
+        "scale subscribers={n} rss_per_subscriber_kib={per:.2} publish_to_last_delivery_ms={last_ms:.2}"
+    );
+    Ok(())
 }

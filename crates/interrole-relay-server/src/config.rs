@@ -67,6 +67,8 @@ max_envelope_bytes = 1048576
 max_message_bytes = 4195328
 # The most frames in one multicast message (close 1009 over it).
 max_frames_per_message = 8192
+# The read buffer of each WebSocket connection, in bytes: small keeps idle subscribers cheap.
+ws_read_buffer_bytes = 4096
 
 [subscribers]
 # How many events may wait in one subscriber's send queue.
@@ -275,6 +277,9 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// The most frames per multicast message (default 8192).
     pub max_frames_per_message: usize,
+    /// The read buffer of each WebSocket connection, in bytes (default 4096). Allocated per
+    /// connection: it dominates the memory of many idle subscribers.
+    pub ws_read_buffer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -295,6 +300,7 @@ impl Default for Limits {
             max_envelope_bytes: 1024 * 1024,
             max_message_bytes: 4 * 1024 * 1024 + 1024,
             max_frames_per_message: 8192,
+            ws_read_buffer_bytes: 4096,
         }
     }
 }

@@ -85,7 +85,12 @@ impl Server {
             .local_addr()
             .map_err(|e| ConfigError(format!("listener: {e}")))?;
         let limits = config.limits.frame_limits();
+        // tungstenite's default read buffer is 128 KiB per connection, allocated up front: with
+        // thousands of idle subscribers that is most of the relay's memory. Reads are copied out
+        // of it into each message, so a small buffer only costs more read calls on busy sockets.
         let ws_config = WebSocketConfig::default()
+            .read_buffer_size(config.limits.ws_read_buffer_bytes)
+            .write_buffer_size(0)
             .max_message_size(Some(limits.max_message))
             .max_frame_size(Some(limits.max_message));
         let config = Arc::new(config);
