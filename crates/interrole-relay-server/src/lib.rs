@@ -55,9 +55,8 @@
 //! within the handshake timeout. Without TLS, a TLS terminator in front that sets
 //! `X-Forwarded-Proto: https` also gets `wss://` rendezvous addresses.
 //!
-//! ## Not yet served
-//!
-//! Chunked HTTP request bodies.
+//! HTTP request bodies come with `Content-Length` or chunked; a chunked body is decoded, then
+//! relayed whole (bodies are buffered up to the message limit, not streamed).
 
 #![forbid(unsafe_code)]
 #![warn(

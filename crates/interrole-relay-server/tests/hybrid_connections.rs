@@ -396,7 +396,7 @@ async fn http_requests_travel_inline_to_a_listener() {
     let mut l = listener(addr, "web").await;
     let handler = tokio::spawn(async move {
         let mut seen = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..3 {
             let ControlMessage::Request(r) = control(&mut l).await else {
                 panic!("expected a request")
             };
@@ -438,7 +438,17 @@ async fn http_requests_travel_inline_to_a_listener() {
     let (status, text) = raw_request(addr, post.as_bytes()).await;
     assert_eq!(status, 201, "{text}");
 
+    // A chunked body is decoded and relayed whole.
+    let chunked = format!(
+        "POST /web HTTP/1.1\r\nHost: {addr}\r\nServiceBusAuthorization: {tok}\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nhello \r\n5;x=y\r\nworld\r\n0\r\n\r\n"
+    );
+    let (status, text) = raw_request(addr, chunked.as_bytes()).await;
+    assert_eq!(status, 201, "{text}");
+
     let (_l, seen) = handler.await.unwrap();
+    assert_eq!(seen[2].1, b"hello world");
+    let chunked_headers = seen[2].0.request_headers.as_ref().unwrap();
+    assert_eq!(control::header(chunked_headers, "transfer-encoding"), None);
     let (get, body) = &seen[0];
     assert_eq!(get.method.as_deref(), Some("GET"));
     assert_eq!(get.request_target.as_deref(), Some("/web/x?y=1"));
