@@ -324,16 +324,22 @@ fn report(name: &str, result: Result<(), Box<dyn std::error::Error + Send + Sync
     }
 }
 
-fn multicast_inner() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    print_machine(interrole::pool_threads());
-    let subs = relay::MULTICAST_SUBSCRIBERS;
-    // Dropped (killed) on every way out of this function.
+/// Starts the relay as a child process and says where it runs.
+fn start_relay() -> Result<RelayProcess, Box<dyn std::error::Error + Send + Sync>> {
     let server = RelayProcess::spawn()?;
     println!(
         "relay: pid {} on {} (child process, 2 tokio workers); load: 2 tokio workers",
         server.pid(),
         server.addr()
     );
+    Ok(server)
+}
+
+fn multicast_inner() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    print_machine(interrole::pool_threads());
+    let subs = relay::MULTICAST_SUBSCRIBERS;
+    // Dropped (killed) on every way out of this function.
+    let server = start_relay()?;
     println!(
         "1 publisher, {subs} subscribers, opaque {}-byte envelopes (send timestamp in the first 8 bytes)",
         relay::ENVELOPE_BYTES
@@ -445,12 +451,7 @@ fn multicast_inner() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 fn scale_inner() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     print_machine(interrole::pool_threads());
     let n = relay::SCALE_SUBSCRIBERS;
-    let server = RelayProcess::spawn()?;
-    println!(
-        "relay: pid {} on {} (child process, 2 tokio workers); load: 2 tokio workers",
-        server.pid(),
-        server.addr()
-    );
+    let server = start_relay()?;
     println!(
         "{n} idle subscribers on one path, {} connecting at a time, each sends RESUME",
         relay::CONNECT_CONCURRENCY
