@@ -79,6 +79,8 @@
 )]
 #![deny(rustdoc::broken_intra_doc_links)]
 
+#[cfg(feature = "client")]
+pub mod client;
 pub mod control;
 pub mod frame;
 mod pct;
