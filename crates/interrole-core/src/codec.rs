@@ -11,11 +11,14 @@
 //! +------+----------------------------------------------+-----------------------+
 //! | 0x01 | header: bincode(standard) of                 | payload: the rest of  |
 //! |      |   sender: str, seq: u64, type_tag: str,      | the buffer, bincode   |
-//! |      |   timestamp_micros: u64                      | of the event value    |
+//! |      |   timestamp_micros: u64, epoch: u64,         | of the event value    |
+//! |      |   directed: bool, n: u64, reply_to: u64      |                       |
 //! +------+----------------------------------------------+-----------------------+
 //! ```
 //!
-//! A `str` is a varint length followed by UTF-8 bytes; a `u64` is a varint (one byte below 251).
+//! `epoch`, `directed` and `n` are the event's [`StreamPos`](crate::StreamPos) (all 0 when it is
+//! not tracked); `reply_to` is the sequence number of the request a reply answers (0: none).
+//! A `bool` is one byte, 0 or 1. A `str` is a varint length followed by UTF-8 bytes; a `u64` is a varint (one byte below 251).
 //! The payload has no length prefix: it runs to the end of the buffer the transport delivered.
 
 use serde::Serialize;

@@ -70,6 +70,35 @@ struct Header {
     id: EventId,
     type_tag: TypeTag,
     timestamp_micros: u64,
+    stream: StreamPos,
+    reply_to: u64,
+}
+
+/// Where an event stands in its sender's streams: what a receiver uses to drop duplicates, find
+/// gaps and count what a gap lost.
+///
+/// A sender has one multicast stream and one directed stream per target. `n` numbers the events
+/// of one stream from 1 without holes, while the sequence number of the [`EventId`] runs across
+/// all of them: a receiver that sees multicast `n = 7` after `n = 5` knows one multicast event is
+/// missing, which the sequence number alone cannot say (the sender may have sent directed events
+/// to others in between). `epoch` names the sender's incarnation, so that a restarted sender's
+/// streams start afresh. An event outside any stream has `epoch == 0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct StreamPos {
+    /// The sender's incarnation (its bus's first sequence number); 0 when not tracked.
+    pub epoch: u64,
+    /// Whether the event was directed to one instance (the sender's stream to that instance)
+    /// rather than multicast.
+    pub directed: bool,
+    /// The event's position in its stream, from 1.
+    pub n: u64,
+}
+
+impl StreamPos {
+    /// Whether the event belongs to a stream at all.
+    pub fn is_tracked(&self) -> bool {
+        self.epoch != 0
+    }
 }
 
 trait Body: Send + Sync {
@@ -161,6 +190,10 @@ struct WireHeaderRef<'a> {
     seq: u64,
     type_tag: &'a str,
     timestamp_micros: u64,
+    epoch: u64,
+    directed: bool,
+    n: u64,
+    reply_to: u64,
 }
 
 #[derive(Deserialize)]
@@ -169,6 +202,10 @@ struct WireHeader {
     seq: u64,
     type_tag: String,
     timestamp_micros: u64,
+    epoch: u64,
+    directed: bool,
+    n: u64,
+    reply_to: u64,
 }
 
 fn now_micros() -> u64 {
@@ -180,17 +217,40 @@ fn now_micros() -> u64 {
 impl InterRoleEvent {
     /// Wraps a value published by `id.sender`, stamped with the current time.
     pub fn new<T: Event>(id: EventId, value: T) -> Self {
+        Self::in_stream(id, value, StreamPos::default(), None)
+    }
+
+    /// Wraps a value published by `id.sender` at `stream`'s position; `reply_to` is the
+    /// sequence number of the request it answers, for a reply.
+    pub fn in_stream<T: Event>(
+        id: EventId,
+        value: T,
+        stream: StreamPos,
+        reply_to: Option<u64>,
+    ) -> Self {
         Self {
             body: Arc::new(Local {
                 header: Header {
                     id,
                     type_tag: T::type_tag(),
                     timestamp_micros: now_micros(),
+                    stream,
+                    reply_to: reply_to.unwrap_or(0),
                 },
                 value,
                 wire: OnceLock::new(),
             }),
         }
+    }
+
+    /// Where the event stands in its sender's streams.
+    pub fn stream(&self) -> StreamPos {
+        self.body.header().stream
+    }
+
+    /// For a reply, the sequence number of the request it answers.
+    pub fn reply_to(&self) -> Option<u64> {
+        Some(self.body.header().reply_to).filter(|&s| s != 0)
     }
 
     /// The event's id: sender and sequence number.
@@ -289,6 +349,10 @@ impl InterRoleEvent {
                         seq: h.id.seq,
                         type_tag: h.type_tag.as_str(),
                         timestamp_micros: h.timestamp_micros,
+                        epoch: h.stream.epoch,
+                        directed: h.stream.directed,
+                        n: h.stream.n,
+                        reply_to: h.reply_to,
                     },
                     &mut out,
                 )?;
@@ -337,6 +401,12 @@ impl InterRoleEvent {
                     },
                     type_tag,
                     timestamp_micros: header.timestamp_micros,
+                    stream: StreamPos {
+                        epoch: header.epoch,
+                        directed: header.directed,
+                        n: header.n,
+                    },
+                    reply_to: header.reply_to,
                 },
                 wire: OnceLock::from(Ok(bytes)),
                 payload,
@@ -423,6 +493,20 @@ mod tests {
         assert_eq!(back.timestamp(), e.timestamp());
         assert_eq!(back.payload::<Refresh>().unwrap().section_name, "cache");
         assert_eq!(back.to_wire().unwrap(), wire);
+        assert_eq!((back.stream(), back.reply_to()), (StreamPos::default(), None));
+    }
+
+    #[test]
+    fn stream_position_and_reply_to_travel() {
+        let pos = StreamPos {
+            epoch: 1_700_000_000_000_000,
+            directed: true,
+            n: 300,
+        };
+        let e = InterRoleEvent::in_stream(id(42), Refresh { section_name: "x".into() }, pos, Some(7));
+        let back = InterRoleEvent::from_wire(e.to_wire().unwrap()).unwrap();
+        assert_eq!((back.stream(), back.reply_to()), (pos, Some(7)));
+        assert!(back.stream().is_tracked());
     }
 
     #[test]

@@ -45,12 +45,14 @@
 pub mod codec;
 mod event;
 mod id;
+mod retry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod transport;
 
 pub use codec::{CodecError, CodecErrorKind};
-pub use event::{Event, InterRoleEvent, PayloadError};
+pub use event::{Event, InterRoleEvent, PayloadError, StreamPos};
+pub use retry::{RetryDelays, RetryPolicy};
 pub use id::{EventId, InstanceId, InvalidName, MAX_NAME_LEN, Topic, TypeTag, tag_is_valid};
 pub use transport::{
     Connection, Inbound, OpenSpec, Transport, TransportError, TransportErrorKind, TransportLimits,

@@ -26,12 +26,25 @@ pub struct TransportLimits {
     /// The largest envelope, in bytes, that a connection accepts; `None` when there is no limit
     /// (an in-process transport that never encodes).
     pub max_envelope: Option<usize>,
+    /// Whether the transport itself never loses, duplicates or reorders events, and never
+    /// disconnects on its own (an in-process transport). A bus skips its reliability layer
+    /// (outbox, de-duplication, gap detection, reconnection) on such a transport.
+    pub lossless: bool,
 }
 
 impl TransportLimits {
     /// Limits with the given largest envelope.
     pub fn with_max_envelope(max_envelope: Option<usize>) -> Self {
-        Self { max_envelope }
+        Self {
+            max_envelope,
+            lossless: false,
+        }
+    }
+
+    /// Marks the transport as lossless (see [`TransportLimits::lossless`]).
+    pub fn lossless(mut self) -> Self {
+        self.lossless = true;
+        self
     }
 }
 
@@ -46,6 +59,10 @@ pub struct OpenSpec {
     /// Where to resume: for each sender, the last sequence number already received. A transport
     /// that keeps a replay window re-delivers what follows; others ignore it.
     pub resume: Vec<(InstanceId, u64)>,
+    /// Whether the instance was connected before (a reconnection): a transport with a replay
+    /// window then also re-delivers what it holds from senders not in `resume`, which may have
+    /// started while the instance was away.
+    pub rejoin: bool,
 }
 
 impl OpenSpec {
@@ -55,6 +72,7 @@ impl OpenSpec {
             topic,
             instance,
             resume: Vec::new(),
+            rejoin: false,
         }
     }
 }
@@ -123,6 +141,13 @@ pub trait Inbound: Send + Sync + fmt::Debug {
     /// The far end has accepted every event of this instance up to `seq`, inclusive.
     fn acknowledged(&self, seq: u64) {
         let _ = seq;
+    }
+
+    /// The far end refused this instance's event `seq` (it is not delivered): an envelope too
+    /// large, a directed event whose target is not connected. Reported before the
+    /// acknowledgement that covers `seq`. The default ignores it.
+    fn rejected(&self, seq: u64, error: TransportError) {
+        let _ = (seq, error);
     }
 
     /// Events were lost before they reached this connection: `count` of them, from `sender` when

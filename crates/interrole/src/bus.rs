@@ -1,6 +1,6 @@
 //! The bus: one per role instance; publish, subscribe, close.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use interrole_core::{
-    Connection, Event, EventId, Inbound, InstanceId, InterRoleEvent, InvalidName, OpenSpec, Topic,
-    Transport, TransportError, TypeTag,
+    Connection, Event, EventId, Inbound, InstanceId, InterRoleEvent, InvalidName, OpenSpec,
+    PayloadError, StreamPos, Topic, Transport, TransportError, TypeTag,
 };
 use parking_lot::{Mutex, RwLock};
 use tokio::runtime::Handle;
@@ -19,6 +19,7 @@ use crate::hub::{DispatchConfig, Hub, publish_group};
 use crate::loopback::Loopback;
 use crate::mailbox::{self, AsyncFn, AsyncObserver, FromEnvelope, Mailbox, Pusher, Received};
 use crate::observer::{FnObserver, Observable, Observer, Typed};
+use crate::reliable::{Reliability, Reliable, ReliableHost, ReliableStats};
 use crate::subscription::Subscription;
 use crate::sync::Arc;
 
@@ -38,13 +39,24 @@ pub enum PublishError {
     /// The transport refused the event.
     #[error("transport: {0}")]
     Transport(#[from] TransportError),
+    /// Too many published events wait for the far end's acknowledgement (the connection is
+    /// down or slow): the event was not published. Retry later, or raise
+    /// [`Reliability::outbox_events`](crate::Reliability::outbox_events) /
+    /// [`outbox_bytes`](crate::Reliability::outbox_bytes).
+    #[error("the outbox is full: {events} events ({bytes} bytes) wait for acknowledgement")]
+    OutboxFull {
+        /// Events waiting.
+        events: usize,
+        /// Their bytes.
+        bytes: usize,
+    },
 }
 
 impl PublishError {
     /// Whether publishing the same event again later may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::NotConnected => true,
+            Self::NotConnected | Self::OutboxFull { .. } => true,
             Self::Transport(e) => e.is_transient(),
             Self::Closed | Self::InvalidTag(_) => false,
         }
@@ -61,11 +73,32 @@ pub enum BuildError {
     /// The transport refused to open.
     #[error("opening the transport: {0}")]
     Transport(#[from] TransportError),
+    /// A setting given to the builder is not acceptable (a relay URL, say).
+    #[error("{0}")]
+    Config(String),
     /// The transport opens asynchronously and no tokio runtime was given or current.
     #[error(
         "the {0} transport needs a tokio runtime: build the bus inside one or give .runtime(handle)"
     )]
     NoRuntime(&'static str),
+}
+
+/// Why a [`Bus::request`] got no reply.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The request could not be sent.
+    #[error("sending the request: {0}")]
+    Publish(PublishError),
+    /// The transport refused the request (the target is not connected, say).
+    #[error("the request was refused: {0}")]
+    Refused(TransportError),
+    /// No reply came in time.
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    /// The reply is not of the type asked for, or does not decode.
+    #[error("the reply: {0}")]
+    Reply(PayloadError),
 }
 
 /// Counters of a bus: its hub's, plus what arrived from other processes.
@@ -93,6 +126,8 @@ pub struct BusBuilder {
     dispatch: DispatchConfig,
     runtime: Option<Handle>,
     close_timeout: Option<Duration>,
+    reliability: Reliability,
+    config_error: Option<String>,
 }
 
 impl BusBuilder {
@@ -118,6 +153,45 @@ impl BusBuilder {
     /// The transport, already shared.
     pub fn transport_arc(mut self, transport: Arc<dyn Transport>) -> Self {
         self.transport = Some(transport);
+        self
+    }
+
+    /// Carries the bus over the interrole relay at `url` (`ws://host:port`, `wss://host`), on
+    /// the path named by the [topic](BusBuilder::topic), proving its rights with `credentials`.
+    /// A bad URL is reported by [`build`](BusBuilder::build).
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// use interrole::Bus;
+    /// use interrole::relay::Credentials;
+    ///
+    /// let bus = Bus::builder()
+    ///     .instance("worker-1")
+    ///     .topic("orders")
+    ///     .relay("ws://127.0.0.1:9400", Credentials::key("root", "s3cret"))
+    ///     .build()?;
+    /// bus.host().unwrap().wait_opened(std::time::Duration::from_secs(10)).await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "relay")]
+    pub fn relay(mut self, url: &str, credentials: crate::relay::Credentials) -> Self {
+        match crate::relay::Relay::connect_to(url, credentials) {
+            Ok(relay) => self.transport = Some(Arc::new(crate::relay::RelayTransport::new(relay))),
+            Err(e) => self.config_error = Some(e.to_string()),
+        }
+        self
+    }
+
+    /// How the bus rides out a network transport's failures: retry policy, outbox, retention,
+    /// gap timeout (see [`Reliability`]). Ignored on an in-process transport.
+    pub fn reliability(mut self, reliability: Reliability) -> Self {
+        self.reliability = reliability;
+        self
+    }
+
+    /// The retry policy of the connection (a shortcut for [`Reliability::retry`]).
+    pub fn retry(mut self, policy: interrole_core::RetryPolicy) -> Self {
+        self.reliability.retry = policy;
         self
     }
 
@@ -147,6 +221,9 @@ impl BusBuilder {
     /// [`BuildError`] for an invalid instance id or topic, a transport that refuses at once, or a
     /// transport that needs a runtime when there is none.
     pub fn build(self) -> Result<Bus, BuildError> {
+        if let Some(e) = self.config_error {
+            return Err(BuildError::Config(e));
+        }
         let instance = match self.instance {
             Some(id) => InstanceId::new(id)?,
             None => {
@@ -162,6 +239,7 @@ impl BusBuilder {
         let transport = self
             .transport
             .unwrap_or_else(|| Arc::new(Loopback::shared()));
+        let lossless = transport.limits().lossless;
         let hub = Hub::with_config(self.dispatch);
         let receiver = Arc::new(Receiver {
             hub: hub.clone(),
@@ -169,14 +247,42 @@ impl BusBuilder {
             unknown_logged: Mutex::new(HashSet::new()),
             received: AtomicU64::new(0),
             unknown: AtomicU64::new(0),
+            pending: Mutex::new(HashMap::new()),
         });
+        // On a network transport, sequence numbers continue above a previous life of the same
+        // instance: they start from the microsecond the bus was built.
+        let epoch = if lossless { 1 } else { now_micros().max(1) };
+        let link = if lossless {
+            Link::Direct(OnceLock::new())
+        } else {
+            let handle = self
+                .runtime
+                .clone()
+                .or_else(|| Handle::try_current().ok())
+                .ok_or(BuildError::NoRuntime(transport.name()))?;
+            let reliable = Reliable::new(
+                transport.clone(),
+                topic.clone(),
+                instance.clone(),
+                self.reliability,
+                receiver.clone(),
+            );
+            handle.spawn(reliable.clone().supervise());
+            Link::Reliable(reliable)
+        };
         let inner = Arc::new(BusInner {
             instance: instance.clone(),
             topic: topic.clone(),
             hub,
             receiver: receiver.clone(),
-            seq: Mutex::new(0),
-            link: OnceLock::new(),
+            seq: Mutex::new(Sequence {
+                last: if lossless { 0 } else { epoch - 1 },
+                epoch,
+                published: 0,
+                multicast: 0,
+                directed: HashMap::new(),
+            }),
+            link,
             transport: transport.clone(),
             closed: AtomicBool::new(false),
             runtime: self.runtime.clone(),
@@ -184,34 +290,62 @@ impl BusBuilder {
             task_runtime: Mutex::new(None),
             close_timeout: self.close_timeout.unwrap_or(Duration::from_secs(10)),
         });
-        let spec = OpenSpec::new(topic, instance);
-        let opening = transport.open(spec.clone(), receiver.clone());
-        match opening.now_or_never() {
-            Some(result) => {
-                let _ = inner.link.set(result?);
-            }
-            None => {
-                let handle = self
-                    .runtime
-                    .or_else(|| Handle::try_current().ok())
-                    .ok_or(BuildError::NoRuntime(transport.name()))?;
-                let weak = Arc::downgrade(&inner);
-                handle.spawn(async move {
-                    match transport.open(spec, receiver).await {
-                        Ok(conn) => match weak.upgrade() {
-                            Some(inner) if !inner.closed.load(Ordering::Acquire) => {
-                                let _ = inner.link.set(conn);
-                            }
-                            _ => conn.close().await,
-                        },
-                        Err(error) => tracing::error!(%error, "opening the transport failed"),
-                    }
-                });
+        if let Link::Direct(slot) = &inner.link {
+            let spec = OpenSpec::new(topic, instance);
+            let opening = transport.open(spec.clone(), receiver.clone());
+            match opening.now_or_never() {
+                Some(result) => {
+                    let _ = slot.set(result?);
+                }
+                None => {
+                    let handle = self
+                        .runtime
+                        .or_else(|| Handle::try_current().ok())
+                        .ok_or(BuildError::NoRuntime(transport.name()))?;
+                    let weak = Arc::downgrade(&inner);
+                    handle.spawn(async move {
+                        match transport.open(spec, receiver).await {
+                            Ok(conn) => match weak.upgrade() {
+                                Some(inner) if !inner.closed.load(Ordering::Acquire) => {
+                                    if let Link::Direct(slot) = &inner.link {
+                                        let _ = slot.set(conn);
+                                    }
+                                }
+                                _ => conn.close().await,
+                            },
+                            Err(error) => tracing::error!(%error, "opening the transport failed"),
+                        }
+                    });
+                }
             }
         }
         tracing::debug!(instance = %inner.instance, topic = %inner.topic, transport = inner.transport.name(), "bus built");
         Ok(Bus { inner })
     }
+}
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// How a bus reaches its transport.
+enum Link {
+    /// A lossless (in-process) transport: no reliability layer.
+    Direct(OnceLock<Arc<dyn Connection>>),
+    /// A network transport, through the reliable client and host.
+    Reliable(Arc<Reliable>),
+}
+
+/// A sender's numbering: sequence numbers and stream positions.
+struct Sequence {
+    /// The last sequence number used.
+    last: u64,
+    epoch: u64,
+    published: u64,
+    multicast: u64,
+    directed: HashMap<InstanceId, u64>,
 }
 
 /// The event bus of one role instance: publish typed events, subscribe observers, close.
@@ -229,11 +363,11 @@ struct BusInner {
     topic: Topic,
     hub: Hub,
     receiver: Arc<Receiver>,
-    /// The last sequence number; held while an event is numbered and handed to the transport,
-    /// so that the transport sees each sender's events in sequence order.
-    seq: Mutex<u64>,
-    /// The transport connection, once open.
-    link: OnceLock<Arc<dyn Connection>>,
+    /// The numbering; held while an event is numbered and handed to the transport, so that the
+    /// transport sees each sender's events in sequence order.
+    seq: Mutex<Sequence>,
+    /// The transport connection.
+    link: Link,
     transport: Arc<dyn Transport>,
     closed: AtomicBool,
     runtime: Option<Handle>,
@@ -243,18 +377,39 @@ struct BusInner {
     close_timeout: Duration,
 }
 
-/// What the transport hands arriving events to.
-struct Receiver {
-    hub: Hub,
+type PendingReply = tokio::sync::oneshot::Sender<Result<InterRoleEvent, TransportError>>;
+
+/// What the transport (or the reliable layer) hands arriving events to.
+pub(crate) struct Receiver {
+    pub(crate) hub: Hub,
     known: Arc<RwLock<HashSet<TypeTag>>>,
     unknown_logged: Mutex<HashSet<TypeTag>>,
     received: AtomicU64,
     unknown: AtomicU64,
+    /// Requests waiting for their reply, by the request's sequence number.
+    pending: Mutex<HashMap<u64, PendingReply>>,
+}
+
+impl Receiver {
+    /// Fails the request `seq`, if one waits.
+    pub(crate) fn fail_request(&self, seq: u64, error: TransportError) {
+        if let Some(tx) = self.pending.lock().remove(&seq) {
+            let _ = tx.send(Err(error));
+        }
+    }
 }
 
 impl Inbound for Receiver {
     fn event(&self, event: InterRoleEvent) {
         self.received.fetch_add(1, Ordering::Relaxed);
+        if let Some(request) = event.reply_to() {
+            if event.stream().directed {
+                if let Some(tx) = self.pending.lock().remove(&request) {
+                    let _ = tx.send(Ok(event));
+                    return;
+                }
+            }
+        }
         if !event.is_local() && !self.known.read().contains(event.type_tag()) {
             self.unknown.fetch_add(1, Ordering::Relaxed);
             if self.unknown_logged.lock().insert(event.type_tag().clone()) {
@@ -264,6 +419,11 @@ impl Inbound for Receiver {
         }
         // A closed hub means the bus is closing: the event is late, not lost by the bus.
         let _ = self.hub.publish(event);
+    }
+
+    fn rejected(&self, seq: u64, error: TransportError) {
+        tracing::warn!(seq, %error, "an event was refused");
+        self.fail_request(seq, error);
     }
 
     fn closed(&self, error: TransportError) {
@@ -332,6 +492,18 @@ impl Bus {
         event: E,
         target: Option<&InstanceId>,
     ) -> Result<EventId, PublishError> {
+        self.send_with(event, target, None, |_| {})
+    }
+
+    /// Numbers `event`, hands it to the transport and the local observers; `on_numbered` runs
+    /// with its sequence number before anything is delivered (to register a pending request).
+    fn send_with<E: Event>(
+        &self,
+        event: E,
+        target: Option<&InstanceId>,
+        reply_to: Option<u64>,
+        on_numbered: impl FnOnce(u64),
+    ) -> Result<EventId, PublishError> {
         let inner = &*self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(PublishError::Closed);
@@ -346,24 +518,122 @@ impl Bus {
         let to_self = target.is_some_and(|t| *t == inner.instance);
         let local = target.is_none() || to_self;
         let remote_target = if to_self { None } else { target };
-        let link = inner.link.get();
         publish_group(&inner.hub.inner, local, || {
             let mut seq = inner.seq.lock();
             let id = EventId {
                 sender: inner.instance.clone(),
-                seq: *seq + 1,
+                seq: seq.last + 1,
             };
-            let envelope = InterRoleEvent::new(id.clone(), event);
+            let n = match target {
+                None => seq.multicast + 1,
+                Some(t) => seq.directed.get(t).copied().unwrap_or(0) + 1,
+            };
+            let stream = StreamPos {
+                epoch: seq.epoch,
+                directed: target.is_some(),
+                n,
+            };
+            let envelope = InterRoleEvent::in_stream(id.clone(), event, stream, reply_to);
+            on_numbered(id.seq);
             if !to_self {
-                match link {
-                    Some(conn) => conn.send(&envelope, remote_target)?,
-                    None if remote_target.is_some() => return Err(PublishError::NotConnected),
-                    None => {}
+                match &inner.link {
+                    Link::Direct(slot) => match slot.get() {
+                        Some(conn) => conn.send(&envelope, remote_target)?,
+                        None if remote_target.is_some() => {
+                            return Err(PublishError::NotConnected);
+                        }
+                        None => {}
+                    },
+                    Link::Reliable(r) => r.send(&envelope, remote_target)?,
                 }
             }
-            *seq += 1;
+            seq.last += 1;
+            seq.published += 1;
+            match target {
+                None => seq.multicast = n,
+                Some(t) => {
+                    seq.directed.insert(t.clone(), n);
+                }
+            }
             Ok((envelope, id))
         })
+    }
+
+    /// Sends `request` to `target` and waits for its reply of type `R`, for at most `timeout`.
+    /// The target answers with [`Bus::serve`] (or [`Bus::reply`]).
+    ///
+    /// # Errors
+    /// [`RequestError::Timeout`] when no reply came in time; [`RequestError::Refused`] when the
+    /// transport refused the request (the target is not connected, say);
+    /// [`RequestError::Publish`] when it could not be sent; [`RequestError::Reply`] when the
+    /// reply is not an `R`.
+    pub async fn request<Q: Event, R: Event>(
+        &self,
+        target: &InstanceId,
+        request: Q,
+        timeout: Duration,
+    ) -> Result<Received<R>, RequestError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let pending = &self.inner.receiver.pending;
+        let mut tx = Some(tx);
+        let mut key = 0;
+        let sent = self.send_with(request, Some(target), None, |seq| {
+            key = seq;
+            if let Some(tx) = tx.take() {
+                pending.lock().insert(seq, tx);
+            }
+        });
+        if let Err(e) = sent {
+            pending.lock().remove(&key);
+            return Err(RequestError::Publish(e));
+        }
+        let outcome = tokio::time::timeout(timeout, rx).await;
+        pending.lock().remove(&key);
+        match outcome {
+            Ok(Ok(Ok(reply))) => Received::new(reply).map_err(RequestError::Reply),
+            Ok(Ok(Err(e))) => Err(RequestError::Refused(e)),
+            Ok(Err(_)) => Err(RequestError::Publish(PublishError::Closed)),
+            Err(_) => Err(RequestError::Timeout(timeout)),
+        }
+    }
+
+    /// Answers `request` (an envelope received by an observer) with `reply`, directed to its
+    /// sender.
+    ///
+    /// # Errors
+    /// As [`Bus::send_to`].
+    pub fn reply<R: Event>(&self, request: &InterRoleEvent, reply: R) -> Result<EventId, PublishError> {
+        self.send_with(reply, Some(request.sender()), Some(request.seq()), |_| {})
+    }
+
+    /// Serves requests of type `Q`: `handler` runs for each one (on the dispatch thread, like a
+    /// closure subscriber) and its answer goes back to the requester. Dropping the guard stops
+    /// serving.
+    ///
+    /// # Panics
+    /// When `Q::TYPE_TAG` is not a valid [`TypeTag`].
+    pub fn serve<Q, R, F>(&self, handler: F) -> Subscription
+    where
+        Q: Event,
+        R: Event,
+        F: Fn(&Q) -> R + Send + Sync + 'static,
+    {
+        let tag = self.typed_tag::<Q>();
+        let weak = Arc::downgrade(&self.inner);
+        let observer = FnObserver::new(move |e: &InterRoleEvent| {
+            let Some(inner) = weak.upgrade() else { return };
+            let bus = Bus { inner };
+            match e.try_payload::<Q>() {
+                Ok(q) => {
+                    let r = handler(q);
+                    if let Err(error) = bus.reply(e, r) {
+                        tracing::warn!(%error, to = %e.sender(), "a reply could not be sent");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "a request did not decode"),
+            }
+        });
+        self.inner.hub.subscribe_tag(tag, Arc::new(observer))
     }
 
     /// Checks `E`'s tag and records the type as known to this process.
@@ -532,11 +802,16 @@ impl Bus {
         if inner.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        if let Some(conn) = inner.link.get() {
-            if let Err(error) = conn.flush().await {
-                tracing::warn!(%error, "flushing the transport on close");
+        match &inner.link {
+            Link::Direct(slot) => {
+                if let Some(conn) = slot.get() {
+                    if let Err(error) = conn.flush().await {
+                        tracing::warn!(%error, "flushing the transport on close");
+                    }
+                    conn.close().await;
+                }
             }
-            conn.close().await;
+            Link::Reliable(r) => r.close(inner.close_timeout).await,
         }
         inner.hub.complete();
         let tasks = std::mem::take(&mut *inner.tasks.lock());
@@ -563,13 +838,34 @@ impl Bus {
 
     /// Whether the bus is connected to its transport.
     pub fn is_connected(&self) -> bool {
-        self.inner.link.get().is_some_and(|c| c.is_open())
+        match &self.inner.link {
+            Link::Direct(slot) => slot.get().is_some_and(|c| c.is_open()),
+            Link::Reliable(r) => r.is_connected(),
+        }
+    }
+
+    /// The reliable host keeping the connection of a bus on a network transport (its state as a
+    /// watch channel); `None` on an in-process transport, which never disconnects.
+    pub fn host(&self) -> Option<ReliableHost> {
+        match &self.inner.link {
+            Link::Direct(_) => None,
+            Link::Reliable(r) => Some(r.host()),
+        }
+    }
+
+    /// The reliable client's and receiver's counters (outbox, re-sent, duplicates, missed);
+    /// `None` on an in-process transport.
+    pub fn reliable_stats(&self) -> Option<ReliableStats> {
+        match &self.inner.link {
+            Link::Direct(_) => None,
+            Link::Reliable(r) => Some(r.stats()),
+        }
     }
 
     /// The bus's counters.
     pub fn stats(&self) -> BusStats {
         BusStats {
-            published: *self.inner.seq.lock(),
+            published: self.inner.seq.lock().published,
             received: self.inner.receiver.received.load(Ordering::Relaxed),
             unknown_tags: self.inner.receiver.unknown.load(Ordering::Relaxed),
             hub: self.inner.hub.stats(),

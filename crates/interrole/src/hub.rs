@@ -216,6 +216,19 @@ impl Hub {
         dispatch(&self.inner, Item::Complete);
     }
 
+    /// Tells every observer, whatever its type, about `error` through its `on_error` (one call
+    /// at a time per observer, as for events). Used for what concerns them all, such as events
+    /// lost on the way to this process.
+    pub fn report(&self, error: ObserverError) {
+        if self.is_closed() {
+            return;
+        }
+        for slot in self.inner.registry.all() {
+            let e = error.clone();
+            slot.deliver(|observer| run_guarded("on_error", || observer.on_error(e)));
+        }
+    }
+
     /// Whether [`Hub::complete`] was called.
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Acquire)

@@ -102,10 +102,20 @@ mod loopback;
 mod mailbox;
 mod observer;
 mod registry;
+mod reliable;
 mod subscription;
 mod sync;
 
-pub use bus::{BuildError, Bus, BusBuilder, BusStats, PublishError};
+pub use bus::{BuildError, Bus, BusBuilder, BusStats, PublishError, RequestError};
+pub use reliable::{HostState, HostStatus, Reliability, ReliableHost, ReliableStats};
+
+/// The relay transport and its settings (feature `relay`): [`Credentials`](relay::Credentials),
+/// [`Relay`](relay::Relay), [`RelayTransport`](relay::RelayTransport), and the Hybrid
+/// Connections clients in [`relay::hc`].
+#[cfg(feature = "relay")]
+pub mod relay {
+    pub use interrole_relay::client::*;
+}
 pub use hub::{Dispatch, DispatchConfig, Hub, HubClosed, HubStats, pool_threads};
 pub use loopback::Loopback;
 pub use mailbox::{AsyncObserver, FromEnvelope, Mailbox, Overflow, Received};

@@ -138,7 +138,7 @@ impl Transport for Loopback {
     }
 
     fn limits(&self) -> TransportLimits {
-        TransportLimits::with_max_envelope(None)
+        TransportLimits::with_max_envelope(None).lossless()
     }
 
     async fn open(

@@ -305,6 +305,14 @@ where
     }
 
     /// How many observers are registered.
+    /// Every registered slot, keyed and keyless.
+    #[allow(dead_code)] // not used by every build that includes this file
+    pub(crate) fn all(&self) -> Vec<Arc<Slot<O>>> {
+        let state = self.state.lock();
+        let keyed = state.keyed.iter().map(|(_, s)| s.clone());
+        keyed.chain(state.keyless.iter().cloned()).collect()
+    }
+
     pub(crate) fn len(&self) -> usize {
         let state = self.state.lock();
         state.keyed.len() + state.keyless.len()

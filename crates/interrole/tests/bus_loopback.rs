@@ -294,7 +294,8 @@ impl Transport for Wire {
         "wire"
     }
     fn limits(&self) -> TransportLimits {
-        TransportLimits::with_max_envelope(Some(1 << 20))
+        // Lossless: the bus hands it events directly, without the reliability layer.
+        TransportLimits::with_max_envelope(Some(1 << 20)).lossless()
     }
     async fn open(
         &self,

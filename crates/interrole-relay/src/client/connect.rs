@@ -397,6 +397,20 @@ impl Relay {
     }
 }
 
+// For the Hybrid Connections clients, which also reach hosts other than the endpoint (rendezvous
+// addresses) and speak plain HTTP.
+impl Relay {
+    /// The TLS configuration `wss` and `https` connections use.
+    pub(crate) fn tls_config(&self) -> Arc<rustls::ClientConfig> {
+        self.tls.clone().unwrap_or_default().config
+    }
+
+    /// How long the TCP, TLS and WebSocket handshakes may take together.
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+}
+
 /// A byte stream a WebSocket runs on: TCP or TLS over TCP.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
@@ -405,7 +419,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 pub type Ws = WebSocketStream<Box<dyn Io>>;
 
 /// The transport error for a failed WebSocket handshake.
-fn handshake_error(e: tungstenite::Error) -> TransportError {
+pub(crate) fn handshake_error(e: tungstenite::Error) -> TransportError {
     use tungstenite::Error as E;
     match e {
         E::Http(response) => {

@@ -1,1 +1,1480 @@
-//! Hybrid Connections clients.
+//! Hybrid Connections clients: a listener ([`HcListener`]) that keeps a control channel open and
+//! receives WebSocket senders and HTTP requests, and a sender ([`HcSender`]) that connects to a
+//! listener or sends it an HTTP request. They speak the Azure Relay Hybrid Connections protocol
+//! (`docs/protocol.md` §1–§2), so they work with the interrole relay (`ws://`, `wss://`) and with
+//! Azure Relay (`sb://{namespace}.servicebus.windows.net` and a shared access key).
+//!
+//! ```no_run
+//! use interrole_relay::client::hc::{HcListener, HcSender, Incoming};
+//! use interrole_relay::client::{Credentials, Relay};
+//! use interrole_relay::control::Headers;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let relay = Relay::connect_to("ws://127.0.0.1:9400", Credentials::key("root", "s3cret"))?;
+//! let listener = HcListener::bind(relay.clone(), "hyco").await?;
+//! tokio::spawn(async move {
+//!     // `accept` fails once the listener is closed or its credentials are refused.
+//!     while let Ok(incoming) = listener.accept().await {
+//!         match incoming {
+//!             Incoming::Connection(c) if c.path() == "hyco" => {
+//!                 let _ws = c.accept().await; // a WebSocket to the sender
+//!             }
+//!             Incoming::Connection(c) => {
+//!                 let _ = c.reject(404, "no such room").await;
+//!             }
+//!             Incoming::Request(r) => {
+//!                 let _ = r.respond(200, Headers::new(), "hello").await;
+//!             }
+//!         }
+//!     }
+//! });
+//!
+//! let sender = HcSender::new(relay, "hyco");
+//! let response = sender.request("GET", "/greeting?lang=en", &Headers::new(), "").await?;
+//! assert_eq!((response.status, &response.body[..]), (200, &b"hello"[..]));
+//! let _ws = sender.connect().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## The control channel
+//!
+//! [`HcListener::bind`] opens the control channel (`sb-hc-action=listen`) and fails with that
+//! first attempt's error. From then on a task owns the channel: it turns `accept` and `request`
+//! control messages into [`Incoming`] items, sends `response` messages, pings the relay every
+//! [`PING_INTERVAL`] and declares the channel lost when nothing (not even a pong) was heard for
+//! three intervals. Items wait in a bounded queue (256); when it is full, a sender is rejected
+//! with 503 and a request answered 503, so that a slow application never stalls the channel.
+//!
+//! ## Reconnecting
+//!
+//! A lost channel (a network error, a close from the relay, the keep-alive timeout, a relay
+//! restart; Azure Relay drops every listener once a day) is re-opened after
+//! [`RECONNECT_DELAYS`] (0, 1, 2, 5, 10, 30 s, then every 30 s), as the official clients do; the
+//! delays start over once a channel has stayed up for 10 s. Meanwhile
+//! [`HcListener::status`] is [`ListenerStatus::Reconnecting`] with the last error, and the
+//! pending [`HcListener::accept`] keeps waiting. A handshake refused for good ends the listener:
+//! 401 (bad or expired credentials), 403 (no Listen right; but 403
+//! `MaximumListenersPerEndpoint`, a quota, is retried), 404 (no such hybrid connection) and other
+//! 4xx answers. [`HcListener::accept`] then returns that error, once the items already queued
+//! have been taken, and the status is [`ListenerStatus::Closed`] with it.
+//!
+//! ## Tokens
+//!
+//! With [`Credentials::Key`] every connection carries a fresh token, and the listener sends a
+//! `renewToken` on its control channel when 80 % of the token's lifetime has passed, so the
+//! relay never closes the channel for an expired token. A fixed [`Credentials::Token`] is not
+//! renewed: when it expires the relay closes the channel (1008), re-opening it is refused with
+//! 401, and the listener ends.
+//!
+//! ## HTTP
+//!
+//! [`HcSender::request`] sends a plain HTTP/1.1 request (`https://host/{path}..`, or `http` for
+//! a `ws://` relay) with the token in the `ServiceBusAuthorization` header; the relay hands it
+//! to a listener. A listener receives small requests inline on the control channel (with the
+//! body in the following binary message) and fetches those over 64 KiB from the request's
+//! rendezvous address; [`HcRequest::respond`] answers on the control channel, or on the
+//! rendezvous when the request came through one or the response body is over 64 KiB. Bodies are
+//! buffered whole, not streamed.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use interrole_core::{TransportError, TransportErrorKind};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use super::connect::{Credentials, Endpoint, Io, Relay, Ws, handshake_error};
+use crate::control::{
+    self, ControlMessage, DEFAULT_MAX_CONTROL_LEN, Headers, RemoteEndpoint, RenewToken,
+};
+use crate::url::{Action, RelayAddress, UrlLimits};
+
+/// How often a listener pings the relay on its control channel. A channel from which nothing
+/// was heard for three intervals is declared lost.
+pub const PING_INTERVAL: Duration = Duration::from_secs(20);
+
+/// The delays before each attempt to re-open a lost control channel; the last one repeats.
+pub const RECONNECT_DELAYS: [Duration; 6] = [
+    Duration::from_secs(0),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+    Duration::from_secs(30),
+];
+
+/// A channel up this long starts the reconnect delays over.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// How long a sender's connect may wait for the listener's decision (Azure Relay gives up after
+/// 70 s; the listener has about 20 s).
+const CONNECT_WAIT: Duration = Duration::from_secs(70);
+
+/// The default timeout of an HTTP request: a little over the relay's 60 s gateway timeout.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(70);
+
+/// Bodies and control messages above this travel over a rendezvous.
+const MAX_INLINE: usize = 64 * 1024;
+
+/// How many incoming items wait for [`HcListener::accept`].
+const INCOMING_QUEUE: usize = 256;
+
+/// How long a closing handshake, or fetching a request from its rendezvous, may take.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// The largest HTTP response head and body [`HcSender::request`] reads.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+const MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
+
+// ---------------------------------------------------------------------------------------------
+// Listener
+
+/// The state of a listener's control channel.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ListenerStatus {
+    /// The control channel is open: senders and requests arrive.
+    Online,
+    /// The control channel was lost and is being re-opened.
+    Reconnecting {
+        /// Attempts made since the channel was lost (0 before the first).
+        attempts: u32,
+        /// Why the channel was lost, or why the last attempt failed.
+        error: TransportError,
+    },
+    /// The listener is finished: closed with [`HcListener::close`] (`None`) or ended by an error
+    /// that retrying cannot cure.
+    Closed(Option<TransportError>),
+}
+
+/// Something that arrived on a listener's control channel.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A WebSocket sender wants a connection: accept or reject it within about 20 s.
+    Connection(HcConnection),
+    /// An HTTP request: respond within the relay's request timeout (60 s).
+    Request(HcRequest),
+}
+
+/// What the listener task and the items it hands out share.
+struct Shared {
+    relay: Relay,
+    path: String,
+    status: watch::Sender<ListenerStatus>,
+}
+
+/// A message for the control channel, from a responder.
+struct Outgoing {
+    /// The channel the request arrived on; a response for an earlier channel is dropped.
+    generation: u64,
+    messages: Vec<Message>,
+    done: oneshot::Sender<Result<(), TransportError>>,
+}
+
+/// A Hybrid Connections listener: a control channel on a path that receives senders and HTTP
+/// requests, kept open (token renewal, keep-alive, reconnection) by a task. See the
+/// [module docs](self).
+///
+/// Dropping it closes the control channel without waiting; [`HcListener::close`] waits.
+pub struct HcListener {
+    shared: Arc<Shared>,
+    incoming: tokio::sync::Mutex<mpsc::Receiver<Incoming>>,
+    stop: watch::Sender<bool>,
+    task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl HcListener {
+    /// Opens a control channel (`sb-hc-action=listen`) on `path` (the hybrid connection's name)
+    /// and starts the task that keeps it open. Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    /// The first attempt's [`TransportError`]: `Unauthorized` (401), `Forbidden` (403),
+    /// `NoListener` (404: no such hybrid connection), `Protocol` for a bad path, a transient
+    /// kind when the relay cannot be reached.
+    pub async fn bind(relay: Relay, path: &str) -> Result<Self, TransportError> {
+        let path = path.trim_matches('/').to_owned();
+        let (ws, expiry) = open_control(&relay, &path).await?;
+        tracing::debug!(endpoint = %relay.endpoint(), path, "listener control channel open");
+        let (status, _) = watch::channel(ListenerStatus::Online);
+        let shared = Arc::new(Shared {
+            relay,
+            path,
+            status,
+        });
+        let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(Arc::clone(&shared), ws, expiry, tx, stop_rx));
+        Ok(Self {
+            shared,
+            incoming: tokio::sync::Mutex::new(rx),
+            stop,
+            task: parking_lot::Mutex::new(Some(task)),
+        })
+    }
+
+    /// The next sender or HTTP request. While the control channel is being re-opened this keeps
+    /// waiting. Callers on several tasks take turns.
+    ///
+    /// # Errors
+    /// Once every queued item has been taken: the error that ended the listener (see
+    /// [`ListenerStatus::Closed`]), or `Closed` after [`HcListener::close`].
+    pub async fn accept(&self) -> Result<Incoming, TransportError> {
+        let next = self.incoming.lock().await.recv().await;
+        match next {
+            Some(incoming) => Ok(incoming),
+            None => Err(match &*self.shared.status.borrow() {
+                ListenerStatus::Closed(Some(e)) => e.clone(),
+                _ => closed_error(),
+            }),
+        }
+    }
+
+    /// The state of the control channel now.
+    pub fn status(&self) -> ListenerStatus {
+        self.shared.status.borrow().clone()
+    }
+
+    /// A receiver of the control channel's state, to wait for changes (the current state is
+    /// marked seen).
+    pub fn watch_status(&self) -> watch::Receiver<ListenerStatus> {
+        self.shared.status.subscribe()
+    }
+
+    /// The relay the listener is on.
+    pub fn relay(&self) -> &Relay {
+        &self.shared.relay
+    }
+
+    /// The path (the hybrid connection's name) listened on.
+    pub fn path(&self) -> &str {
+        &self.shared.path
+    }
+
+    /// Closes the control channel (close code 1000) and waits for the task to finish. Senders
+    /// and requests already handed out can still be answered over their rendezvous; inline
+    /// requests not yet answered cannot. [`HcListener::accept`] then fails with `Closed`.
+    pub async fn close(&self) {
+        self.stop.send_replace(true);
+        let task = self.task.lock().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for HcListener {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+impl fmt::Debug for HcListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HcListener")
+            .field("endpoint", self.shared.relay.endpoint())
+            .field("path", &self.shared.path)
+            .field("status", &*self.shared.status.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+fn closed_error() -> TransportError {
+    TransportError::new(TransportErrorKind::Closed, "the listener was closed")
+}
+
+fn lost(message: impl Into<String>) -> TransportError {
+    TransportError::new(TransportErrorKind::ConnectionLost, message)
+}
+
+fn protocol(message: impl Into<String>) -> TransportError {
+    TransportError::new(TransportErrorKind::Protocol, message)
+}
+
+fn ws_error(e: tungstenite::Error) -> TransportError {
+    lost(format!("WebSocket: {e}")).with_source(e)
+}
+
+/// Opens the control channel; returns it and when its token expires.
+async fn open_control(relay: &Relay, path: &str) -> Result<(Ws, Option<u64>), TransportError> {
+    let (target, expiry) = relay.target(Action::Listen, path, None)?;
+    let ws = relay.open_ws(&target, WebSocketConfig::default()).await?;
+    Ok((ws, expiry))
+}
+
+/// Whether re-opening the control channel after `e` is pointless.
+fn gives_up(e: &TransportError) -> bool {
+    match e.kind() {
+        TransportErrorKind::ConnectionLost
+        | TransportErrorKind::Timeout
+        | TransportErrorKind::Unavailable => false,
+        // A quota (too many listeners on the path) may clear.
+        TransportErrorKind::Forbidden => !e.message().contains("MaximumListenersPerEndpoint"),
+        _ => true,
+    }
+}
+
+/// Resolves once the listener is told to stop (or is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// When to renew a token that expires at `expiry` (Unix seconds): after 80 % of the time left.
+/// Only tokens signed here with a key can be renewed.
+fn renewal(relay: &Relay, expiry: Option<u64>) -> Option<Instant> {
+    if !matches!(relay.credentials(), Credentials::Key { .. }) {
+        return None;
+    }
+    let expires = UNIX_EPOCH.checked_add(Duration::from_secs(expiry?))?;
+    let left = expires
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    Some(Instant::now() + left.mul_f64(0.8).max(Duration::from_millis(100)))
+}
+
+/// The listener task: serves the control channel and re-opens it until told to stop or refused
+/// for good.
+async fn run(
+    shared: Arc<Shared>,
+    ws: Ws,
+    expiry: Option<u64>,
+    tx: mpsc::Sender<Incoming>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(64);
+    let mut channel = Some((ws, expiry));
+    let mut attempts: u32 = 0;
+    let mut generation = 0u64;
+    let end = loop {
+        let (ws, expiry) = match channel.take() {
+            Some(c) => c,
+            None => {
+                let delay = RECONNECT_DELAYS[(attempts as usize).min(RECONNECT_DELAYS.len() - 1)];
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = stopped(&mut stop) => break None,
+                }
+                let opened = tokio::select! {
+                    r = open_control(&shared.relay, &shared.path) => r,
+                    () = stopped(&mut stop) => break None,
+                };
+                attempts = attempts.saturating_add(1);
+                match opened {
+                    Ok(c) => c,
+                    Err(e) if gives_up(&e) => {
+                        tracing::warn!(path = shared.path, error = %e, "listener refused: giving up");
+                        break Some(e);
+                    }
+                    Err(error) => {
+                        tracing::debug!(path = shared.path, %error, attempts, "listener reconnect failed");
+                        shared
+                            .status
+                            .send_replace(ListenerStatus::Reconnecting { attempts, error });
+                        continue;
+                    }
+                }
+            }
+        };
+        generation += 1;
+        shared.status.send_replace(ListenerStatus::Online);
+        let since = Instant::now();
+        let channel_end = serve(
+            &shared,
+            ws,
+            expiry,
+            generation,
+            &tx,
+            &out_tx,
+            &mut out_rx,
+            &mut stop,
+        )
+        .await;
+        match channel_end {
+            None => break None,
+            Some(error) => {
+                if since.elapsed() >= STABLE_AFTER {
+                    attempts = 0;
+                }
+                tracing::info!(path = shared.path, %error, "listener control channel lost: reconnecting");
+                shared
+                    .status
+                    .send_replace(ListenerStatus::Reconnecting { attempts, error });
+            }
+        }
+    };
+    // Responders still waiting learn that their channel is gone.
+    out_rx.close();
+    while let Ok(out) = out_rx.try_recv() {
+        let _ = out.done.send(Err(lost("the control channel is closed")));
+    }
+    shared.status.send_replace(ListenerStatus::Closed(end));
+}
+
+/// Serves one control channel until it is lost (`Some(error)`) or the listener stops (`None`).
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    shared: &Arc<Shared>,
+    ws: Ws,
+    expiry: Option<u64>,
+    generation: u64,
+    tx: &mpsc::Sender<Incoming>,
+    out_tx: &mpsc::Sender<Outgoing>,
+    out_rx: &mut mpsc::Receiver<Outgoing>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<TransportError> {
+    let (mut sink, mut source) = ws.split();
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let mut renew_at = renewal(&shared.relay, expiry);
+    // Inline requests whose body is a binary message still to come, oldest first.
+    let mut awaiting_body: VecDeque<control::Request> = VecDeque::new();
+    let reply = |request: control::Request, body: Bytes| {
+        HcRequest::new(
+            request,
+            body,
+            Reply::Control {
+                shared: Arc::clone(shared),
+                out: out_tx.clone(),
+                generation,
+            },
+        )
+    };
+    let end = loop {
+        tokio::select! {
+            () = stopped(stop) => break None,
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= 3 * PING_INTERVAL {
+                    break Some(TransportError::new(
+                        TransportErrorKind::Timeout,
+                        format!("nothing heard from the relay for {:?}", 3 * PING_INTERVAL),
+                    ));
+                }
+                if let Err(e) = sink.send(Message::Ping(Bytes::new())).await {
+                    break Some(ws_error(e));
+                }
+            }
+            () = sleep_until(renew_at) => {
+                renew_at = None;
+                let resource = shared.relay.endpoint().resource(&shared.path);
+                if let Some((token, expiry)) = shared.relay.credentials().token(&resource) {
+                    let renew = ControlMessage::from(RenewToken::new(token)).to_json();
+                    if let Err(e) = sink.send(Message::text(renew)).await {
+                        break Some(ws_error(e));
+                    }
+                    tracing::debug!(path = shared.path, "listener token renewed");
+                    renew_at = renewal(&shared.relay, expiry);
+                }
+            }
+            Some(out) = out_rx.recv() => {
+                if out.generation != generation {
+                    let _ = out.done.send(Err(lost(
+                        "the control channel the request arrived on is gone",
+                    )));
+                    continue;
+                }
+                let mut result = Ok(());
+                for m in out.messages {
+                    if let Err(e) = sink.feed(m).await {
+                        result = Err(ws_error(e));
+                        break;
+                    }
+                }
+                if result.is_ok() {
+                    result = sink.flush().await.map_err(ws_error);
+                }
+                let failed = result.as_ref().err().cloned();
+                let _ = out.done.send(result);
+                if let Some(e) = failed {
+                    break Some(e);
+                }
+            }
+            m = source.next() => {
+                last_heard = Instant::now();
+                let text = match m {
+                    None => break Some(lost("the relay closed the control channel")),
+                    Some(Err(e)) => break Some(ws_error(e)),
+                    Some(Ok(Message::Close(frame))) => {
+                        let why = frame.map_or_else(
+                            || "without a code".to_owned(),
+                            |f| format!("with {} {}", u16::from(f.code), f.reason),
+                        );
+                        break Some(lost(format!("the relay closed the control channel {why}")));
+                    }
+                    Some(Ok(Message::Binary(body))) => {
+                        if let Some(request) = awaiting_body.pop_front() {
+                            deliver(tx, Incoming::Request(reply(request, body)));
+                        }
+                        continue;
+                    }
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(_)) => continue,
+                };
+                match ControlMessage::parse(text.as_str(), DEFAULT_MAX_CONTROL_LEN) {
+                    Ok(ControlMessage::Accept(accept)) => {
+                        let connection = HcConnection::new(Arc::clone(shared), accept);
+                        deliver(tx, Incoming::Connection(connection));
+                    }
+                    Ok(ControlMessage::Request(request)) if request.method.is_none() => {
+                        // Too large to travel inline: the whole request waits at the rendezvous.
+                        tokio::spawn(fetch_request(Arc::clone(shared), request.address, tx.clone()));
+                    }
+                    Ok(ControlMessage::Request(request)) if request.body == Some(true) => {
+                        awaiting_body.push_back(request);
+                    }
+                    Ok(ControlMessage::Request(request)) => {
+                        deliver(tx, Incoming::Request(reply(request, Bytes::new())));
+                    }
+                    // Only listeners send these.
+                    Ok(ControlMessage::Response(_) | ControlMessage::RenewToken(_)) => {}
+                    Err(e) if e.is_ignorable() => {}
+                    Err(e) => tracing::debug!(path = shared.path, error = %e, "bad control message ignored"),
+                }
+            }
+        }
+    };
+    // Close our side: with 1000 when the listener stops, quietly when the channel is lost.
+    let _ = tokio::time::timeout(GRACE, async {
+        if end.is_none() {
+            let close = CloseFrame {
+                code: CloseCode::Normal,
+                reason: "listener closed".into(),
+            };
+            let _ = sink.send(Message::Close(Some(close))).await;
+            let _ = sink.close().await;
+            while let Some(Ok(_)) = source.next().await {}
+        } else {
+            let _ = sink.close().await;
+        }
+    })
+    .await;
+    end
+}
+
+/// Queues an item for [`HcListener::accept`]; when the queue is full, turns it away with 503.
+fn deliver(tx: &mpsc::Sender<Incoming>, incoming: Incoming) {
+    let incoming = match tx.try_send(incoming) {
+        Ok(()) => return,
+        Err(mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i)) => i,
+    };
+    tracing::warn!("listener queue full: answering 503");
+    tokio::spawn(async move {
+        let _ = match incoming {
+            Incoming::Connection(c) => c.reject(503, "the listener is busy").await,
+            Incoming::Request(r) => {
+                r.respond(503, Headers::new(), "the listener is busy")
+                    .await
+            }
+        };
+    });
+}
+
+/// Opens a request's rendezvous, reads the request there and queues it.
+async fn fetch_request(shared: Arc<Shared>, address: String, tx: mpsc::Sender<Incoming>) {
+    let fetch = async {
+        let mut ws = open_url(&shared.relay, &address, None, shared.relay.connect_timeout()).await?;
+        let mut request: Option<control::Request> = None;
+        let body = loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if request.is_none() => {
+                    match ControlMessage::parse(t.as_str(), DEFAULT_MAX_CONTROL_LEN) {
+                        Ok(ControlMessage::Request(r)) if r.body == Some(true) => request = Some(r),
+                        Ok(ControlMessage::Request(r)) => {
+                            request = Some(r);
+                            break Bytes::new();
+                        }
+                        Err(e) if !e.is_ignorable() => {
+                            return Err(protocol(format!("request rendezvous: {e}")));
+                        }
+                        _ => {}
+                    }
+                }
+                Some(Ok(Message::Binary(body))) if request.is_some() => break body,
+                Some(Ok(Message::Close(_))) | None => {
+                    return Err(lost("the relay closed the request rendezvous"));
+                }
+                Some(Err(e)) => return Err(ws_error(e)),
+                Some(Ok(_)) => {}
+            }
+        };
+        let mut request = request.unwrap_or_else(|| control::Request::address_only(&address));
+        if request.address.is_empty() {
+            request.address.clone_from(&address);
+        }
+        Ok(HcRequest::new(request, body, Reply::Rendezvous(Box::new(ws))))
+    };
+    match tokio::time::timeout(GRACE + shared.relay.connect_timeout(), fetch).await {
+        Ok(Ok(request)) => deliver(&tx, Incoming::Request(request)),
+        Ok(Err(e)) => tracing::warn!(path = shared.path, error = %e, "fetching a request failed"),
+        Err(_) => tracing::warn!(path = shared.path, "fetching a request timed out"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Incoming senders
+
+/// A WebSocket sender waiting for the listener: [accept](HcConnection::accept) it (a WebSocket
+/// to the sender, spliced through the relay) or [reject](HcConnection::reject) it. Dropping it
+/// leaves the sender waiting until the relay gives up (504 after about 20 s).
+pub struct HcConnection {
+    shared: Arc<Shared>,
+    accept: control::Accept,
+    path: String,
+    query: String,
+}
+
+impl HcConnection {
+    fn new(shared: Arc<Shared>, accept: control::Accept) -> Self {
+        let limits = UrlLimits::default().with_max_target(usize::MAX);
+        let (path, query) = RelayAddress::parse(&accept.address, &limits)
+            .map(|a| (a.path().to_owned(), a.app_query()))
+            .unwrap_or_else(|_| (shared.path.clone(), String::new()));
+        Self {
+            shared,
+            accept,
+            path,
+            query,
+        }
+    }
+
+    /// The connection's id: the sender's `sb-hc-id`, or one the relay made up.
+    pub fn id(&self) -> &str {
+        &self.accept.id
+    }
+
+    /// The rendezvous address, as the relay sent it.
+    pub fn address(&self) -> &str {
+        &self.accept.address
+    }
+
+    /// The path the sender connected to, decoded: the listener's path, followed by the sender's
+    /// suffix if it gave one (`hyco/room/1`).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The sender's application query parameters as it sent them (without the relay's `sb-hc-*`
+    /// parameters), joined by `&`; empty when there are none.
+    pub fn query(&self) -> &str {
+        &self.query
+    }
+
+    /// The sender's handshake headers, as the relay passed them on (look names up with
+    /// [`control::header`]).
+    pub fn connect_headers(&self) -> &Headers {
+        &self.accept.connect_headers
+    }
+
+    /// Where the sender connected from, when the relay says.
+    pub fn remote_endpoint(&self) -> Option<&RemoteEndpoint> {
+        self.accept.remote_endpoint.as_ref()
+    }
+
+    /// Accepts the sender: opens the rendezvous and returns the WebSocket, whose messages the
+    /// relay splices to and from the sender's. Chooses the first subprotocol the sender offered
+    /// (`Sec-WebSocket-Protocol`), if any.
+    ///
+    /// # Errors
+    /// A [`TransportError`]: `NoListener` (404) when the rendezvous expired or the sender went
+    /// away, a transient kind when the relay cannot be reached.
+    pub async fn accept(self) -> Result<Ws, TransportError> {
+        let offered = control::header(&self.accept.connect_headers, "Sec-WebSocket-Protocol")
+            .and_then(|p| p.split(',').map(str::trim).find(|p| !p.is_empty()))
+            .map(str::to_owned);
+        self.accept_with_protocol(offered.as_deref()).await
+    }
+
+    /// Accepts the sender with this subprotocol (one the sender offered), or none.
+    ///
+    /// # Errors
+    /// As [`HcConnection::accept`].
+    pub async fn accept_with_protocol(
+        self,
+        protocol: Option<&str>,
+    ) -> Result<Ws, TransportError> {
+        let relay = &self.shared.relay;
+        open_url(relay, &self.accept.address, protocol, relay.connect_timeout()).await
+    }
+
+    /// Rejects the sender: its handshake fails with `status` (100 to 599) and `description`.
+    ///
+    /// # Errors
+    /// `Protocol` for a status outside 100 to 599; as [`HcConnection::accept`] when the relay
+    /// cannot be told.
+    pub async fn reject(self, status: u16, description: &str) -> Result<(), TransportError> {
+        if !(100..=599).contains(&status) {
+            return Err(protocol(format!("reject status {status}: use 100 to 599")));
+        }
+        let url = crate::url::reject_address(&self.accept.address, status, description);
+        let relay = &self.shared.relay;
+        match handshake(relay, &url, None, relay.connect_timeout()).await? {
+            // The relay answers a reject 410 Gone.
+            Err(tungstenite::Error::Http(r)) if r.status() == 410 || r.status().is_success() => {
+                Ok(())
+            }
+            Err(e) => Err(handshake_error(e)),
+            Ok(mut ws) => {
+                let _ = tokio::time::timeout(GRACE, ws.close(None)).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl fmt::Debug for HcConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HcConnection")
+            .field("id", &self.accept.id)
+            .field("path", &self.path)
+            .field("query", &self.query)
+            .field("remote_endpoint", &self.accept.remote_endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Incoming HTTP requests
+
+/// Where a response goes.
+enum Reply {
+    /// The control channel (or, for a large response, the request's rendezvous).
+    Control {
+        shared: Arc<Shared>,
+        out: mpsc::Sender<Outgoing>,
+        generation: u64,
+    },
+    /// The rendezvous the request was read from.
+    Rendezvous(Box<Ws>),
+}
+
+/// An HTTP request relayed to the listener. Answer it with [`HcRequest::respond`]; dropping it
+/// leaves the HTTP sender waiting until the relay gives up (504 after 60 s).
+pub struct HcRequest {
+    id: String,
+    address: String,
+    method: String,
+    target: String,
+    headers: Headers,
+    remote_endpoint: Option<RemoteEndpoint>,
+    body: Bytes,
+    reply: Reply,
+}
+
+impl HcRequest {
+    fn new(request: control::Request, body: Bytes, reply: Reply) -> Self {
+        let id = request.id.clone().unwrap_or_else(|| {
+            // The rendezvous address carries the id as `sb-hc-id`.
+            let limits = UrlLimits::default().with_max_target(usize::MAX);
+            RelayAddress::parse(&request.address, &limits)
+                .ok()
+                .and_then(|a| a.id().map(str::to_owned))
+                .unwrap_or_default()
+        });
+        Self {
+            id,
+            address: request.address,
+            method: request.method.unwrap_or_else(|| "GET".into()),
+            target: request.request_target.unwrap_or_else(|| "/".into()),
+            headers: request.request_headers.unwrap_or_default(),
+            remote_endpoint: request.remote_endpoint,
+            body,
+            reply,
+        }
+    }
+
+    /// The request's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The HTTP method (`GET`, `POST`, ..).
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// The request target without the relay's `sb-hc-*` parameters: `/{path}[/suffix][?query]`.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The request headers (credentials and hop-by-hop headers removed by the relay).
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// The value of header `name`, compared without regard to case.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        control::header(&self.headers, name)
+    }
+
+    /// Where the HTTP sender connected from, when the relay says.
+    pub fn remote_endpoint(&self) -> Option<&RemoteEndpoint> {
+        self.remote_endpoint.as_ref()
+    }
+
+    /// The request body (empty when there is none).
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// Answers the request with `status` (100 to 599), `headers` and `body`: a `response`
+    /// control message and, unless the body is empty, one binary message with the body. It goes
+    /// on the control channel, or on the request's rendezvous when the request came through one
+    /// or the body is over 64 KiB. The relay adds `Content-Length` and drops hop-by-hop
+    /// headers.
+    ///
+    /// # Errors
+    /// `Protocol` for a status outside 100 to 599; `ConnectionLost` when the channel the request
+    /// came on is gone (the relay has answered the sender 502 then); as
+    /// [`HcConnection::accept`] when a rendezvous cannot be opened.
+    pub async fn respond(
+        self,
+        status: u16,
+        headers: Headers,
+        body: impl Into<Bytes>,
+    ) -> Result<(), TransportError> {
+        if !(100..=599).contains(&status) {
+            return Err(protocol(format!("response status {status}: use 100 to 599")));
+        }
+        let body = body.into();
+        let mut response = control::Response::new(self.id.clone(), status);
+        response.status_description = reason_phrase(status).map(str::to_owned);
+        response.response_headers = headers;
+        response.body = !body.is_empty();
+        let json = ControlMessage::from(response).to_json();
+        let large = body.len() > MAX_INLINE || json.len() > DEFAULT_MAX_CONTROL_LEN;
+        let mut messages = vec![Message::text(json)];
+        if !body.is_empty() {
+            messages.push(Message::Binary(body));
+        }
+        match self.reply {
+            Reply::Rendezvous(ws) => respond_on(*ws, messages).await,
+            Reply::Control { shared, .. } if large => {
+                let relay = &shared.relay;
+                let ws = open_url(relay, &self.address, None, relay.connect_timeout()).await?;
+                respond_on(ws, messages).await
+            }
+            Reply::Control {
+                out, generation, ..
+            } => {
+                let (done, result) = oneshot::channel();
+                let outgoing = Outgoing {
+                    generation,
+                    messages,
+                    done,
+                };
+                out.send(outgoing)
+                    .await
+                    .map_err(|_| lost("the control channel is closed"))?;
+                result
+                    .await
+                    .unwrap_or_else(|_| Err(lost("the control channel is closed")))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for HcRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HcRequest")
+            .field("id", &self.id)
+            .field("method", &self.method)
+            .field("target", &self.target)
+            .field("headers", &self.headers)
+            .field("body_len", &self.body.len())
+            .field(
+                "via_rendezvous",
+                &matches!(self.reply, Reply::Rendezvous(_)),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sends a response on a request rendezvous and closes it.
+async fn respond_on(mut ws: Ws, messages: Vec<Message>) -> Result<(), TransportError> {
+    for m in messages {
+        ws.feed(m).await.map_err(ws_error)?;
+    }
+    ws.flush().await.map_err(ws_error)?;
+    let _ = tokio::time::timeout(GRACE, async {
+        let _ = ws.close(None).await;
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    Ok(())
+}
+
+/// The reason phrase of common statuses.
+fn reason_phrase(status: u16) -> Option<&'static str> {
+    Some(match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        413 => "Payload Too Large",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => return None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connections to any host
+
+/// The endpoint an absolute `ws[s]://host[:port]/..` URL names (a rendezvous address may name
+/// another host than the relay's endpoint).
+fn url_endpoint(url: &str) -> Result<Endpoint, TransportError> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| protocol(format!("`{url}` is not an absolute URL")))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    Endpoint::parse(&format!("{scheme}://{authority}"))
+        .map_err(|e| protocol(format!("address `{url}`: {e}")))
+}
+
+/// A TCP connection to `endpoint`, with TLS when it is secure.
+async fn open_stream(relay: &Relay, endpoint: &Endpoint) -> Result<Box<dyn Io>, TransportError> {
+    let tcp = TcpStream::connect((endpoint.host(), endpoint.port()))
+        .await
+        .map_err(|e| lost(format!("connecting to {endpoint}: {e}")).with_source(e))?;
+    let _ = tcp.set_nodelay(true);
+    if !endpoint.is_secure() {
+        return Ok(Box::new(tcp));
+    }
+    let name = ServerName::try_from(endpoint.host().to_owned())
+        .map_err(|e| protocol(format!("TLS server name: {e}")))?;
+    let connector = tokio_rustls::TlsConnector::from(relay.tls_config());
+    let tls = connector.connect(name, tcp).await.map_err(|e| {
+        lost(format!("TLS handshake with {endpoint}: {e}")).with_source(e)
+    })?;
+    Ok(Box::new(tls))
+}
+
+/// A WebSocket handshake to an absolute URL, offering `protocol`: the TCP and TLS handshakes
+/// within the relay's connect timeout, the WebSocket handshake within `wait`. The outer error is
+/// a failure to get an answer; the inner one the handshake's.
+async fn handshake(
+    relay: &Relay,
+    url: &str,
+    protocol_offer: Option<&str>,
+    wait: Duration,
+) -> Result<Result<Ws, tungstenite::Error>, TransportError> {
+    let endpoint = url_endpoint(url)?;
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| protocol(format!("URL `{url}`: {e}")))?;
+    if let Some(p) = protocol_offer {
+        let value = p
+            .parse()
+            .map_err(|_| protocol(format!("subprotocol {p:?}")))?;
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", value);
+    }
+    let stream = tokio::time::timeout(relay.connect_timeout(), open_stream(relay, &endpoint))
+        .await
+        .map_err(|_| {
+            TransportError::new(
+                TransportErrorKind::Timeout,
+                format!("connecting to {endpoint} took over {:?}", relay.connect_timeout()),
+            )
+        })??;
+    let config = WebSocketConfig::default();
+    match tokio::time::timeout(
+        wait,
+        tokio_tungstenite::client_async_with_config(request, stream, Some(config)),
+    )
+    .await
+    {
+        Ok(r) => Ok(r.map(|(ws, _)| ws)),
+        Err(_) => Err(TransportError::new(
+            TransportErrorKind::Timeout,
+            format!("the WebSocket handshake with {endpoint} took over {wait:?}"),
+        )),
+    }
+}
+
+/// Opens a WebSocket to an absolute URL (see [`handshake`]).
+async fn open_url(
+    relay: &Relay,
+    url: &str,
+    protocol_offer: Option<&str>,
+    wait: Duration,
+) -> Result<Ws, TransportError> {
+    handshake(relay, url, protocol_offer, wait)
+        .await?
+        .map_err(handshake_error)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sender
+
+/// A Hybrid Connections sender on a path: opens WebSocket connections to a listener
+/// ([`HcSender::connect`]) or sends it HTTP requests ([`HcSender::request`]). Cheap to clone;
+/// every call is a new connection with a fresh token.
+#[derive(Debug, Clone)]
+pub struct HcSender {
+    relay: Relay,
+    path: String,
+    request_timeout: Duration,
+}
+
+/// An HTTP response to [`HcSender::request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HcResponse {
+    /// The HTTP status.
+    pub status: u16,
+    /// The response headers, names as received; repeated headers joined with `, `. Look names
+    /// up with [`control::header`].
+    pub headers: Headers,
+    /// The body, de-chunked.
+    pub body: Bytes,
+}
+
+impl HcSender {
+    /// A sender to the listeners of `path` (the hybrid connection's name, optionally followed by
+    /// a suffix the listener sees: `hyco/room/1`).
+    pub fn new(relay: Relay, path: &str) -> Self {
+        Self {
+            relay,
+            path: path.trim_matches('/').to_owned(),
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
+
+    /// How long [`HcSender::request`] waits for the whole response once connected. Default 70 s
+    /// (the relay answers 504 after 60 s).
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The relay.
+    pub fn relay(&self) -> &Relay {
+        &self.relay
+    }
+
+    /// The path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Opens a WebSocket to a listener of the path (`sb-hc-action=connect`); the relay splices
+    /// it to the rendezvous the listener opens. Waits up to 70 s for the listener to decide.
+    ///
+    /// # Errors
+    /// `NoListener` (404) when nobody listens; `Unauthorized` (401) and `Forbidden` (403) for
+    /// refused credentials; when the listener rejects, the kind of its status (`Protocol` for
+    /// most), with the message `the relay answered {status}: {description}`; a transient kind
+    /// when the relay cannot be reached or the listener does not answer (504).
+    pub async fn connect(&self) -> Result<Ws, TransportError> {
+        self.connect_as(None).await
+    }
+
+    /// As [`HcSender::connect`], with an `sb-hc-id` for the connection (the listener sees it as
+    /// [`HcConnection::id`]; it must be unique among the senders waiting on the relay).
+    ///
+    /// # Errors
+    /// As [`HcSender::connect`].
+    pub async fn connect_with_id(&self, id: &str) -> Result<Ws, TransportError> {
+        self.connect_as(Some(id)).await
+    }
+
+    async fn connect_as(&self, id: Option<&str>) -> Result<Ws, TransportError> {
+        let (target, _) = self.relay.target(Action::Connect, &self.path, id)?;
+        let url = self.relay.endpoint().url(&target);
+        open_url(&self.relay, &url, None, CONNECT_WAIT).await
+    }
+
+    /// Sends an HTTP/1.1 request to a listener of the path: `{method}
+    /// http[s]://host/{path}{path_and_query}` with `headers`, the token in the
+    /// `ServiceBusAuthorization` header and `body` (sent with `Content-Length`).
+    /// `path_and_query` is appended to the path: empty, or starting with `/` (a suffix) or `?`
+    /// (a query), already percent-encoded.
+    ///
+    /// Every complete response is returned, whoever made it: the listener's, or the relay's own
+    /// (401, 403, 502 without a listener, 504 when the listener does not answer; a relayed
+    /// response carries a `Via` header on the interrole relay).
+    ///
+    /// # Errors
+    /// `Protocol` for a bad method, target or header; `PayloadTooLarge` for a response over
+    /// 64 MiB; `Timeout` when the response is not complete within the request timeout; a
+    /// transient kind when the relay cannot be reached or the connection breaks.
+    pub async fn request(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &Headers,
+        body: impl Into<Bytes>,
+    ) -> Result<HcResponse, TransportError> {
+        let body = body.into();
+        let head = self.request_head(method, path_and_query, headers, body.len())?;
+        let endpoint = self.relay.endpoint();
+        let mut stream =
+            tokio::time::timeout(self.relay.connect_timeout(), open_stream(&self.relay, endpoint))
+                .await
+                .map_err(|_| {
+                    TransportError::new(
+                        TransportErrorKind::Timeout,
+                        format!("connecting to {endpoint} took over {:?}", self.relay.connect_timeout()),
+                    )
+                })??;
+        let is_head = method.eq_ignore_ascii_case("HEAD");
+        let exchange = async {
+            stream.write_all(&head).await.map_err(io_error)?;
+            stream.write_all(&body).await.map_err(io_error)?;
+            stream.flush().await.map_err(io_error)?;
+            read_response(&mut stream, is_head).await
+        };
+        tokio::time::timeout(self.request_timeout, exchange)
+            .await
+            .map_err(|_| {
+                TransportError::new(
+                    TransportErrorKind::Timeout,
+                    format!("no complete response within {:?}", self.request_timeout),
+                )
+            })?
+    }
+
+    /// The request line and headers.
+    fn request_head(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &Headers,
+        body_len: usize,
+    ) -> Result<Vec<u8>, TransportError> {
+        let is_token = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        };
+        if !is_token(method) {
+            return Err(protocol(format!("HTTP method {method:?}")));
+        }
+        if !(path_and_query.is_empty()
+            || path_and_query.starts_with('/')
+            || path_and_query.starts_with('?'))
+            || path_and_query
+                .chars()
+                .any(|c| c == ' ' || c == '#' || c.is_control())
+        {
+            return Err(protocol(format!(
+                "path and query {path_and_query:?}: empty, or starting with / or ?, without spaces"
+            )));
+        }
+        let path = RelayAddress::new(Action::Http, &self.path)
+            .map_err(|e| protocol(format!("relay path `{}`: {e}", self.path)))?
+            .to_request_target();
+        let endpoint = self.relay.endpoint();
+        let default_port = if endpoint.is_secure() { 443 } else { 80 };
+        let host = if endpoint.port() == default_port {
+            endpoint.host().to_owned()
+        } else {
+            format!("{}:{}", endpoint.host(), endpoint.port())
+        };
+        let mut head = format!("{method} {path}{path_and_query} HTTP/1.1\r\nHost: {host}\r\n");
+        const OURS: [&str; 6] = [
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "servicebusauthorization",
+            "keep-alive",
+        ];
+        for (name, value) in headers {
+            if OURS.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+                continue;
+            }
+            if !is_token(name) || value.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
+                return Err(protocol(format!("HTTP header {name:?}")));
+            }
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if let Some((token, _)) = self
+            .relay
+            .credentials()
+            .token(&endpoint.resource(&self.path))
+        {
+            head.push_str(&format!("ServiceBusAuthorization: {token}\r\n"));
+        }
+        head.push_str(&format!(
+            "Content-Length: {body_len}\r\nConnection: close\r\n\r\n"
+        ));
+        Ok(head.into_bytes())
+    }
+}
+
+fn io_error(e: std::io::Error) -> TransportError {
+    lost(format!("HTTP: {e}")).with_source(e)
+}
+
+/// Reads more bytes into `buf`; `Ok(0)` at the end of the stream.
+async fn read_more(stream: &mut Box<dyn Io>, buf: &mut Vec<u8>) -> Result<usize, TransportError> {
+    buf.reserve(16 * 1024);
+    match stream.read_buf(buf).await {
+        Ok(n) => Ok(n),
+        // A TLS peer that closes without close_notify.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
+        Err(e) => Err(io_error(e)),
+    }
+}
+
+fn cut_short() -> TransportError {
+    lost("the connection closed before the response was complete")
+}
+
+/// Reads one HTTP/1.1 response (skipping interim 1xx ones): the body by `Content-Length`,
+/// chunked, or up to the end of the stream.
+async fn read_response(
+    stream: &mut Box<dyn Io>,
+    is_head: bool,
+) -> Result<HcResponse, TransportError> {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    loop {
+        // The head.
+        let (status, headers, consumed) = loop {
+            let parsed = {
+                let mut slots = [httparse::EMPTY_HEADER; 128];
+                let mut response = httparse::Response::new(&mut slots);
+                match response.parse(&buf) {
+                    Ok(httparse::Status::Complete(n)) => {
+                        let mut headers = Headers::new();
+                        for h in response.headers.iter() {
+                            let value = String::from_utf8_lossy(h.value).trim().to_owned();
+                            match headers.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(h.name)) {
+                                Some((_, v)) => {
+                                    v.push_str(", ");
+                                    v.push_str(&value);
+                                }
+                                None => {
+                                    headers.insert(h.name.to_owned(), value);
+                                }
+                            }
+                        }
+                        Some((response.code.unwrap_or_default(), headers, n))
+                    }
+                    Ok(httparse::Status::Partial) => None,
+                    Err(e) => return Err(protocol(format!("HTTP response: {e}"))),
+                }
+            };
+            if let Some(head) = parsed {
+                break head;
+            }
+            if buf.len() > MAX_RESPONSE_HEAD {
+                return Err(protocol("HTTP response head over 64 KiB"));
+            }
+            if read_more(stream, &mut buf).await? == 0 {
+                return Err(cut_short());
+            }
+        };
+        buf.drain(..consumed);
+        if (100..200).contains(&status) && status != 101 {
+            continue;
+        }
+        let body = if is_head || status == 204 || status == 304 || status == 101 {
+            Vec::new()
+        } else if control::header(&headers, "transfer-encoding").is_some_and(|c| {
+            c.rsplit(',')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+        }) {
+            read_chunked(stream, buf).await?
+        } else if let Some(len) = control::header(&headers, "content-length") {
+            let len = len
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| protocol(format!("Content-Length {len:?}")))?;
+            if len > MAX_RESPONSE_BODY {
+                return Err(too_large());
+            }
+            while buf.len() < len {
+                if read_more(stream, &mut buf).await? == 0 {
+                    return Err(cut_short());
+                }
+            }
+            buf.truncate(len);
+            buf
+        } else {
+            while read_more(stream, &mut buf).await? > 0 {
+                if buf.len() > MAX_RESPONSE_BODY {
+                    return Err(too_large());
+                }
+            }
+            buf
+        };
+        return Ok(HcResponse {
+            status,
+            headers,
+            body: Bytes::from(body),
+        });
+    }
+}
+
+fn too_large() -> TransportError {
+    TransportError::new(
+        TransportErrorKind::PayloadTooLarge,
+        "HTTP response body over 64 MiB",
+    )
+}
+
+/// Decodes a chunked body (RFC 9112 §7.1) from what was read after the head and the rest of the
+/// stream; trailers are dropped.
+async fn read_chunked(stream: &mut Box<dyn Io>, mut raw: Vec<u8>) -> Result<Vec<u8>, TransportError> {
+    let mut body = Vec::new();
+    let mut at = 0;
+    // The chunks.
+    loop {
+        match httparse::parse_chunk_size(&raw[at..]) {
+            Ok(httparse::Status::Complete((n, size))) => {
+                let size = usize::try_from(size).map_err(|_| too_large())?;
+                if size == 0 {
+                    at += n;
+                    break;
+                }
+                if body.len() + size > MAX_RESPONSE_BODY {
+                    return Err(too_large());
+                }
+                while raw.len() < at + n + size + 2 {
+                    if read_more(stream, &mut raw).await? == 0 {
+                        return Err(cut_short());
+                    }
+                }
+                let data = at + n;
+                if &raw[data + size..data + size + 2] != b"\r\n" {
+                    return Err(protocol("HTTP chunk not followed by CRLF"));
+                }
+                body.extend_from_slice(&raw[data..data + size]);
+                at = data + size + 2;
+            }
+            Ok(httparse::Status::Partial) => {
+                if raw.len() - at > 4096 {
+                    return Err(protocol("HTTP chunk size line too long"));
+                }
+                if read_more(stream, &mut raw).await? == 0 {
+                    return Err(cut_short());
+                }
+            }
+            Err(_) => return Err(protocol("bad HTTP chunk size")),
+        }
+    }
+    // The trailers, up to an empty line; a stream that ends first is forgiven.
+    loop {
+        match raw[at..].windows(2).position(|w| w == b"\r\n") {
+            Some(0) => return Ok(body),
+            Some(eol) => at += eol + 2,
+            None => {
+                if raw.len() - at > 64 * 1024 {
+                    return Err(protocol("HTTP trailers too long"));
+                }
+                if read_more(stream, &mut raw).await? == 0 {
+                    return Ok(body);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_types_are_send_and_sync() {
+        fn check<T: Send + Sync + 'static>() {}
+        check::<HcListener>();
+        check::<HcSender>();
+        check::<HcResponse>();
+        check::<ListenerStatus>();
+        fn send<T: Send + 'static>() {}
+        send::<Incoming>();
+    }
+
+    #[test]
+    fn only_lasting_refusals_end_a_listener() {
+        let e = |k, m: &str| TransportError::new(k, m);
+        assert!(!gives_up(&e(TransportErrorKind::ConnectionLost, "")));
+        assert!(!gives_up(&e(TransportErrorKind::Unavailable, "503")));
+        assert!(!gives_up(&e(TransportErrorKind::Timeout, "")));
+        assert!(gives_up(&e(TransportErrorKind::Unauthorized, "401")));
+        assert!(gives_up(&e(TransportErrorKind::Forbidden, "403")));
+        assert!(gives_up(&e(TransportErrorKind::NoListener, "404")));
+        assert!(!gives_up(&e(
+            TransportErrorKind::Forbidden,
+            "the relay answered 403: MaximumListenersPerEndpoint: at most 25"
+        )));
+    }
+
+    #[test]
+    fn rendezvous_urls_name_their_own_host() {
+        let e = url_endpoint("wss://g1-prod.servicebus.windows.net/$hc/p?sb-hc-action=accept")
+            .unwrap();
+        assert_eq!((e.is_secure(), e.host(), e.port()), (true, "g1-prod.servicebus.windows.net", 443));
+        let e = url_endpoint("ws://127.0.0.1:9400/$hc/p?x=1").unwrap();
+        assert_eq!((e.is_secure(), e.host(), e.port()), (false, "127.0.0.1", 9400));
+        assert!(url_endpoint("/$hc/p").is_err());
+    }
+
+    #[test]
+    fn request_heads_carry_the_token_and_refuse_injection() {
+        let relay = Relay::connect_to("ws://127.0.0.1:9400", Credentials::key("root", "k")).unwrap();
+        let sender = HcSender::new(relay, "hyco");
+        let mut headers = Headers::new();
+        headers.insert("X-A".into(), "1".into());
+        headers.insert("Content-Length".into(), "999".into());
+        let head = sender.request_head("POST", "/a?b=1", &headers, 5).unwrap();
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("POST /hyco/a?b=1 HTTP/1.1\r\nHost: 127.0.0.1:9400\r\n"), "{head}");
+        assert!(head.contains("X-A: 1\r\n"));
+        assert!(head.contains("ServiceBusAuthorization: SharedAccessSignature sr="));
+        assert!(head.contains("Content-Length: 5\r\n") && !head.contains("999"));
+        headers.insert("X-B".into(), "a\r\nEvil: 1".into());
+        assert!(sender.request_head("POST", "", &headers, 0).is_err());
+        assert!(sender.request_head("GE T", "", &Headers::new(), 0).is_err());
+        assert!(sender.request_head("GET", "x", &Headers::new(), 0).is_err());
+        assert!(sender.request_head("GET", "/a b", &Headers::new(), 0).is_err());
+    }
+
+    #[test]
+    fn renewal_comes_at_four_fifths_of_the_lifetime_for_keys_only() {
+        let key = Relay::connect_to("ws://h:1", Credentials::key("n", "k")).unwrap();
+        let at = renewal(&key, Some(crate::client::connect::unix_now() + 100)).unwrap();
+        let after = at - Instant::now();
+        assert!(after > Duration::from_secs(70) && after <= Duration::from_secs(80), "{after:?}");
+        assert!(renewal(&key, None).is_none());
+        let token = Relay::connect_to("ws://h:1", Credentials::Token("t".into())).unwrap();
+        assert!(renewal(&token, Some(u64::MAX / 2)).is_none());
+    }
+}

@@ -8,3 +8,4 @@ mod multicast;
 
 pub use connect::{ConfigError, Credentials, Endpoint, Io, Relay, Tls, Ws};
 
+pub use multicast::{RelayOptions, RelayTransport};

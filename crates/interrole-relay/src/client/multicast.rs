@@ -1,1 +1,506 @@
-//! The multicast transport.
+//! The multicast transport: a bus instance's publisher and subscriber connections to a relay.
+//!
+//! [`RelayTransport::open`] makes one attempt: it opens the publisher connection
+//! (`sb-hc-action=publish`) and the subscriber connection (`sb-hc-action=subscribe`, which sends
+//! its RESUME at once) for the instance on the topic's path. Each connection has one task that
+//! batches what is queued into as few WebSocket messages as the limits allow, reads what arrives,
+//! pings the relay and declares the connection dead when the relay has been silent too long.
+//! Reconnecting, re-sending and de-duplicating belong to the bus's reliability layer.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use interrole_core::{
+    Connection, Inbound, InstanceId, InterRoleEvent, OpenSpec, Transport, TransportError,
+    TransportErrorKind, TransportLimits,
+};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+
+use super::connect::{Relay, Ws};
+use crate::frame::{
+    self, CloseCode, DEFAULT_MAX_ENVELOPE, Frame, FrameLimits, MessageReader, start_message,
+};
+use crate::url::Action;
+
+/// Tuning of the multicast transport.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RelayOptions {
+    /// How often to ping the relay. Default 2 s.
+    pub keepalive: Duration,
+    /// How long the relay may stay silent (not even a pong) before the connection is declared
+    /// lost. Default 6 s: a dead relay or network is found within seconds.
+    pub dead_after: Duration,
+    /// The largest envelope to send; larger ones fail at once with `PayloadTooLarge`. Default
+    /// 1 MiB, the relay's default.
+    pub max_envelope: usize,
+    /// The largest message to batch frames into. Default 256 KiB.
+    pub max_batch: usize,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        Self {
+            keepalive: Duration::from_secs(2),
+            dead_after: Duration::from_secs(6),
+            max_envelope: DEFAULT_MAX_ENVELOPE,
+            max_batch: 256 * 1024,
+        }
+    }
+}
+
+/// The relay transport: carries a bus over an interrole relay's multicast paths (the topic is
+/// the path).
+///
+/// ```no_run
+/// use interrole_relay::client::{Credentials, Relay, RelayTransport};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let relay = Relay::connect_to("ws://127.0.0.1:9400", Credentials::parse_key("root=s3cret")?)?;
+/// let transport = RelayTransport::new(relay);
+/// # let _ = transport; Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RelayTransport {
+    relay: Relay,
+    options: RelayOptions,
+}
+
+impl RelayTransport {
+    /// A transport to `relay` with default options.
+    pub fn new(relay: Relay) -> Self {
+        Self::with_options(relay, RelayOptions::default())
+    }
+
+    /// A transport to `relay` with `options`.
+    pub fn with_options(relay: Relay, options: RelayOptions) -> Self {
+        Self { relay, options }
+    }
+
+    /// The relay.
+    pub fn relay(&self) -> &Relay {
+        &self.relay
+    }
+}
+
+fn ws_config() -> WebSocketConfig {
+    let limits = FrameLimits::default();
+    WebSocketConfig::default()
+        .max_message_size(Some(limits.max_message))
+        .max_frame_size(Some(limits.max_message))
+        .read_buffer_size(16 * 1024)
+}
+
+#[async_trait]
+impl Transport for RelayTransport {
+    fn name(&self) -> &'static str {
+        "relay"
+    }
+
+    fn limits(&self) -> TransportLimits {
+        TransportLimits::with_max_envelope(Some(self.options.max_envelope))
+    }
+
+    async fn open(
+        &self,
+        spec: OpenSpec,
+        inbound: Arc<dyn Inbound>,
+    ) -> Result<Arc<dyn Connection>, TransportError> {
+        let path = spec.topic.as_str();
+        let id = spec.instance.as_str();
+        let (pub_target, _) = self.relay.target(Action::Publish, path, Some(id))?;
+        let (sub_target, _) = self.relay.target(Action::Subscribe, path, Some(id))?;
+        let (publisher, mut subscriber) = tokio::try_join!(
+            self.relay.open_ws(&pub_target, ws_config()),
+            self.relay.open_ws(&sub_target, ws_config()),
+        )?;
+        let mut positions = spec.resume;
+        // (Publishing needs no confirmation: the relay registers a publisher at the handshake.)
+        positions.truncate(FrameLimits::default().max_resume_entries);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            inbound,
+            open: AtomicBool::new(true),
+            ended: AtomicBool::new(false),
+            stop: stop_tx,
+            queued: AtomicU64::new(0),
+            written: watch::channel(0).0,
+            error: Mutex::new(None),
+        });
+        // RESUME, then a ping: the relay registers the subscriber when it reads the RESUME, so
+        // its pong means that everything published from now on reaches this instance.
+        let mut resume = BytesMut::new();
+        start_message(&mut resume);
+        frame::encode_resume(&mut resume, spec.rejoin, &positions);
+        let ready = async {
+            subscriber
+                .send(Message::Binary(resume.freeze()))
+                .await
+                .map_err(|e| lost(format!("sending RESUME: {e}")))?;
+            subscriber
+                .send(Message::Ping(Bytes::from_static(READY)))
+                .await
+                .map_err(|e| lost(format!("subscribing: {e}")))?;
+            let limits = FrameLimits::default();
+            loop {
+                match subscriber.next().await {
+                    Some(Ok(Message::Pong(p))) if p.as_ref() == READY => return Ok(()),
+                    Some(Ok(Message::Binary(bytes))) => handle(&shared, &bytes, &limits)?,
+                    Some(Ok(Message::Close(f))) => {
+                        return Err(match f {
+                            Some(f) => {
+                                let code = CloseCode::from_code(f.code.into());
+                                TransportError::new(
+                                    code.error_kind(),
+                                    format!("the relay refused the subscription with {}: {}", code.code(), f.reason),
+                                )
+                            }
+                            None => lost("the relay closed the subscription"),
+                        });
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(lost(format!("subscribing: {e}"))),
+                    None => return Err(lost("the relay ended the subscription")),
+                }
+            }
+        };
+        match tokio::time::timeout(self.relay.connect_timeout(), ready).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                shared.ended.store(true, Ordering::Release);
+                return Err(e);
+            }
+            Err(_) => {
+                shared.ended.store(true, Ordering::Release);
+                return Err(TransportError::new(
+                    TransportErrorKind::Timeout,
+                    "the relay did not confirm the subscription in time",
+                ));
+            }
+        }
+
+        let options = self.options.clone();
+        let tasks = vec![
+            tokio::spawn(run(
+                publisher,
+                Role::Publisher(rx),
+                shared.clone(),
+                stop_rx.clone(),
+                options.clone(),
+            )),
+            tokio::spawn(run(subscriber, Role::Subscriber, shared.clone(), stop_rx, options)),
+        ];
+        tracing::debug!(path, instance = id, relay = %self.relay.endpoint(), "relay connection open");
+        Ok(Arc::new(RelayConnection {
+            instance: spec.instance,
+            path: spec.topic.as_str().to_string(),
+            shared,
+            tx,
+            tasks: Mutex::new(tasks),
+            max_envelope: self.options.max_envelope,
+        }))
+    }
+}
+
+const READY: &[u8] = b"interrole-ready";
+
+fn lost(message: impl Into<String>) -> TransportError {
+    TransportError::new(TransportErrorKind::ConnectionLost, message)
+}
+
+/// What the two connection tasks and the handle share.
+struct Shared {
+    inbound: Arc<dyn Inbound>,
+    /// Whether `send` may queue.
+    open: AtomicBool,
+    /// Whether the inbound has been told the end (or the owner closed): once only.
+    ended: AtomicBool,
+    stop: watch::Sender<bool>,
+    /// Frames queued and frames written, for `flush`.
+    queued: AtomicU64,
+    written: watch::Sender<u64>,
+    error: Mutex<Option<TransportError>>,
+}
+
+impl Shared {
+    /// Ends the connection because of `error`: tells the inbound once, stops both tasks.
+    fn fail(&self, error: TransportError) {
+        self.open.store(false, Ordering::Release);
+        self.error.lock().get_or_insert_with(|| error.clone());
+        let _ = self.stop.send(true);
+        if !self.ended.swap(true, Ordering::AcqRel) {
+            tracing::debug!(%error, "relay connection lost");
+            self.inbound.closed(error);
+        }
+    }
+
+    fn is_ending(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+}
+
+enum Role {
+    Publisher(mpsc::UnboundedReceiver<Bytes>),
+    Subscriber,
+}
+
+/// One connection's task: writes what is queued (batched), reads what arrives, keeps alive.
+async fn run(
+    mut ws: Ws,
+    mut role: Role,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    options: RelayOptions,
+) {
+    let limits = FrameLimits::default();
+    let mut last_heard = Instant::now();
+    let mut ping = tokio::time::interval(options.keepalive);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let what = match role {
+        Role::Publisher(_) => "publisher",
+        Role::Subscriber => "subscriber",
+    };
+    loop {
+        let outgoing = async {
+            match &mut role {
+                Role::Publisher(rx) => rx.recv().await,
+                Role::Subscriber => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = stop.changed() => {
+                let frame = CloseFrame { code: WsCloseCode::Normal, reason: "closed".into() };
+                let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+                return;
+            }
+            incoming = ws.next() => {
+                last_heard = Instant::now();
+                let result = match incoming {
+                    Some(Ok(Message::Binary(bytes))) => handle(&shared, &bytes, &limits),
+                    Some(Ok(Message::Text(_))) => Err(TransportError::new(
+                        TransportErrorKind::Protocol,
+                        format!("the relay sent a text message on the {what} connection"),
+                    )),
+                    Some(Ok(Message::Close(frame))) => Err(match frame {
+                        Some(f) => {
+                            let code = CloseCode::from_code(f.code.into());
+                            TransportError::new(
+                                code.error_kind(),
+                                format!("the relay closed the {what} connection with {}: {}", code.code(), f.reason),
+                            )
+                        }
+                        None => lost(format!("the relay closed the {what} connection")),
+                    }),
+                    Some(Ok(_)) => Ok(()),
+                    Some(Err(e)) => Err(lost(format!("{what} connection: {e}"))),
+                    None => Err(lost(format!("the relay ended the {what} connection"))),
+                };
+                if let Err(error) = result {
+                    if error.kind() == TransportErrorKind::Protocol {
+                        let frame = CloseFrame {
+                            code: WsCloseCode::Protocol,
+                            reason: error.message().chars().take(120).collect::<String>().into(),
+                        };
+                        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+                    }
+                    shared.fail(error);
+                    return;
+                }
+            }
+            first = outgoing => {
+                let Some(first) = first else { return };
+                let mut message = BytesMut::with_capacity(first.len().max(4096) + 1);
+                start_message(&mut message);
+                message.extend_from_slice(&first);
+                let mut frames = 1u64;
+                if let Role::Publisher(rx) = &mut role {
+                    while message.len() < options.max_batch && frames < limits.max_frames as u64 {
+                        let Ok(next) = rx.try_recv() else { break };
+                        if message.len() + next.len() > limits.max_message {
+                            // Does not fit: send what we have, then this one alone.
+                            if let Err(e) = ws.feed(Message::Binary(std::mem::take(&mut message).freeze())).await {
+                                shared.fail(lost(format!("{what} connection: {e}")));
+                                return;
+                            }
+                            start_message(&mut message);
+                        }
+                        message.extend_from_slice(&next);
+                        frames += 1;
+                    }
+                }
+                let sent = async {
+                    ws.feed(Message::Binary(message.freeze())).await?;
+                    ws.flush().await
+                };
+                if let Err(e) = sent.await {
+                    shared.fail(lost(format!("{what} connection: {e}")));
+                    return;
+                }
+                shared.written.send_modify(|w| *w += frames);
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > options.dead_after {
+                    shared.fail(TransportError::new(
+                        TransportErrorKind::Timeout,
+                        format!("the relay has not answered on the {what} connection for {:?}", options.dead_after),
+                    ));
+                    return;
+                }
+                if let Err(e) = ws.send(Message::Ping(Bytes::new())).await {
+                    shared.fail(lost(format!("{what} connection: {e}")));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Hands the frames of one message to the inbound.
+fn handle(shared: &Shared, bytes: &Bytes, limits: &FrameLimits) -> Result<(), TransportError> {
+    let protocol = |m: String| TransportError::new(TransportErrorKind::Protocol, m);
+    let reader = MessageReader::shared(bytes, limits)
+        .map_err(|e| protocol(format!("undecodable message from the relay: {e}")))?;
+    for frame in reader {
+        if shared.is_ending() {
+            return Ok(());
+        }
+        let frame = frame.map_err(|e| protocol(format!("undecodable frame from the relay: {e}")))?;
+        match frame {
+            Frame::Ack { seq } => shared.inbound.acknowledged(seq),
+            Frame::Reject { seq, code, reason } => shared.inbound.rejected(
+                seq,
+                TransportError::new(code.error_kind(), format!("the relay refused event {seq}: {reason}")),
+            ),
+            Frame::Event {
+                sender,
+                seq,
+                envelope,
+            } => match InterRoleEvent::from_wire(envelope) {
+                Ok(event) if event.sender() == &sender && event.seq() == seq => {
+                    shared.inbound.event(event)
+                }
+                Ok(event) => {
+                    tracing::warn!(%sender, seq, envelope_id = %event.id(),
+                        "an event whose envelope does not match its frame was dropped");
+                    shared.inbound.missed(Some(&sender), 1);
+                }
+                Err(error) => {
+                    tracing::warn!(%sender, seq, %error, "an undecodable envelope was dropped");
+                    shared.inbound.missed(Some(&sender), 1);
+                }
+            },
+            Frame::Missed { sender, count } => shared.inbound.missed(sender.as_ref(), count),
+            Frame::Publish { .. } | Frame::Resume { .. } => {
+                return Err(protocol(format!(
+                    "the relay sent a {} frame",
+                    frame.frame_type()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An open relay connection: the publisher and subscriber WebSockets of one instance.
+struct RelayConnection {
+    instance: InstanceId,
+    path: String,
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Bytes>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    max_envelope: usize,
+}
+
+impl fmt::Debug for RelayConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayConnection")
+            .field("instance", &self.instance)
+            .field("path", &self.path)
+            .field("open", &self.is_open())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Connection for RelayConnection {
+    fn send(&self, event: &InterRoleEvent, target: Option<&InstanceId>) -> Result<(), TransportError> {
+        if !self.shared.open.load(Ordering::Acquire) {
+            return Err(match self.shared.error.lock().clone() {
+                Some(e) => e,
+                None => TransportError::new(TransportErrorKind::Closed, "the connection is closed"),
+            });
+        }
+        let envelope = event.to_wire()?;
+        if envelope.len() > self.max_envelope {
+            return Err(TransportError::new(
+                TransportErrorKind::PayloadTooLarge,
+                format!(
+                    "an envelope of {} bytes is over the relay's limit of {} bytes",
+                    envelope.len(),
+                    self.max_envelope
+                ),
+            ));
+        }
+        let mut out = BytesMut::with_capacity(envelope.len() + 32);
+        frame::encode_publish(&mut out, event.seq(), target, &envelope);
+        self.shared.queued.fetch_add(1, Ordering::AcqRel);
+        self.tx
+            .send(out.freeze())
+            .map_err(|_| lost("the connection's writer has stopped"))
+    }
+
+    async fn flush(&self) -> Result<(), TransportError> {
+        let goal = self.shared.queued.load(Ordering::Acquire);
+        let mut written = self.shared.written.subscribe();
+        loop {
+            if *written.borrow_and_update() >= goal {
+                return Ok(());
+            }
+            if let Some(e) = self.shared.error.lock().clone() {
+                return Err(e);
+            }
+            if !self.shared.open.load(Ordering::Acquire) {
+                return Err(TransportError::new(TransportErrorKind::Closed, "the connection is closed"));
+            }
+            // Woken by progress; checked again at least every 100 ms for an end.
+            let _ = tokio::time::timeout(Duration::from_millis(100), written.changed()).await;
+        }
+    }
+
+    async fn close(&self) {
+        self.shared.ended.store(true, Ordering::Release);
+        self.shared.open.store(false, Ordering::Release);
+        let _ = self.shared.stop.send(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        for task in tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.shared.open.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for RelayConnection {
+    fn drop(&mut self) {
+        self.shared.ended.store(true, Ordering::Release);
+        self.shared.open.store(false, Ordering::Release);
+        let _ = self.shared.stop.send(true);
+    }
+}

@@ -1,0 +1,974 @@
+//! The reliability layer between a bus and a transport that can fail: the seed's
+//! `ReliableServiceBusClient` and `ReliableServiceBusHost`.
+//!
+//! - The **host** side keeps the connection: it opens it through the [`RetryPolicy`], re-opens it
+//!   when it faults (resuming where the bus left off), stops on a fatal error and says why. Its
+//!   state is a [`watch`] channel ([`ReliableHost`]) and a tracing event on each change.
+//! - The **client** side keeps what was published: every event waits in a bounded outbox until
+//!   the far end acknowledges it, and is re-sent, in order, on the next connection. Acknowledged
+//!   events are retained a little longer and re-sent too, which repairs what a far end that died
+//!   with events in flight had acknowledged but not delivered.
+//! - The **receiver** side drops duplicates and finds gaps by each sender's
+//!   [`StreamPos`](interrole_core::StreamPos): an event after a gap is held back (per sender and
+//!   stream) until the gap fills or the gap timeout passes; then the observers are told how many
+//!   events were missed.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::sync::Weak;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use backon::Retryable;
+use interrole_core::{
+    Connection, Inbound, InstanceId, InterRoleEvent, OpenSpec, RetryPolicy, Topic, Transport,
+    TransportError, TransportErrorKind,
+};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+
+use crate::bus::{PublishError, Receiver};
+use crate::observer::ObserverError;
+use crate::sync::Arc;
+
+/// How a bus on a network transport keeps its promises: retries, outbox, retention, gaps.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Reliability {
+    /// How (re)connecting is retried. Default [`RetryPolicy::default`]: 0, 1, 2, 5, 10, 30 s,
+    /// then every 30 s.
+    pub retry: RetryPolicy,
+    /// The most published events waiting for the far end's acknowledgement; `publish` fails
+    /// with [`PublishError::OutboxFull`] beyond it. Default 100,000.
+    pub outbox_events: usize,
+    /// The most bytes of envelopes waiting for acknowledgement. Default 64 MiB.
+    pub outbox_bytes: usize,
+    /// How many acknowledged events are kept to be re-sent after a reconnection (repairing what a
+    /// relay that died had acknowledged but not delivered). Default 20,000.
+    pub retain_events: usize,
+    /// How long acknowledged events are kept while connected. Default 10 s.
+    pub retain_for: Duration,
+    /// How long events after a gap wait for it to fill before the gap is reported as missed.
+    /// Default 20 s (a relay restart and the reconnection schedule fit in it).
+    pub gap_timeout: Duration,
+    /// The most events held back behind gaps, per sender and stream; past it the gap is reported
+    /// at once. Default 50,000.
+    pub max_held: usize,
+}
+
+impl Default for Reliability {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            outbox_events: 100_000,
+            outbox_bytes: 64 * 1024 * 1024,
+            retain_events: 20_000,
+            retain_for: Duration::from_secs(10),
+            gap_timeout: Duration::from_secs(20),
+            max_held: 50_000,
+        }
+    }
+}
+
+impl Reliability {
+    /// These settings with `retry`.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// These settings with an outbox of at most `events` events and `bytes` bytes.
+    pub fn with_outbox(mut self, events: usize, bytes: usize) -> Self {
+        self.outbox_events = events.max(1);
+        self.outbox_bytes = bytes.max(1);
+        self
+    }
+
+    /// These settings with `timeout` for gaps to fill.
+    pub fn with_gap_timeout(mut self, timeout: Duration) -> Self {
+        self.gap_timeout = timeout;
+        self
+    }
+
+    /// These settings retaining `events` acknowledged events for `time`.
+    pub fn with_retention(mut self, events: usize, time: Duration) -> Self {
+        self.retain_events = events;
+        self.retain_for = time;
+        self
+    }
+}
+
+/// Where a [`ReliableHost`] is in its life.
+///
+/// `Created → Opening → Opened → Faulted → Opening → … → Closing → Closed`; a fatal error goes
+/// straight to `Closed`, with the error in [`HostStatus::error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HostState {
+    /// Built, not started yet.
+    Created,
+    /// Opening the connection (an attempt is under way, or the retry policy is waiting).
+    Opening,
+    /// Connected: events flow.
+    Opened,
+    /// The connection failed with a transient error; it is re-opened on its own.
+    Faulted,
+    /// The bus is closing: flushing the outbox.
+    Closing,
+    /// Closed: by the bus, or after a fatal error or an exhausted retry budget.
+    Closed,
+}
+
+impl fmt::Display for HostState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A [`ReliableHost`]'s state, with what led to it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HostStatus {
+    /// The state.
+    pub state: HostState,
+    /// The error behind `Faulted`, a retry, or a `Closed` that was not asked for.
+    pub error: Option<TransportError>,
+    /// Failed attempts since the last successful open.
+    pub attempts: u32,
+    /// How many times the connection has been opened.
+    pub opened: u64,
+    /// How many times the connection has faulted (a watch channel keeps only the latest state:
+    /// this counts the `Faulted` states a slow watcher may not see).
+    pub faults: u64,
+}
+
+/// Watches the connection of a bus on a network transport: the seed's reliable host.
+///
+/// Cheap to clone. Get it from [`Bus::host`](crate::Bus::host).
+#[derive(Clone)]
+pub struct ReliableHost {
+    status: watch::Receiver<HostStatus>,
+}
+
+impl fmt::Debug for ReliableHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReliableHost")
+            .field("status", &*self.status.borrow())
+            .finish()
+    }
+}
+
+impl ReliableHost {
+    /// The current state.
+    pub fn state(&self) -> HostState {
+        self.status.borrow().state
+    }
+
+    /// The current status.
+    pub fn status(&self) -> HostStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver of every change of status.
+    pub fn watch(&self) -> watch::Receiver<HostStatus> {
+        self.status.clone()
+    }
+
+    /// Waits until the connection is open.
+    ///
+    /// # Errors
+    /// The fatal error when the host closed instead, or a `Timeout` error after `timeout`.
+    pub async fn wait_opened(&self, timeout: Duration) -> Result<(), TransportError> {
+        let mut rx = self.status.clone();
+        let wait = rx.wait_for(|s| matches!(s.state, HostState::Opened | HostState::Closed));
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(s)) if s.state == HostState::Opened => Ok(()),
+            Ok(Ok(s)) => Err(s.error.clone().unwrap_or_else(|| {
+                TransportError::new(TransportErrorKind::Closed, "the bus was closed")
+            })),
+            Ok(Err(_)) => Err(TransportError::new(TransportErrorKind::Closed, "the bus is gone")),
+            Err(_) => Err(TransportError::new(
+                TransportErrorKind::Timeout,
+                format!("not connected after {timeout:?}: {}", self.state()),
+            )),
+        }
+    }
+}
+
+/// Counters of the reliable client and receiver of a bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ReliableStats {
+    /// Published events not yet acknowledged.
+    pub outbox_events: usize,
+    /// Their bytes.
+    pub outbox_bytes: usize,
+    /// Acknowledged events retained for repair.
+    pub retained: usize,
+    /// Events re-sent after reconnections.
+    pub resent: u64,
+    /// Events the far end refused (each was logged).
+    pub rejected: u64,
+    /// Received events dropped as duplicates.
+    pub duplicates: u64,
+    /// Events reported missed to the observers.
+    pub missed: u64,
+    /// Events held back behind gaps right now.
+    pub held: usize,
+}
+
+struct Entry {
+    seq: u64,
+    target: Option<InstanceId>,
+    event: InterRoleEvent,
+    size: usize,
+    acked_at: Option<Instant>,
+}
+
+/// The client side: the connection and the outbox, under one lock so that a reconnection's
+/// re-send and new publishes keep sequence order.
+struct Link {
+    conn: Option<(u64, Arc<dyn Connection>)>,
+    entries: VecDeque<Entry>,
+    /// Index of the first unacknowledged entry.
+    first_unacked: usize,
+    unacked_bytes: usize,
+}
+
+impl Link {
+    fn unacked(&self) -> usize {
+        self.entries.len() - self.first_unacked
+    }
+
+    fn trim(&mut self, config: &Reliability, connected: bool) {
+        let now = Instant::now();
+        while self.first_unacked > 0 {
+            let front = &self.entries[0];
+            let old = front
+                .acked_at
+                .is_some_and(|at| connected && now.duration_since(at) > config.retain_for);
+            if self.first_unacked > config.retain_events || old {
+                self.entries.pop_front();
+                self.first_unacked -= 1;
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Lane {
+    /// The next position expected; `None` before the first event (a subscriber joins midway).
+    next: Option<u64>,
+    held: BTreeMap<u64, InterRoleEvent>,
+    gap_since: Option<Instant>,
+}
+
+#[derive(Default)]
+struct SenderState {
+    epoch: u64,
+    last_seq: u64,
+    multicast: Lane,
+    directed: Lane,
+    /// Events the transport already reported missed from this sender: a gap of that size is
+    /// not reported again.
+    excused: u64,
+}
+
+/// The receiver side: per-sender positions, held-back events.
+#[derive(Default)]
+struct Sequencer {
+    senders: HashMap<InstanceId, SenderState>,
+    /// Events reported missed by the transport without a sender.
+    excused_any: u64,
+}
+
+/// What the sequencer decided about arrivals: deliver these, report those gaps.
+#[derive(Default)]
+struct Outcome {
+    deliver: Vec<InterRoleEvent>,
+    missed: Vec<(InstanceId, u64)>,
+    duplicates: u64,
+}
+
+impl Sequencer {
+    fn arrive(&mut self, event: InterRoleEvent, config: &Reliability, out: &mut Outcome) {
+        let pos = event.stream();
+        if !pos.is_tracked() {
+            out.deliver.push(event);
+            return;
+        }
+        let sender = event.sender().clone();
+        let state = self.senders.entry(sender.clone()).or_default();
+        if pos.epoch < state.epoch {
+            // A straggler from the sender's previous life.
+            out.duplicates += 1;
+            return;
+        }
+        if pos.epoch > state.epoch {
+            // The sender restarted: what was held from its previous life is released.
+            let old = std::mem::take(state);
+            for mut lane in [old.multicast, old.directed] {
+                Self::give_up(&sender, &mut lane, &mut 0, &mut 0, out);
+            }
+            state.epoch = pos.epoch;
+        }
+        let excused_any = &mut self.excused_any;
+        let lane = if pos.directed {
+            &mut state.directed
+        } else {
+            &mut state.multicast
+        };
+        let next = *lane.next.get_or_insert(pos.n);
+        if pos.n < next || lane.held.contains_key(&pos.n) {
+            out.duplicates += 1;
+            return;
+        }
+        if pos.n > next {
+            let gap = pos.n - next;
+            let held_gap = lane.held.keys().next().map_or(gap, |&first| first.min(pos.n) - next);
+            let excused = (state.excused + *excused_any).min(held_gap);
+            if excused >= held_gap {
+                // Already reported by the transport: skip the hole at once.
+                let from_sender = state.excused.min(held_gap);
+                state.excused -= from_sender;
+                *excused_any -= held_gap - from_sender;
+                lane.next = Some(next + held_gap);
+                lane.gap_since = None;
+                let seq = event.seq();
+                lane.held.insert(pos.n, event);
+                Self::release(lane, &mut state.last_seq, out);
+                let _ = seq;
+                return;
+            }
+            lane.gap_since.get_or_insert_with(Instant::now);
+            lane.held.insert(pos.n, event);
+            if lane.held.len() > config.max_held {
+                Self::give_up(&sender, lane, &mut state.excused, excused_any, out);
+                state.last_seq = state.last_seq.max(
+                    out.deliver.last().map_or(0, |e| e.seq()),
+                );
+            }
+            return;
+        }
+        lane.held.insert(pos.n, event);
+        Self::release(lane, &mut state.last_seq, out);
+    }
+
+    /// Delivers the held events that follow `next` without a hole.
+    fn release(lane: &mut Lane, last_seq: &mut u64, out: &mut Outcome) {
+        let Some(mut next) = lane.next else { return };
+        while let Some(entry) = lane.held.first_entry() {
+            if *entry.key() != next {
+                break;
+            }
+            let e = entry.remove();
+            *last_seq = (*last_seq).max(e.seq());
+            out.deliver.push(e);
+            next += 1;
+        }
+        lane.next = Some(next);
+        if lane.held.is_empty() {
+            lane.gap_since = None;
+        } else {
+            lane.gap_since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Stops waiting for a gap: reports its size (less what the transport already reported)
+    /// and delivers what was held, reporting each further hole.
+    fn give_up(
+        sender: &InstanceId,
+        lane: &mut Lane,
+        excused: &mut u64,
+        excused_any: &mut u64,
+        out: &mut Outcome,
+    ) {
+        let Some(mut next) = lane.next else { return };
+        let mut missed = 0;
+        for (n, e) in std::mem::take(&mut lane.held) {
+            missed += n.saturating_sub(next);
+            next = n + 1;
+            out.deliver.push(e);
+        }
+        lane.next = Some(next);
+        lane.gap_since = None;
+        let from_sender = (*excused).min(missed);
+        *excused -= from_sender;
+        let from_any = (*excused_any).min(missed - from_sender);
+        *excused_any -= from_any;
+        let missed = missed - from_sender - from_any;
+        if missed > 0 {
+            out.missed.push((sender.clone(), missed));
+        }
+    }
+
+    /// Gives up the gaps older than the timeout.
+    fn expire(&mut self, config: &Reliability, out: &mut Outcome) {
+        let now = Instant::now();
+        for (sender, state) in &mut self.senders {
+            for lane in [&mut state.multicast, &mut state.directed] {
+                if lane
+                    .gap_since
+                    .is_some_and(|at| now.duration_since(at) >= config.gap_timeout)
+                {
+                    tracing::warn!(%sender, timeout = ?config.gap_timeout, "a gap did not fill in time");
+                    Self::give_up(sender, lane, &mut state.excused, &mut self.excused_any, out);
+                    if let Some(e) = out.deliver.last() {
+                        state.last_seq = state.last_seq.max(e.seq());
+                    }
+                }
+            }
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.senders
+            .values()
+            .map(|s| s.multicast.held.len() + s.directed.held.len())
+            .sum()
+    }
+
+    /// Where to resume: the last sequence number delivered from each sender.
+    fn positions(&self) -> Vec<(InstanceId, u64)> {
+        let mut p: Vec<_> = self
+            .senders
+            .iter()
+            .filter(|(_, s)| s.last_seq > 0)
+            .map(|(id, s)| (id.clone(), s.last_seq))
+            .collect();
+        // The most recently active senders first, should the list be cut.
+        p.sort_by(|a, b| b.1.cmp(&a.1));
+        p
+    }
+}
+
+/// The reliable client, host and receiver of one bus.
+pub(crate) struct Reliable {
+    transport: Arc<dyn Transport>,
+    topic: Topic,
+    instance: InstanceId,
+    config: Reliability,
+    max_envelope: Option<usize>,
+    link: Mutex<Link>,
+    sequencer: Mutex<Sequencer>,
+    receiver: Arc<Receiver>,
+    status: watch::Sender<HostStatus>,
+    lost: mpsc::UnboundedSender<(u64, TransportError)>,
+    lost_rx: Mutex<Option<mpsc::UnboundedReceiver<(u64, TransportError)>>>,
+    close: watch::Sender<bool>,
+    next_gen: AtomicU64,
+    resent: AtomicU64,
+    rejected: AtomicU64,
+    duplicates: AtomicU64,
+    missed: AtomicU64,
+}
+
+impl Reliable {
+    pub(crate) fn new(
+        transport: Arc<dyn Transport>,
+        topic: Topic,
+        instance: InstanceId,
+        config: Reliability,
+        receiver: Arc<Receiver>,
+    ) -> Arc<Self> {
+        let (lost, lost_rx) = mpsc::unbounded_channel();
+        let max_envelope = transport.limits().max_envelope;
+        Arc::new(Self {
+            transport,
+            topic,
+            instance,
+            config,
+            max_envelope,
+            link: Mutex::new(Link {
+                conn: None,
+                entries: VecDeque::new(),
+                first_unacked: 0,
+                unacked_bytes: 0,
+            }),
+            sequencer: Mutex::new(Sequencer::default()),
+            receiver,
+            status: watch::channel(HostStatus {
+                state: HostState::Created,
+                error: None,
+                attempts: 0,
+                opened: 0,
+                faults: 0,
+            })
+            .0,
+            lost,
+            lost_rx: Mutex::new(Some(lost_rx)),
+            close: watch::channel(false).0,
+            next_gen: AtomicU64::new(1),
+            resent: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            missed: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn host(&self) -> ReliableHost {
+        ReliableHost {
+            status: self.status.subscribe(),
+        }
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.status.borrow().state == HostState::Opened
+    }
+
+    fn set_state(&self, state: HostState, error: Option<TransportError>) {
+        let mut changed = false;
+        self.status.send_modify(|s| {
+            changed = s.state != state;
+            s.state = state;
+            match state {
+                HostState::Opened => {
+                    s.attempts = 0;
+                    s.opened += 1;
+                    s.error = None;
+                }
+                HostState::Faulted => {
+                    s.attempts += 1;
+                    if changed {
+                        s.faults += 1;
+                    }
+                }
+                _ => {}
+            }
+            if error.is_some() {
+                s.error = error.clone();
+            }
+        });
+        if changed {
+            match (&error, state) {
+                (Some(e), HostState::Closed) => {
+                    tracing::error!(instance = %self.instance, topic = %self.topic, error = %e, "bus connection closed: {e}")
+                }
+                (Some(e), _) => {
+                    tracing::warn!(instance = %self.instance, topic = %self.topic, state = %state, error = %e, "bus connection {state}")
+                }
+                (None, _) => {
+                    tracing::info!(instance = %self.instance, topic = %self.topic, state = %state, "bus connection {state}")
+                }
+            }
+        }
+    }
+
+    /// Queues `event` in the outbox and sends it if connected. Called with the bus's sequence
+    /// lock held, so outbox order is sequence order.
+    pub(crate) fn send(
+        &self,
+        event: &InterRoleEvent,
+        target: Option<&InstanceId>,
+    ) -> Result<(), PublishError> {
+        if matches!(self.status.borrow().state, HostState::Closed) {
+            if let Some(e) = self.status.borrow().error.clone() {
+                return Err(PublishError::Transport(e));
+            }
+            return Err(PublishError::Closed);
+        }
+        let size = event.to_wire().map_err(TransportError::from)?.len();
+        if let Some(max) = self.max_envelope {
+            if size > max {
+                return Err(PublishError::Transport(TransportError::new(
+                    TransportErrorKind::PayloadTooLarge,
+                    format!("an envelope of {size} bytes is over the transport's limit of {max} bytes"),
+                )));
+            }
+        }
+        let mut link = self.link.lock();
+        let connected = link.conn.is_some();
+        link.trim(&self.config, connected);
+        if link.unacked() >= self.config.outbox_events
+            || link.unacked_bytes + size > self.config.outbox_bytes
+        {
+            return Err(PublishError::OutboxFull {
+                events: link.unacked(),
+                bytes: link.unacked_bytes,
+            });
+        }
+        if let Some((_, conn)) = &link.conn {
+            match conn.send(event, target) {
+                Ok(()) => {}
+                // Lost: the event waits in the outbox for the next connection.
+                Err(e) if e.is_transient() => {}
+                Err(e) if e.kind() == TransportErrorKind::Closed => {}
+                Err(e) => return Err(PublishError::Transport(e)),
+            }
+        }
+        link.entries.push_back(Entry {
+            seq: event.seq(),
+            target: target.cloned(),
+            event: event.clone(),
+            size,
+            acked_at: None,
+        });
+        link.unacked_bytes += size;
+        Ok(())
+    }
+
+    fn acknowledged(&self, seq: u64) {
+        let mut link = self.link.lock();
+        let now = Instant::now();
+        while link.first_unacked < link.entries.len() {
+            let i = link.first_unacked;
+            if link.entries[i].seq > seq {
+                break;
+            }
+            link.entries[i].acked_at = Some(now);
+            link.unacked_bytes -= link.entries[i].size;
+            link.first_unacked += 1;
+        }
+        let connected = link.conn.is_some();
+        link.trim(&self.config, connected);
+    }
+
+    fn rejected(&self, seq: u64, error: TransportError) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        let target = {
+            let link = self.link.lock();
+            link.entries
+                .iter()
+                .find(|e| e.seq == seq)
+                .and_then(|e| e.target.clone())
+        };
+        tracing::warn!(instance = %self.instance, seq, target = ?target.as_ref().map(|t| t.as_str()), %error, "an event was refused");
+        self.receiver.fail_request(seq, error);
+    }
+
+    fn arrived(&self, event: InterRoleEvent) {
+        let mut out = Outcome::default();
+        {
+            let mut s = self.sequencer.lock();
+            s.arrive(event, &self.config, &mut out);
+        }
+        self.finish(out);
+    }
+
+    fn missed(&self, sender: Option<&InstanceId>, count: u64) {
+        {
+            let mut s = self.sequencer.lock();
+            match sender {
+                Some(sender) => {
+                    s.senders.entry(sender.clone()).or_default().excused += count;
+                }
+                None => s.excused_any += count,
+            }
+        }
+        self.report_missed(sender.cloned(), count);
+    }
+
+    fn report_missed(&self, sender: Option<InstanceId>, count: u64) {
+        self.missed.fetch_add(count, Ordering::Relaxed);
+        tracing::warn!(instance = %self.instance, sender = ?sender.as_ref().map(|s| s.as_str()), count, "events missed");
+        self.receiver
+            .hub
+            .report(ObserverError::Missed { sender, count });
+    }
+
+    fn finish(&self, out: Outcome) {
+        if out.duplicates > 0 {
+            self.duplicates.fetch_add(out.duplicates, Ordering::Relaxed);
+        }
+        for (sender, count) in out.missed {
+            self.report_missed(Some(sender), count);
+        }
+        for e in out.deliver {
+            self.receiver.event(e);
+        }
+    }
+
+    pub(crate) fn stats(&self) -> ReliableStats {
+        let (outbox_events, outbox_bytes, retained) = {
+            let l = self.link.lock();
+            (l.unacked(), l.unacked_bytes, l.first_unacked)
+        };
+        ReliableStats {
+            outbox_events,
+            outbox_bytes,
+            retained,
+            resent: self.resent.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            missed: self.missed.load(Ordering::Relaxed),
+            held: self.sequencer.lock().held(),
+        }
+    }
+
+    /// Installs a new connection and re-sends the outbox (retained events first), in order.
+    fn install(&self, generation: u64, conn: Arc<dyn Connection>) {
+        let mut link = self.link.lock();
+        let mut resent = 0u64;
+        for e in &link.entries {
+            if conn.send(&e.event, e.target.as_ref()).is_err() {
+                break;
+            }
+            resent += 1;
+        }
+        link.conn = Some((generation, conn));
+        drop(link);
+        if resent > 0 {
+            self.resent.fetch_add(resent, Ordering::Relaxed);
+            tracing::debug!(instance = %self.instance, resent, "outbox re-sent on the new connection");
+        }
+    }
+
+    /// Keeps the connection until the bus closes: the reliable host.
+    pub(crate) async fn supervise(self: Arc<Self>) {
+        let Some(mut lost) = self.lost_rx.lock().take() else {
+            return;
+        };
+        let mut close = self.close.subscribe();
+        let mut ever_opened = false;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        'outer: loop {
+            if *close.borrow() {
+                break;
+            }
+            self.set_state(HostState::Opening, None);
+            let open = {
+                let this = self.clone();
+                let rejoin = ever_opened;
+                (move || {
+                    let this = this.clone();
+                    async move {
+                        let generation = this.next_gen.fetch_add(1, Ordering::Relaxed);
+                        let mut spec = OpenSpec::new(this.topic.clone(), this.instance.clone());
+                        spec.resume = this.sequencer.lock().positions();
+                        spec.rejoin = rejoin;
+                        let inbound = Arc::new(GenInbound {
+                            generation,
+                            reliable: Arc::downgrade(&this),
+                        });
+                        this.transport
+                            .open(spec, inbound)
+                            .await
+                            .map(|conn| (generation, conn))
+                    }
+                })
+                .retry(self.config.retry.clone())
+                .when(|e: &TransportError| e.is_transient())
+                .notify(|e: &TransportError, wait: Duration| {
+                    self.set_state(HostState::Faulted, Some(e.clone()));
+                    tracing::debug!(instance = %self.instance, ?wait, "retrying in {wait:?}");
+                    self.status.send_modify(|s| s.state = HostState::Opening);
+                })
+            };
+            let opened = tokio::select! {
+                r = open => r,
+                _ = close.wait_for(|c| *c) => break 'outer,
+            };
+            let (generation, conn) = match opened {
+                Ok(x) => x,
+                Err(e) => {
+                    let e = if e.is_transient() {
+                        TransportError::new(e.kind(), format!("gave up retrying: {e}"))
+                    } else {
+                        e
+                    };
+                    self.set_state(HostState::Closed, Some(e));
+                    self.link.lock().conn = None;
+                    return;
+                }
+            };
+            ever_opened = true;
+            self.install(generation, conn.clone());
+            self.set_state(HostState::Opened, None);
+            if !conn.is_open() {
+                let _ = self.lost.send((generation, TransportError::new(TransportErrorKind::ConnectionLost, "lost at once")));
+            }
+            // Connected: wait for the end, ageing gaps meanwhile.
+            let error = loop {
+                tokio::select! {
+                    m = lost.recv() => match m {
+                        Some((g, e)) if g == generation => break e,
+                        Some(_) => continue,
+                        None => break 'outer,
+                    },
+                    _ = close.wait_for(|c| *c) => break 'outer,
+                    _ = tick.tick() => self.expire_gaps(),
+                }
+            };
+            {
+                let mut link = self.link.lock();
+                if link.conn.as_ref().is_some_and(|(g, _)| *g == generation) {
+                    link.conn = None;
+                }
+            }
+            conn.close().await;
+            if error.is_transient() {
+                self.set_state(HostState::Faulted, Some(error));
+            } else {
+                self.set_state(HostState::Closed, Some(error));
+                return;
+            }
+        }
+    }
+
+    fn expire_gaps(&self) {
+        let mut out = Outcome::default();
+        self.sequencer.lock().expire(&self.config, &mut out);
+        if !out.deliver.is_empty() || !out.missed.is_empty() {
+            self.finish(out);
+        }
+    }
+
+    /// Closes: waits (up to `timeout`) for the outbox to be acknowledged, then closes the
+    /// connection.
+    pub(crate) async fn close(&self, timeout: Duration) {
+        if self.status.borrow().state != HostState::Closed {
+            self.set_state(HostState::Closing, None);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (unacked, connected) = {
+                let l = self.link.lock();
+                (l.unacked(), l.conn.is_some())
+            };
+            if unacked == 0 || tokio::time::Instant::now() >= deadline {
+                if unacked > 0 {
+                    tracing::warn!(instance = %self.instance, unacked, connected, "closing with events not acknowledged");
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = self.close.send(true);
+        let conn = self.link.lock().conn.take();
+        if let Some((_, conn)) = conn {
+            let _ = conn.flush().await;
+            conn.close().await;
+        }
+        self.set_state(HostState::Closed, None);
+    }
+}
+
+/// The inbound of one connection attempt: forwards to the reliable layer while it lives.
+struct GenInbound {
+    generation: u64,
+    reliable: Weak<Reliable>,
+}
+
+impl fmt::Debug for GenInbound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GenInbound").field("generation", &self.generation).finish()
+    }
+}
+
+impl Inbound for GenInbound {
+    fn event(&self, event: InterRoleEvent) {
+        if let Some(r) = self.reliable.upgrade() {
+            r.arrived(event);
+        }
+    }
+
+    fn acknowledged(&self, seq: u64) {
+        if let Some(r) = self.reliable.upgrade() {
+            r.acknowledged(seq);
+        }
+    }
+
+    fn rejected(&self, seq: u64, error: TransportError) {
+        if let Some(r) = self.reliable.upgrade() {
+            r.rejected(seq, error);
+        }
+    }
+
+    fn missed(&self, sender: Option<&InstanceId>, count: u64) {
+        if let Some(r) = self.reliable.upgrade() {
+            r.missed(sender, count);
+        }
+    }
+
+    fn closed(&self, error: TransportError) {
+        if let Some(r) = self.reliable.upgrade() {
+            let _ = r.lost.send((self.generation, error));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use interrole_core::{EventId, StreamPos};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Tick(u64);
+    interrole_core::impl_event!(Tick = "test.tick");
+
+    fn ev(sender: &str, epoch: u64, n: u64) -> InterRoleEvent {
+        InterRoleEvent::in_stream(
+            EventId {
+                sender: InstanceId::new(sender).unwrap(),
+                seq: epoch + n,
+            },
+            Tick(n),
+            StreamPos {
+                epoch,
+                directed: false,
+                n,
+            },
+            None,
+        )
+    }
+
+    fn run(s: &mut Sequencer, config: &Reliability, ns: &[u64]) -> (Vec<u64>, Vec<u64>, u64) {
+        let mut out = Outcome::default();
+        for &n in ns {
+            s.arrive(ev("a", 100, n), config, &mut out);
+        }
+        let got = out.deliver.iter().map(|e| e.seq() - 100).collect();
+        let missed = out.missed.iter().map(|m| m.1).collect();
+        (got, missed, out.duplicates)
+    }
+
+    #[test]
+    fn duplicates_are_dropped_and_gaps_held_until_filled() {
+        let c = Reliability::default();
+        let mut s = Sequencer::default();
+        assert_eq!(run(&mut s, &c, &[5, 6, 6, 5]), (vec![5, 6], vec![], 2));
+        // 8 and 9 wait for 7.
+        assert_eq!(run(&mut s, &c, &[8, 9]), (vec![], vec![], 0));
+        assert_eq!(s.held(), 2);
+        assert_eq!(run(&mut s, &c, &[9, 7]), (vec![7, 8, 9], vec![], 1));
+        assert_eq!(s.positions(), vec![(InstanceId::new("a").unwrap(), 109)]);
+    }
+
+    #[test]
+    fn an_expired_gap_is_reported_with_its_size() {
+        let c = Reliability::default().with_gap_timeout(Duration::ZERO);
+        let mut s = Sequencer::default();
+        assert_eq!(run(&mut s, &c, &[1, 4, 5, 7]), (vec![1], vec![], 0));
+        let mut out = Outcome::default();
+        s.expire(&c, &mut out);
+        let got: Vec<_> = out.deliver.iter().map(|e| e.seq() - 100).collect();
+        assert_eq!(got, [4, 5, 7]);
+        assert_eq!(out.missed, [(InstanceId::new("a").unwrap(), 3)]);
+        // Late arrivals of what was given up are duplicates now.
+        assert_eq!(run(&mut s, &c, &[2, 6, 8]), (vec![8], vec![], 2));
+    }
+
+    #[test]
+    fn a_gap_the_transport_reported_is_skipped_at_once() {
+        let c = Reliability::default();
+        let mut s = Sequencer::default();
+        run(&mut s, &c, &[1]);
+        s.senders.get_mut(&InstanceId::new("a").unwrap()).unwrap().excused = 2;
+        assert_eq!(run(&mut s, &c, &[4, 5]), (vec![4, 5], vec![], 0));
+    }
+
+    #[test]
+    fn a_restarted_sender_starts_afresh() {
+        let c = Reliability::default();
+        let mut s = Sequencer::default();
+        run(&mut s, &c, &[1, 2, 3]);
+        let mut out = Outcome::default();
+        s.arrive(ev("a", 500, 1), &c, &mut out);
+        s.arrive(ev("a", 100, 4), &c, &mut out);
+        assert_eq!(out.deliver.len(), 1);
+        assert_eq!(out.duplicates, 1);
+    }
+}

@@ -1,0 +1,327 @@
+//! The bus over a real relay server on a real socket: the transport conformance kit, then the
+//! bus's own promises across the relay (typed publish/subscribe, no echo, directed delivery,
+//! request/reply, fatal errors, the outbox across a relay restart).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex as StdMutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use interrole::core::testkit::Harness;
+use interrole::core::{InstanceId, RetryPolicy, Transport, TransportErrorKind};
+use interrole::relay::{Credentials, Relay, RelayTransport};
+use interrole::{Bus, HostState, Observer, ObserverError, PublishError, Reliability};
+use interrole_relay_server::{Config, KeyConfig, Server};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+const KEY: (&str, &str) = ("root", "root-secret");
+const LONG: Duration = Duration::from_secs(20);
+
+fn config(listen: SocketAddr) -> Config {
+    Config {
+        listen,
+        keys: vec![KeyConfig::parse_flag(&format!("{}={}", KEY.0, KEY.1)).unwrap()],
+        ..Config::default()
+    }
+}
+
+/// A relay server in this process that can be restarted on the same port.
+struct RelayHarness {
+    addr: SocketAddr,
+    server: Mutex<Option<Server>>,
+}
+
+impl RelayHarness {
+    async fn start() -> Self {
+        let server = Server::bind(config("127.0.0.1:0".parse().unwrap()))
+            .await
+            .unwrap();
+        Self {
+            addr: server.local_addr(),
+            server: Mutex::new(Some(server)),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    fn relay(&self) -> Relay {
+        Relay::connect_to(&self.url(), Credentials::key(KEY.0, KEY.1)).unwrap()
+    }
+
+    async fn stop(&self) {
+        if let Some(s) = self.server.lock().await.take() {
+            s.shutdown().await;
+        }
+    }
+
+    async fn start_again(&self) {
+        let mut guard = self.server.lock().await;
+        for _ in 0..50 {
+            match Server::bind(config(self.addr)).await {
+                Ok(s) => {
+                    *guard = Some(s);
+                    return;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        panic!("could not bind {} again", self.addr);
+    }
+}
+
+#[async_trait]
+impl Harness for RelayHarness {
+    async fn transport(&self) -> Arc<dyn Transport> {
+        Arc::new(RelayTransport::new(self.relay()))
+    }
+
+    async fn restart_far_end(&self) -> bool {
+        self.stop().await;
+        self.start_again().await;
+        true
+    }
+}
+
+interrole::core::conformance_suite!(relay, RelayHarness::start().await);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Tick {
+    n: u64,
+}
+interrole::core::impl_event!(Tick = "test.relay.tick");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Ask {
+    x: u64,
+}
+interrole::core::impl_event!(Ask = "test.relay.ask");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Answer {
+    y: u64,
+}
+interrole::core::impl_event!(Answer = "test.relay.answer");
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy::exponential(Duration::from_millis(50), 2.0, Duration::from_millis(500))
+}
+
+async fn bus(h: &RelayHarness, topic: &str, id: &str) -> Bus {
+    let bus = Bus::builder()
+        .instance(id)
+        .topic(topic)
+        .relay(&h.url(), Credentials::key(KEY.0, KEY.1))
+        .retry(fast_retry())
+        .build()
+        .unwrap();
+    bus.host().unwrap().wait_opened(LONG).await.unwrap();
+    bus
+}
+
+/// Records what a typed observer sees.
+#[derive(Default)]
+struct Seen {
+    ticks: StdMutex<Vec<(String, u64)>>,
+    errors: StdMutex<Vec<ObserverError>>,
+}
+
+impl Observer<Tick> for Seen {
+    fn on_next(&self, t: &Tick) {
+        self.ticks.lock().unwrap().push((String::new(), t.n));
+    }
+    fn on_error(&self, e: ObserverError) {
+        self.errors.lock().unwrap().push(e);
+    }
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + LONG;
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn ns(seen: &Seen) -> Vec<u64> {
+    seen.ticks.lock().unwrap().iter().map(|t| t.1).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_events_cross_the_relay_once_and_never_echo() {
+    let h = RelayHarness::start().await;
+    let a = bus(&h, "typed", "a").await;
+    let b = bus(&h, "typed", "b").await;
+    let (sa, sb) = (Arc::new(Seen::default()), Arc::new(Seen::default()));
+    let _ga = a.observe::<Tick, _>(sa.clone());
+    let _gb = b.observe::<Tick, _>(sb.clone());
+    for n in 0..200 {
+        a.publish(Tick { n }).unwrap();
+    }
+    wait_until("b to get 200", || ns(&sb).len() >= 200).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ns(&sb), (0..200).collect::<Vec<_>>());
+    // a's own observers got its events directly, once each: nothing came back through the relay.
+    assert_eq!(ns(&sa), (0..200).collect::<Vec<_>>());
+    assert_eq!(a.stats().received, 0);
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_to_and_request_reply() {
+    let h = RelayHarness::start().await;
+    let a = bus(&h, "rr", "a").await;
+    let b = bus(&h, "rr", "b").await;
+    let c = bus(&h, "rr", "c").await;
+    let _serve = b.serve(|q: &Ask| Answer { y: q.x * 2 });
+    let (sb, sc) = (Arc::new(Seen::default()), Arc::new(Seen::default()));
+    let _gb = b.observe::<Tick, _>(sb.clone());
+    let _gc = c.observe::<Tick, _>(sc.clone());
+    a.send_to(&InstanceId::new("b").unwrap(), Tick { n: 7 }).unwrap();
+    wait_until("b to get the directed tick", || ns(&sb) == [7]).await;
+    for x in 1..=20 {
+        let answer = a
+            .request::<Ask, Answer>(&InstanceId::new("b").unwrap(), Ask { x }, LONG)
+            .await
+            .unwrap();
+        assert_eq!(answer.y, 2 * x);
+    }
+    // A request to an instance that is not there is refused, not left to time out.
+    let err = a
+        .request::<Ask, Answer>(&InstanceId::new("nobody").unwrap(), Ask { x: 1 }, LONG)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, interrole::RequestError::Refused(e) if e.kind() == TransportErrorKind::NoListener),
+        "{err}"
+    );
+    // A request nobody serves times out.
+    let err = a
+        .request::<Ask, Answer>(&InstanceId::new("c").unwrap(), Ask { x: 1 }, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, interrole::RequestError::Timeout(_)), "{err}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(ns(&sc).is_empty(), "a bystander saw directed events");
+    for bus in [a, b, c] {
+        bus.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_are_fatal_and_said() {
+    let h = RelayHarness::start().await;
+    let bus = Bus::builder()
+        .instance("intruder")
+        .topic("secure")
+        .relay(&h.url(), Credentials::key(KEY.0, "wrong-secret"))
+        .build()
+        .unwrap();
+    let host = bus.host().unwrap();
+    let err = host.wait_opened(LONG).await.unwrap_err();
+    assert_eq!(err.kind(), TransportErrorKind::Unauthorized, "{err}");
+    assert_eq!(host.state(), HostState::Closed);
+    assert_eq!(host.status().error.unwrap().kind(), TransportErrorKind::Unauthorized);
+    let e = bus.publish(Tick { n: 1 }).unwrap_err();
+    assert!(matches!(&e, PublishError::Transport(t) if t.kind() == TransportErrorKind::Unauthorized), "{e}");
+    assert!(!e.is_transient());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_url_fails_the_build() {
+    let err = Bus::builder()
+        .relay("ftp://example", Credentials::None)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("ws://"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_published_while_the_relay_is_down_arrive_once_in_order() {
+    let h = RelayHarness::start().await;
+    let a = bus(&h, "outage", "a").await;
+    let b = bus(&h, "outage", "b").await;
+    let sb = Arc::new(Seen::default());
+    let _gb = b.observe::<Tick, _>(sb.clone());
+    let mut states = a.host().unwrap().watch();
+    for n in 0..100 {
+        a.publish(Tick { n }).unwrap();
+    }
+    wait_until("100 before the outage", || ns(&sb).len() >= 100).await;
+    h.stop().await;
+    states
+        .wait_for(|s| s.state != HostState::Opened)
+        .await
+        .unwrap();
+    // Published while down: kept in the outbox, never an error.
+    for n in 100..300 {
+        a.publish(Tick { n }).unwrap();
+    }
+    assert!(a.reliable_stats().unwrap().outbox_events >= 200);
+    h.start_again().await;
+    wait_until("300 after the outage", || ns(&sb).len() >= 300).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ns(&sb), (0..300).collect::<Vec<_>>());
+    assert!(sb.errors.lock().unwrap().is_empty(), "{:?}", sb.errors.lock().unwrap());
+    wait_until("the outbox to drain", || a.reliable_stats().unwrap().outbox_events == 0).await;
+    assert!(a.host().unwrap().status().opened >= 2);
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_fails_fast() {
+    let h = RelayHarness::start().await;
+    let a = Bus::builder()
+        .instance("a")
+        .topic("full")
+        .relay(&h.url(), Credentials::key(KEY.0, KEY.1))
+        .reliability(Reliability::default().with_outbox(50, 1 << 20).with_retry(fast_retry()))
+        .build()
+        .unwrap();
+    a.host().unwrap().wait_opened(LONG).await.unwrap();
+    h.stop().await;
+    let mut states = a.host().unwrap().watch();
+    states.wait_for(|s| s.state != HostState::Opened).await.unwrap();
+    for n in 0..50 {
+        a.publish(Tick { n }).unwrap();
+    }
+    let started = std::time::Instant::now();
+    let err = a.publish(Tick { n: 50 }).unwrap_err();
+    assert!(started.elapsed() < Duration::from_millis(50));
+    assert!(matches!(err, PublishError::OutboxFull { events: 50, .. }), "{err}");
+    assert!(err.is_transient());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_reports_its_states() {
+    let h = RelayHarness::start().await;
+    let a = bus(&h, "states", "a").await;
+    let mut rx = a.host().unwrap().watch();
+    let seen = Arc::new(StdMutex::new(vec![rx.borrow().state]));
+    let s2 = seen.clone();
+    let watcher = tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let st = rx.borrow().state;
+            s2.lock().unwrap().push(st);
+            if st == HostState::Closed {
+                break;
+            }
+        }
+    });
+    h.restart_far_end().await;
+    wait_until("reopened", || seen.lock().unwrap().iter().filter(|s| **s == HostState::Opened).count() >= 2).await;
+    a.close().await;
+    watcher.await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let status = a.host().unwrap().status();
+    assert!(status.faults >= 1 && status.opened >= 2, "{status:?}");
+    let first = seen.iter().position(|s| *s == HostState::Opened).unwrap();
+    let again = seen[first + 1..].iter().position(|s| *s == HostState::Opened).unwrap();
+    assert!(again > 0, "the host went from Opened to Opened without leaving: {seen:?}");
+    assert_eq!(&seen[seen.len() - 2..], &[HostState::Closing, HostState::Closed], "{seen:?}");
+}
