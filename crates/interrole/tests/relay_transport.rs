@@ -320,8 +320,6 @@ async fn the_host_reports_its_states() {
     let seen = seen.lock().unwrap().clone();
     let status = a.host().unwrap().status();
     assert!(status.faults >= 1 && status.opened >= 2, "{status:?}");
-    let first = seen.iter().position(|s| *s == HostState::Opened).unwrap();
-    let again = seen[first + 1..].iter().position(|s| *s == HostState::Opened).unwrap();
-    assert!(again > 0, "the host went from Opened to Opened without leaving: {seen:?}");
-    assert_eq!(&seen[seen.len() - 2..], &[HostState::Closing, HostState::Closed], "{seen:?}");
+    // A watch keeps the latest state only: the watcher saw the end, and the counters the rest.
+    assert_eq!(seen.last(), Some(&HostState::Closed), "{seen:?}");
 }
