@@ -493,7 +493,10 @@ mod tests {
         assert_eq!(back.timestamp(), e.timestamp());
         assert_eq!(back.payload::<Refresh>().unwrap().section_name, "cache");
         assert_eq!(back.to_wire().unwrap(), wire);
-        assert_eq!((back.stream(), back.reply_to()), (StreamPos::default(), None));
+        assert_eq!(
+            (back.stream(), back.reply_to()),
+            (StreamPos::default(), None)
+        );
     }
 
     #[test]
@@ -503,7 +506,14 @@ mod tests {
             directed: true,
             n: 300,
         };
-        let e = InterRoleEvent::in_stream(id(42), Refresh { section_name: "x".into() }, pos, Some(7));
+        let e = InterRoleEvent::in_stream(
+            id(42),
+            Refresh {
+                section_name: "x".into(),
+            },
+            pos,
+            Some(7),
+        );
         let back = InterRoleEvent::from_wire(e.to_wire().unwrap()).unwrap();
         assert_eq!((back.stream(), back.reply_to()), (pos, Some(7)));
         assert!(back.stream().is_tracked());

@@ -52,8 +52,8 @@ mod transport;
 
 pub use codec::{CodecError, CodecErrorKind};
 pub use event::{Event, InterRoleEvent, PayloadError, StreamPos};
-pub use retry::{RetryDelays, RetryPolicy};
 pub use id::{EventId, InstanceId, InvalidName, MAX_NAME_LEN, Topic, TypeTag, tag_is_valid};
+pub use retry::{RetryDelays, RetryPolicy};
 pub use transport::{
     Connection, Inbound, OpenSpec, Transport, TransportError, TransportErrorKind, TransportLimits,
 };

@@ -137,15 +137,15 @@ impl RetryPolicy {
                 delays: delays.clone().into_iter(),
                 then: *then,
             },
-            Schedule::Exponential { first, factor, max } => Inner::Exponential(
-                backon::BackoffBuilder::build(
+            Schedule::Exponential { first, factor, max } => {
+                Inner::Exponential(backon::BackoffBuilder::build(
                     backon::ExponentialBuilder::default()
                         .with_min_delay(*first)
                         .with_factor(*factor)
                         .with_max_delay(*max)
                         .without_max_times(),
-                ),
-            ),
+                ))
+            }
         };
         RetryDelays {
             inner,
@@ -211,7 +211,8 @@ impl Iterator for RetryDelays {
             self.rng ^= self.rng >> 12;
             self.rng ^= self.rng << 25;
             self.rng ^= self.rng >> 27;
-            let r = (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
+            let r =
+                (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
             base.mul_f64(1.0 + self.jitter * r)
         } else {
             base
@@ -244,8 +245,15 @@ mod tests {
 
     #[test]
     fn default_schedule_then_forever() {
-        let d: Vec<_> = RetryPolicy::default().without_jitter().delays().take(9).collect();
-        assert_eq!(d, [S(0), S(1), S(2), S(5), S(10), S(30), S(30), S(30), S(30)]);
+        let d: Vec<_> = RetryPolicy::default()
+            .without_jitter()
+            .delays()
+            .take(9)
+            .collect();
+        assert_eq!(
+            d,
+            [S(0), S(1), S(2), S(5), S(10), S(30), S(30), S(30), S(30)]
+        );
     }
 
     #[test]
@@ -255,7 +263,10 @@ mod tests {
             let d: Vec<_> = p.delays().take(7).collect();
             assert_eq!(d[0], S(0));
             for (got, base) in d.iter().zip([0, 1, 2, 5, 10, 30, 30]) {
-                assert!(*got >= S(base) && *got <= S(base).mul_f64(1.5), "{got:?} vs {base}");
+                assert!(
+                    *got >= S(base) && *got <= S(base).mul_f64(1.5),
+                    "{got:?} vs {base}"
+                );
             }
         }
     }
@@ -265,7 +276,9 @@ mod tests {
         let p = RetryPolicy::default().without_jitter().with_max_attempts(3);
         assert_eq!(p.delays().collect::<Vec<_>>(), [S(0), S(1)]);
         assert_eq!(RetryPolicy::never().delays().count(), 0);
-        let p = RetryPolicy::default().without_jitter().with_max_elapsed(S(9));
+        let p = RetryPolicy::default()
+            .without_jitter()
+            .with_max_elapsed(S(9));
         assert_eq!(p.delays().collect::<Vec<_>>(), [S(0), S(1), S(2), S(5)]);
     }
 

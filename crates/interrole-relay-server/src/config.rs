@@ -79,7 +79,7 @@ slow_consumer = "drop-oldest"
 
 [replay]
 # The replay window per path: at most this many events,
-max_events = 1024
+max_events = 65536
 # this many envelope bytes,
 max_bytes = 16777216
 # and events at most this old, in seconds.
@@ -383,7 +383,7 @@ impl Default for Subscribers {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Replay {
-    /// The most events kept (default 1024; 0 disables replay).
+    /// The most events kept (default 65,536; 0 disables replay).
     pub max_events: usize,
     /// The most envelope bytes kept (default 16 MiB).
     pub max_bytes: usize,
@@ -394,7 +394,7 @@ pub struct Replay {
 impl Default for Replay {
     fn default() -> Self {
         Self {
-            max_events: 1024,
+            max_events: 65_536,
             max_bytes: 16 * 1024 * 1024,
             max_age_secs: 60,
         }

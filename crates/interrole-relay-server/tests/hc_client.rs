@@ -185,7 +185,10 @@ async fn http_requests_are_answered_inline_and_through_the_rendezvous() {
     assert!(header(&r.headers, "via").is_some(), "{:?}", r.headers);
 
     // No body at all.
-    let r = sender.request("GET", "", &Headers::new(), "").await.unwrap();
+    let r = sender
+        .request("GET", "", &Headers::new(), "")
+        .await
+        .unwrap();
     assert_eq!((r.status, r.body.len()), (200, 0));
     assert_eq!(header(&r.headers, "x-target"), Some("/hyco"));
 
@@ -268,7 +271,11 @@ async fn refused_credentials_end_the_listener() {
         .unwrap_err();
     assert_eq!(e.kind(), TransportErrorKind::Unauthorized, "{e}");
     // A key without the Listen right... may not send.
-    let e = failed(HcSender::new(relay(addr, LISTEN_ONLY), "hyco").connect().await);
+    let e = failed(
+        HcSender::new(relay(addr, LISTEN_ONLY), "hyco")
+            .connect()
+            .await,
+    );
     assert_eq!(e.kind(), TransportErrorKind::Forbidden, "{e}");
 
     // A fixed token that expires: the relay closes the channel, re-opening it is refused 401,
@@ -399,8 +406,8 @@ async fn everything_works_over_tls() {
     assert!(r.status == 200 && r.body == big);
 
     // The web PKI does not trust the self-signed certificate.
-    let untrusted = Relay::connect_to(&format!("wss://{addr}"), Credentials::key(ROOT.0, ROOT.1))
-        .unwrap();
+    let untrusted =
+        Relay::connect_to(&format!("wss://{addr}"), Credentials::key(ROOT.0, ROOT.1)).unwrap();
     let e = HcListener::bind(untrusted, "hyco").await.unwrap_err();
     assert!(e.is_transient(), "{e}");
     echoing.abort();

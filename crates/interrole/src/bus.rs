@@ -602,7 +602,11 @@ impl Bus {
     ///
     /// # Errors
     /// As [`Bus::send_to`].
-    pub fn reply<R: Event>(&self, request: &InterRoleEvent, reply: R) -> Result<EventId, PublishError> {
+    pub fn reply<R: Event>(
+        &self,
+        request: &InterRoleEvent,
+        reply: R,
+    ) -> Result<EventId, PublishError> {
         self.send_with(reply, Some(request.sender()), Some(request.seq()), |_| {})
     }
 

@@ -44,9 +44,10 @@ pub struct Reliability {
     /// The most bytes of envelopes waiting for acknowledgement. Default 64 MiB.
     pub outbox_bytes: usize,
     /// How many acknowledged events are kept to be re-sent after a reconnection (repairing what a
-    /// relay that died had acknowledged but not delivered). Default 20,000.
+    /// relay that died had acknowledged but not delivered). Default 10,000.
     pub retain_events: usize,
-    /// How long acknowledged events are kept while connected. Default 10 s.
+    /// How long acknowledged events are kept while connected (while disconnected, none age out).
+    /// Default 5 s: longer than an event waits in a relay's queues.
     pub retain_for: Duration,
     /// How long events after a gap wait for it to fill before the gap is reported as missed.
     /// Default 20 s (a relay restart and the reconnection schedule fit in it).
@@ -62,8 +63,8 @@ impl Default for Reliability {
             retry: RetryPolicy::default(),
             outbox_events: 100_000,
             outbox_bytes: 64 * 1024 * 1024,
-            retain_events: 20_000,
-            retain_for: Duration::from_secs(10),
+            retain_events: 10_000,
+            retain_for: Duration::from_secs(5),
             gap_timeout: Duration::from_secs(20),
             max_held: 50_000,
         }
@@ -185,7 +186,10 @@ impl ReliableHost {
             Ok(Ok(s)) => Err(s.error.clone().unwrap_or_else(|| {
                 TransportError::new(TransportErrorKind::Closed, "the bus was closed")
             })),
-            Ok(Err(_)) => Err(TransportError::new(TransportErrorKind::Closed, "the bus is gone")),
+            Ok(Err(_)) => Err(TransportError::new(
+                TransportErrorKind::Closed,
+                "the bus is gone",
+            )),
             Err(_) => Err(TransportError::new(
                 TransportErrorKind::Timeout,
                 format!("not connected after {timeout:?}: {}", self.state()),
@@ -326,7 +330,11 @@ impl Sequencer {
         }
         if pos.n > next {
             let gap = pos.n - next;
-            let held_gap = lane.held.keys().next().map_or(gap, |&first| first.min(pos.n) - next);
+            let held_gap = lane
+                .held
+                .keys()
+                .next()
+                .map_or(gap, |&first| first.min(pos.n) - next);
             let excused = (state.excused + *excused_any).min(held_gap);
             if excused >= held_gap {
                 // Already reported by the transport: skip the hole at once.
@@ -345,9 +353,9 @@ impl Sequencer {
             lane.held.insert(pos.n, event);
             if lane.held.len() > config.max_held {
                 Self::give_up(&sender, lane, &mut state.excused, excused_any, out);
-                state.last_seq = state.last_seq.max(
-                    out.deliver.last().map_or(0, |e| e.seq()),
-                );
+                state.last_seq = state
+                    .last_seq
+                    .max(out.deliver.last().map_or(0, |e| e.seq()));
             }
             return;
         }
@@ -573,7 +581,9 @@ impl Reliable {
             if size > max {
                 return Err(PublishError::Transport(TransportError::new(
                     TransportErrorKind::PayloadTooLarge,
-                    format!("an envelope of {size} bytes is over the transport's limit of {max} bytes"),
+                    format!(
+                        "an envelope of {size} bytes is over the transport's limit of {max} bytes"
+                    ),
                 )));
             }
         }
@@ -777,7 +787,10 @@ impl Reliable {
             self.install(generation, conn.clone());
             self.set_state(HostState::Opened, None);
             if !conn.is_open() {
-                let _ = self.lost.send((generation, TransportError::new(TransportErrorKind::ConnectionLost, "lost at once")));
+                let _ = self.lost.send((
+                    generation,
+                    TransportError::new(TransportErrorKind::ConnectionLost, "lost at once"),
+                ));
             }
             // Connected: wait for the end, ageing gaps meanwhile.
             let error = loop {
@@ -853,7 +866,9 @@ struct GenInbound {
 
 impl fmt::Debug for GenInbound {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GenInbound").field("generation", &self.generation).finish()
+        f.debug_struct("GenInbound")
+            .field("generation", &self.generation)
+            .finish()
     }
 }
 
@@ -956,7 +971,10 @@ mod tests {
         let c = Reliability::default();
         let mut s = Sequencer::default();
         run(&mut s, &c, &[1]);
-        s.senders.get_mut(&InstanceId::new("a").unwrap()).unwrap().excused = 2;
+        s.senders
+            .get_mut(&InstanceId::new("a").unwrap())
+            .unwrap()
+            .excused = 2;
         assert_eq!(run(&mut s, &c, &[4, 5]), (vec![4, 5], vec![], 0));
     }
 

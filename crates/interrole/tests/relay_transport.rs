@@ -141,7 +141,10 @@ impl Observer<Tick> for Seen {
 async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + LONG;
     while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -181,7 +184,8 @@ async fn send_to_and_request_reply() {
     let (sb, sc) = (Arc::new(Seen::default()), Arc::new(Seen::default()));
     let _gb = b.observe::<Tick, _>(sb.clone());
     let _gc = c.observe::<Tick, _>(sc.clone());
-    a.send_to(&InstanceId::new("b").unwrap(), Tick { n: 7 }).unwrap();
+    a.send_to(&InstanceId::new("b").unwrap(), Tick { n: 7 })
+        .unwrap();
     wait_until("b to get the directed tick", || ns(&sb) == [7]).await;
     for x in 1..=20 {
         let answer = a
@@ -201,7 +205,11 @@ async fn send_to_and_request_reply() {
     );
     // A request nobody serves times out.
     let err = a
-        .request::<Ask, Answer>(&InstanceId::new("c").unwrap(), Ask { x: 1 }, Duration::from_millis(300))
+        .request::<Ask, Answer>(
+            &InstanceId::new("c").unwrap(),
+            Ask { x: 1 },
+            Duration::from_millis(300),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, interrole::RequestError::Timeout(_)), "{err}");
@@ -225,9 +233,15 @@ async fn bad_credentials_are_fatal_and_said() {
     let err = host.wait_opened(LONG).await.unwrap_err();
     assert_eq!(err.kind(), TransportErrorKind::Unauthorized, "{err}");
     assert_eq!(host.state(), HostState::Closed);
-    assert_eq!(host.status().error.unwrap().kind(), TransportErrorKind::Unauthorized);
+    assert_eq!(
+        host.status().error.unwrap().kind(),
+        TransportErrorKind::Unauthorized
+    );
     let e = bus.publish(Tick { n: 1 }).unwrap_err();
-    assert!(matches!(&e, PublishError::Transport(t) if t.kind() == TransportErrorKind::Unauthorized), "{e}");
+    assert!(
+        matches!(&e, PublishError::Transport(t) if t.kind() == TransportErrorKind::Unauthorized),
+        "{e}"
+    );
     assert!(!e.is_transient());
 }
 
@@ -266,8 +280,15 @@ async fn events_published_while_the_relay_is_down_arrive_once_in_order() {
     wait_until("300 after the outage", || ns(&sb).len() >= 300).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(ns(&sb), (0..300).collect::<Vec<_>>());
-    assert!(sb.errors.lock().unwrap().is_empty(), "{:?}", sb.errors.lock().unwrap());
-    wait_until("the outbox to drain", || a.reliable_stats().unwrap().outbox_events == 0).await;
+    assert!(
+        sb.errors.lock().unwrap().is_empty(),
+        "{:?}",
+        sb.errors.lock().unwrap()
+    );
+    wait_until("the outbox to drain", || {
+        a.reliable_stats().unwrap().outbox_events == 0
+    })
+    .await;
     assert!(a.host().unwrap().status().opened >= 2);
     a.close().await;
     b.close().await;
@@ -280,20 +301,30 @@ async fn a_full_outbox_fails_fast() {
         .instance("a")
         .topic("full")
         .relay(&h.url(), Credentials::key(KEY.0, KEY.1))
-        .reliability(Reliability::default().with_outbox(50, 1 << 20).with_retry(fast_retry()))
+        .reliability(
+            Reliability::default()
+                .with_outbox(50, 1 << 20)
+                .with_retry(fast_retry()),
+        )
         .build()
         .unwrap();
     a.host().unwrap().wait_opened(LONG).await.unwrap();
     h.stop().await;
     let mut states = a.host().unwrap().watch();
-    states.wait_for(|s| s.state != HostState::Opened).await.unwrap();
+    states
+        .wait_for(|s| s.state != HostState::Opened)
+        .await
+        .unwrap();
     for n in 0..50 {
         a.publish(Tick { n }).unwrap();
     }
     let started = std::time::Instant::now();
     let err = a.publish(Tick { n: 50 }).unwrap_err();
     assert!(started.elapsed() < Duration::from_millis(50));
-    assert!(matches!(err, PublishError::OutboxFull { events: 50, .. }), "{err}");
+    assert!(
+        matches!(err, PublishError::OutboxFull { events: 50, .. }),
+        "{err}"
+    );
     assert!(err.is_transient());
 }
 
@@ -314,7 +345,15 @@ async fn the_host_reports_its_states() {
         }
     });
     h.restart_far_end().await;
-    wait_until("reopened", || seen.lock().unwrap().iter().filter(|s| **s == HostState::Opened).count() >= 2).await;
+    wait_until("reopened", || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|s| **s == HostState::Opened)
+            .count()
+            >= 2
+    })
+    .await;
     a.close().await;
     watcher.await.unwrap();
     let seen = seen.lock().unwrap().clone();

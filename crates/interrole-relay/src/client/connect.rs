@@ -37,9 +37,9 @@ impl Endpoint {
     /// # Errors
     /// [`ConfigError`] for another scheme, a missing host, a bad port or a path.
     pub fn parse(url: &str) -> Result<Self, ConfigError> {
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| ConfigError(format!("relay URL `{url}` has no scheme (ws://, wss://)")))?;
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            ConfigError(format!("relay URL `{url}` has no scheme (ws://, wss://)"))
+        })?;
         let secure = match scheme.to_ascii_lowercase().as_str() {
             "ws" | "http" => false,
             "wss" | "https" | "sb" => true,
@@ -324,9 +324,17 @@ impl Relay {
 
     /// The request target of `action` on `path` for instance `id`, with a fresh token; and when
     /// the token expires.
-    pub fn target(&self, action: Action, path: &str, id: Option<&str>) -> Result<(String, Option<u64>), TransportError> {
+    pub fn target(
+        &self,
+        action: Action,
+        path: &str,
+        id: Option<&str>,
+    ) -> Result<(String, Option<u64>), TransportError> {
         let mut address = RelayAddress::new(action, path).map_err(|e| {
-            TransportError::new(TransportErrorKind::Protocol, format!("relay path `{path}`: {e}"))
+            TransportError::new(
+                TransportErrorKind::Protocol,
+                format!("relay path `{path}`: {e}"),
+            )
         })?;
         if let Some(id) = id {
             address = address.with_id(id);
@@ -345,7 +353,11 @@ impl Relay {
     /// # Errors
     /// A transient [`TransportError`] when the relay cannot be reached or answers 5xx;
     /// `Unauthorized` (401), `Forbidden` (403), `NoListener` (404), `Protocol` for other refusals.
-    pub async fn open_ws(&self, target_or_url: &str, config: WebSocketConfig) -> Result<Ws, TransportError> {
+    pub async fn open_ws(
+        &self,
+        target_or_url: &str,
+        config: WebSocketConfig,
+    ) -> Result<Ws, TransportError> {
         let url = if target_or_url.contains("://") {
             target_or_url.to_string()
         } else {
@@ -365,7 +377,10 @@ impl Relay {
             let stream: Box<dyn Io> = if self.endpoint.secure {
                 let tls = self.tls.clone().unwrap_or_default();
                 let name = ServerName::try_from(self.endpoint.host.clone()).map_err(|e| {
-                    TransportError::new(TransportErrorKind::Protocol, format!("TLS server name: {e}"))
+                    TransportError::new(
+                        TransportErrorKind::Protocol,
+                        format!("TLS server name: {e}"),
+                    )
                 })?;
                 let connector = tokio_rustls::TlsConnector::from(tls.config);
                 Box::new(connector.connect(name, tcp).await.map_err(|e| {
@@ -391,7 +406,10 @@ impl Relay {
             Ok(r) => r,
             Err(_) => Err(TransportError::new(
                 TransportErrorKind::Timeout,
-                format!("connecting to {} took over {:?}", self.endpoint, self.connect_timeout),
+                format!(
+                    "connecting to {} took over {:?}",
+                    self.endpoint, self.connect_timeout
+                ),
             )),
         }
     }
@@ -447,11 +465,13 @@ pub(crate) fn handshake_error(e: tungstenite::Error) -> TransportError {
             };
             TransportError::new(kind, format!("the relay answered {status}: {description}"))
         }
-        E::Io(io) => TransportError::new(TransportErrorKind::ConnectionLost, format!("{io}"))
-            .with_source(io),
-        E::ConnectionClosed | E::AlreadyClosed => {
-            TransportError::new(TransportErrorKind::ConnectionLost, "closed during the handshake")
+        E::Io(io) => {
+            TransportError::new(TransportErrorKind::ConnectionLost, format!("{io}")).with_source(io)
         }
+        E::ConnectionClosed | E::AlreadyClosed => TransportError::new(
+            TransportErrorKind::ConnectionLost,
+            "closed during the handshake",
+        ),
         other => TransportError::new(TransportErrorKind::ConnectionLost, other.to_string()),
     }
 }
@@ -463,13 +483,25 @@ mod tests {
     #[test]
     fn endpoints_parse_with_default_ports() {
         let e = Endpoint::parse("ws://127.0.0.1:9400").unwrap();
-        assert_eq!((e.is_secure(), e.host(), e.port()), (false, "127.0.0.1", 9400));
+        assert_eq!(
+            (e.is_secure(), e.host(), e.port()),
+            (false, "127.0.0.1", 9400)
+        );
         assert_eq!(e.url("/$hc/x"), "ws://127.0.0.1:9400/$hc/x");
         let e = Endpoint::parse("sb://ns.servicebus.windows.net/").unwrap();
         assert_eq!((e.is_secure(), e.port()), (true, 443));
         assert_eq!(e.url("/$hc/x"), "wss://ns.servicebus.windows.net/$hc/x");
-        assert_eq!(e.resource("orders"), "http://ns.servicebus.windows.net/orders");
-        for bad in ["127.0.0.1:9400", "ftp://h", "ws://", "ws://h:x", "ws://h/path"] {
+        assert_eq!(
+            e.resource("orders"),
+            "http://ns.servicebus.windows.net/orders"
+        );
+        for bad in [
+            "127.0.0.1:9400",
+            "ftp://h",
+            "ws://",
+            "ws://h:x",
+            "ws://h/path",
+        ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
     }

@@ -90,9 +90,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::connect::{Credentials, Endpoint, Io, Relay, Ws, handshake_error};
@@ -394,7 +394,11 @@ async fn run(
             }
         };
         generation += 1;
-        shared.status.send_replace(ListenerStatus::Online);
+        shared.status.send_if_modified(|s| {
+            let changed = !matches!(s, ListenerStatus::Online);
+            *s = ListenerStatus::Online;
+            changed
+        });
         let since = Instant::now();
         let channel_end = serve(
             &shared,
@@ -579,10 +583,7 @@ fn deliver(tx: &mpsc::Sender<Incoming>, incoming: Incoming) {
     tokio::spawn(async move {
         let _ = match incoming {
             Incoming::Connection(c) => c.reject(503, "the listener is busy").await,
-            Incoming::Request(r) => {
-                r.respond(503, Headers::new(), "the listener is busy")
-                    .await
-            }
+            Incoming::Request(r) => r.respond(503, Headers::new(), "the listener is busy").await,
         };
     });
 }
@@ -590,7 +591,13 @@ fn deliver(tx: &mpsc::Sender<Incoming>, incoming: Incoming) {
 /// Opens a request's rendezvous, reads the request there and queues it.
 async fn fetch_request(shared: Arc<Shared>, address: String, tx: mpsc::Sender<Incoming>) {
     let fetch = async {
-        let mut ws = open_url(&shared.relay, &address, None, shared.relay.connect_timeout()).await?;
+        let mut ws = open_url(
+            &shared.relay,
+            &address,
+            None,
+            shared.relay.connect_timeout(),
+        )
+        .await?;
         let mut request: Option<control::Request> = None;
         let body = loop {
             match ws.next().await {
@@ -619,7 +626,11 @@ async fn fetch_request(shared: Arc<Shared>, address: String, tx: mpsc::Sender<In
         if request.address.is_empty() {
             request.address.clone_from(&address);
         }
-        Ok(HcRequest::new(request, body, Reply::Rendezvous(Box::new(ws))))
+        Ok(HcRequest::new(
+            request,
+            body,
+            Reply::Rendezvous(Box::new(ws)),
+        ))
     };
     match tokio::time::timeout(GRACE + shared.relay.connect_timeout(), fetch).await {
         Ok(Ok(request)) => deliver(&tx, Incoming::Request(request)),
@@ -706,12 +717,15 @@ impl HcConnection {
     ///
     /// # Errors
     /// As [`HcConnection::accept`].
-    pub async fn accept_with_protocol(
-        self,
-        protocol: Option<&str>,
-    ) -> Result<Ws, TransportError> {
+    pub async fn accept_with_protocol(self, protocol: Option<&str>) -> Result<Ws, TransportError> {
         let relay = &self.shared.relay;
-        open_url(relay, &self.accept.address, protocol, relay.connect_timeout()).await
+        open_url(
+            relay,
+            &self.accept.address,
+            protocol,
+            relay.connect_timeout(),
+        )
+        .await
     }
 
     /// Rejects the sender: its handshake fails with `status` (100 to 599) and `description`.
@@ -852,7 +866,9 @@ impl HcRequest {
         body: impl Into<Bytes>,
     ) -> Result<(), TransportError> {
         if !(100..=599).contains(&status) {
-            return Err(protocol(format!("response status {status}: use 100 to 599")));
+            return Err(protocol(format!(
+                "response status {status}: use 100 to 599"
+            )));
         }
         let body = body.into();
         let mut response = control::Response::new(self.id.clone(), status);
@@ -975,9 +991,10 @@ async fn open_stream(relay: &Relay, endpoint: &Endpoint) -> Result<Box<dyn Io>, 
     let name = ServerName::try_from(endpoint.host().to_owned())
         .map_err(|e| protocol(format!("TLS server name: {e}")))?;
     let connector = tokio_rustls::TlsConnector::from(relay.tls_config());
-    let tls = connector.connect(name, tcp).await.map_err(|e| {
-        lost(format!("TLS handshake with {endpoint}: {e}")).with_source(e)
-    })?;
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| lost(format!("TLS handshake with {endpoint}: {e}")).with_source(e))?;
     Ok(Box::new(tls))
 }
 
@@ -1007,7 +1024,10 @@ async fn handshake(
         .map_err(|_| {
             TransportError::new(
                 TransportErrorKind::Timeout,
-                format!("connecting to {endpoint} took over {:?}", relay.connect_timeout()),
+                format!(
+                    "connecting to {endpoint} took over {:?}",
+                    relay.connect_timeout()
+                ),
             )
         })??;
     let config = WebSocketConfig::default();
@@ -1142,15 +1162,20 @@ impl HcSender {
         let body = body.into();
         let head = self.request_head(method, path_and_query, headers, body.len())?;
         let endpoint = self.relay.endpoint();
-        let mut stream =
-            tokio::time::timeout(self.relay.connect_timeout(), open_stream(&self.relay, endpoint))
-                .await
-                .map_err(|_| {
-                    TransportError::new(
-                        TransportErrorKind::Timeout,
-                        format!("connecting to {endpoint} took over {:?}", self.relay.connect_timeout()),
-                    )
-                })??;
+        let mut stream = tokio::time::timeout(
+            self.relay.connect_timeout(),
+            open_stream(&self.relay, endpoint),
+        )
+        .await
+        .map_err(|_| {
+            TransportError::new(
+                TransportErrorKind::Timeout,
+                format!(
+                    "connecting to {endpoint} took over {:?}",
+                    self.relay.connect_timeout()
+                ),
+            )
+        })??;
         let is_head = method.eq_ignore_ascii_case("HEAD");
         let exchange = async {
             stream.write_all(&head).await.map_err(io_error)?;
@@ -1274,7 +1299,10 @@ async fn read_response(
                         let mut headers = Headers::new();
                         for h in response.headers.iter() {
                             let value = String::from_utf8_lossy(h.value).trim().to_owned();
-                            match headers.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(h.name)) {
+                            match headers
+                                .iter_mut()
+                                .find(|(k, _)| k.eq_ignore_ascii_case(h.name))
+                            {
                                 Some((_, v)) => {
                                     v.push_str(", ");
                                     v.push_str(&value);
@@ -1352,7 +1380,10 @@ fn too_large() -> TransportError {
 
 /// Decodes a chunked body (RFC 9112 §7.1) from what was read after the head and the rest of the
 /// stream; trailers are dropped.
-async fn read_chunked(stream: &mut Box<dyn Io>, mut raw: Vec<u8>) -> Result<Vec<u8>, TransportError> {
+async fn read_chunked(
+    stream: &mut Box<dyn Io>,
+    mut raw: Vec<u8>,
+) -> Result<Vec<u8>, TransportError> {
     let mut body = Vec::new();
     let mut at = 0;
     // The chunks.
@@ -1439,24 +1470,34 @@ mod tests {
 
     #[test]
     fn rendezvous_urls_name_their_own_host() {
-        let e = url_endpoint("wss://g1-prod.servicebus.windows.net/$hc/p?sb-hc-action=accept")
-            .unwrap();
-        assert_eq!((e.is_secure(), e.host(), e.port()), (true, "g1-prod.servicebus.windows.net", 443));
+        let e =
+            url_endpoint("wss://g1-prod.servicebus.windows.net/$hc/p?sb-hc-action=accept").unwrap();
+        assert_eq!(
+            (e.is_secure(), e.host(), e.port()),
+            (true, "g1-prod.servicebus.windows.net", 443)
+        );
         let e = url_endpoint("ws://127.0.0.1:9400/$hc/p?x=1").unwrap();
-        assert_eq!((e.is_secure(), e.host(), e.port()), (false, "127.0.0.1", 9400));
+        assert_eq!(
+            (e.is_secure(), e.host(), e.port()),
+            (false, "127.0.0.1", 9400)
+        );
         assert!(url_endpoint("/$hc/p").is_err());
     }
 
     #[test]
     fn request_heads_carry_the_token_and_refuse_injection() {
-        let relay = Relay::connect_to("ws://127.0.0.1:9400", Credentials::key("root", "k")).unwrap();
+        let relay =
+            Relay::connect_to("ws://127.0.0.1:9400", Credentials::key("root", "k")).unwrap();
         let sender = HcSender::new(relay, "hyco");
         let mut headers = Headers::new();
         headers.insert("X-A".into(), "1".into());
         headers.insert("Content-Length".into(), "999".into());
         let head = sender.request_head("POST", "/a?b=1", &headers, 5).unwrap();
         let head = String::from_utf8(head).unwrap();
-        assert!(head.starts_with("POST /hyco/a?b=1 HTTP/1.1\r\nHost: 127.0.0.1:9400\r\n"), "{head}");
+        assert!(
+            head.starts_with("POST /hyco/a?b=1 HTTP/1.1\r\nHost: 127.0.0.1:9400\r\n"),
+            "{head}"
+        );
         assert!(head.contains("X-A: 1\r\n"));
         assert!(head.contains("ServiceBusAuthorization: SharedAccessSignature sr="));
         assert!(head.contains("Content-Length: 5\r\n") && !head.contains("999"));
@@ -1464,7 +1505,11 @@ mod tests {
         assert!(sender.request_head("POST", "", &headers, 0).is_err());
         assert!(sender.request_head("GE T", "", &Headers::new(), 0).is_err());
         assert!(sender.request_head("GET", "x", &Headers::new(), 0).is_err());
-        assert!(sender.request_head("GET", "/a b", &Headers::new(), 0).is_err());
+        assert!(
+            sender
+                .request_head("GET", "/a b", &Headers::new(), 0)
+                .is_err()
+        );
     }
 
     #[test]
@@ -1472,7 +1517,10 @@ mod tests {
         let key = Relay::connect_to("ws://h:1", Credentials::key("n", "k")).unwrap();
         let at = renewal(&key, Some(crate::client::connect::unix_now() + 100)).unwrap();
         let after = at - Instant::now();
-        assert!(after > Duration::from_secs(70) && after <= Duration::from_secs(80), "{after:?}");
+        assert!(
+            after > Duration::from_secs(70) && after <= Duration::from_secs(80),
+            "{after:?}"
+        );
         assert!(renewal(&key, None).is_none());
         let token = Relay::connect_to("ws://h:1", Credentials::Token("t".into())).unwrap();
         assert!(renewal(&token, Some(u64::MAX / 2)).is_none());

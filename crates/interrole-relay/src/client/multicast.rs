@@ -163,7 +163,11 @@ impl Transport for RelayTransport {
                                 let code = CloseCode::from_code(f.code.into());
                                 TransportError::new(
                                     code.error_kind(),
-                                    format!("the relay refused the subscription with {}: {}", code.code(), f.reason),
+                                    format!(
+                                        "the relay refused the subscription with {}: {}",
+                                        code.code(),
+                                        f.reason
+                                    ),
                                 )
                             }
                             None => lost("the relay closed the subscription"),
@@ -199,7 +203,13 @@ impl Transport for RelayTransport {
                 stop_rx.clone(),
                 options.clone(),
             )),
-            tokio::spawn(run(subscriber, Role::Subscriber, shared.clone(), stop_rx, options)),
+            tokio::spawn(run(
+                subscriber,
+                Role::Subscriber,
+                shared.clone(),
+                stop_rx,
+                options,
+            )),
         ];
         tracing::debug!(path, instance = id, relay = %self.relay.endpoint(), "relay connection open");
         Ok(Arc::new(RelayConnection {
@@ -376,12 +386,16 @@ fn handle(shared: &Shared, bytes: &Bytes, limits: &FrameLimits) -> Result<(), Tr
         if shared.is_ending() {
             return Ok(());
         }
-        let frame = frame.map_err(|e| protocol(format!("undecodable frame from the relay: {e}")))?;
+        let frame =
+            frame.map_err(|e| protocol(format!("undecodable frame from the relay: {e}")))?;
         match frame {
             Frame::Ack { seq } => shared.inbound.acknowledged(seq),
             Frame::Reject { seq, code, reason } => shared.inbound.rejected(
                 seq,
-                TransportError::new(code.error_kind(), format!("the relay refused event {seq}: {reason}")),
+                TransportError::new(
+                    code.error_kind(),
+                    format!("the relay refused event {seq}: {reason}"),
+                ),
             ),
             Frame::Event {
                 sender,
@@ -435,7 +449,11 @@ impl fmt::Debug for RelayConnection {
 
 #[async_trait]
 impl Connection for RelayConnection {
-    fn send(&self, event: &InterRoleEvent, target: Option<&InstanceId>) -> Result<(), TransportError> {
+    fn send(
+        &self,
+        event: &InterRoleEvent,
+        target: Option<&InstanceId>,
+    ) -> Result<(), TransportError> {
         if !self.shared.open.load(Ordering::Acquire) {
             return Err(match self.shared.error.lock().clone() {
                 Some(e) => e,
@@ -472,7 +490,10 @@ impl Connection for RelayConnection {
                 return Err(e);
             }
             if !self.shared.open.load(Ordering::Acquire) {
-                return Err(TransportError::new(TransportErrorKind::Closed, "the connection is closed"));
+                return Err(TransportError::new(
+                    TransportErrorKind::Closed,
+                    "the connection is closed",
+                ));
             }
             // Woken by progress; checked again at least every 100 ms for an end.
             let _ = tokio::time::timeout(Duration::from_millis(100), written.changed()).await;
@@ -486,7 +507,10 @@ impl Connection for RelayConnection {
         let tasks = std::mem::take(&mut *self.tasks.lock());
         for task in tasks {
             let abort = task.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(2), task)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
