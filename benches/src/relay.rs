@@ -124,12 +124,21 @@ impl RelayProcess {
     /// # Errors
     /// The process could not start or did not print an address.
     pub fn spawn() -> Result<Self, Error> {
+        Self::spawn_at("127.0.0.1:0")
+    }
+
+    /// Starts the relay listening on `listen` (this executable must have the `relay-server`
+    /// subcommand) and waits for its address.
+    ///
+    /// # Errors
+    /// The process could not start or did not print an address (the port is taken, say).
+    pub fn spawn_at(listen: &str) -> Result<Self, Error> {
         let exe = std::env::current_exe()?;
         let child = Command::new(exe)
             .args([
                 "relay-server",
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--sas-key",
                 &format!("{KEY_NAME}={KEY}"),
             ])
@@ -172,6 +181,14 @@ impl RelayProcess {
             .find(|l| l.starts_with("VmRSS:"))
             .ok_or("no VmRSS")?;
         Ok(line.split_whitespace().nth(1).ok_or("bad VmRSS")?.parse()?)
+    }
+}
+
+impl RelayProcess {
+    /// Kills the relay with SIGKILL (no chance to close anything) and reaps it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

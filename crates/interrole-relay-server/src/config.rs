@@ -72,7 +72,7 @@ ws_read_buffer_bytes = 4096
 
 [subscribers]
 # How many events may wait in one subscriber's send queue.
-queue_len = 4096
+queue_len = 16384
 # What happens when that queue is full: "drop-oldest" (drop queued events and send MISSED) or
 # "disconnect" (close the subscriber with 4000).
 slow_consumer = "drop-oldest"
@@ -364,7 +364,7 @@ pub enum SlowConsumerPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Subscribers {
-    /// Events waiting per subscriber (default 4096).
+    /// Events waiting per subscriber (default 16,384).
     pub queue_len: usize,
     /// The slow-consumer policy (default drop-oldest).
     pub slow_consumer: SlowConsumerPolicy,
@@ -373,7 +373,7 @@ pub struct Subscribers {
 impl Default for Subscribers {
     fn default() -> Self {
         Self {
-            queue_len: 4096,
+            queue_len: 16_384,
             slow_consumer: SlowConsumerPolicy::DropOldest,
         }
     }

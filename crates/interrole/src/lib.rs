@@ -123,8 +123,8 @@ pub use observer::{Observable, Observer, ObserverError};
 pub use subscription::Subscription;
 
 pub use interrole_core::{
-    Event, EventId, InstanceId, InterRoleEvent, InvalidName, PayloadError, Topic, Transport,
-    TransportError, TransportErrorKind, TypeTag, impl_event,
+    Event, EventId, InstanceId, InterRoleEvent, InvalidName, PayloadError, RetryPolicy, StreamPos,
+    Topic, Transport, TransportError, TransportErrorKind, TypeTag, impl_event,
 };
 
 /// The attribute that async observers are written with: `#[interrole::async_trait]`.

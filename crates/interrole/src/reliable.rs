@@ -47,7 +47,7 @@ pub struct Reliability {
     /// relay that died had acknowledged but not delivered). Default 10,000.
     pub retain_events: usize,
     /// How long acknowledged events are kept while connected (while disconnected, none age out).
-    /// Default 5 s: longer than an event waits in a relay's queues.
+    /// Default 2 s: longer than an event waits in a relay's queues.
     pub retain_for: Duration,
     /// How long events after a gap wait for it to fill before the gap is reported as missed.
     /// Default 20 s (a relay restart and the reconnection schedule fit in it).
@@ -64,7 +64,7 @@ impl Default for Reliability {
             outbox_events: 100_000,
             outbox_bytes: 64 * 1024 * 1024,
             retain_events: 10_000,
-            retain_for: Duration::from_secs(5),
+            retain_for: Duration::from_secs(2),
             gap_timeout: Duration::from_secs(20),
             max_held: 50_000,
         }
@@ -216,6 +216,9 @@ pub struct ReliableStats {
     pub duplicates: u64,
     /// Events reported missed to the observers.
     pub missed: u64,
+    /// Events the transport said it dropped for this instance (not all of them are missed:
+    /// senders re-send after a relay restart).
+    pub transport_dropped: u64,
     /// Events held back behind gaps right now.
     pub held: usize,
 }
@@ -274,17 +277,17 @@ struct SenderState {
     last_seq: u64,
     multicast: Lane,
     directed: Lane,
-    /// Events the transport already reported missed from this sender: a gap of that size is
-    /// not reported again.
-    excused: u64,
+    /// Events the transport said it dropped from this sender: a hint that a gap will not fill,
+    /// so it is given up after the short grace instead of the gap timeout.
+    hinted: u64,
 }
 
 /// The receiver side: per-sender positions, held-back events.
 #[derive(Default)]
 struct Sequencer {
     senders: HashMap<InstanceId, SenderState>,
-    /// Events reported missed by the transport without a sender.
-    excused_any: u64,
+    /// Events the transport said it dropped, sender unknown.
+    hinted_any: u64,
 }
 
 /// What the sequencer decided about arrivals: deliver these, report those gaps.
@@ -313,11 +316,10 @@ impl Sequencer {
             // The sender restarted: what was held from its previous life is released.
             let old = std::mem::take(state);
             for mut lane in [old.multicast, old.directed] {
-                Self::give_up(&sender, &mut lane, &mut 0, &mut 0, out);
+                Self::give_up(&sender, &mut lane, out);
             }
             state.epoch = pos.epoch;
         }
-        let excused_any = &mut self.excused_any;
         let lane = if pos.directed {
             &mut state.directed
         } else {
@@ -329,33 +331,13 @@ impl Sequencer {
             return;
         }
         if pos.n > next {
-            let gap = pos.n - next;
-            let held_gap = lane
-                .held
-                .keys()
-                .next()
-                .map_or(gap, |&first| first.min(pos.n) - next);
-            let excused = (state.excused + *excused_any).min(held_gap);
-            if excused >= held_gap {
-                // Already reported by the transport: skip the hole at once.
-                let from_sender = state.excused.min(held_gap);
-                state.excused -= from_sender;
-                *excused_any -= held_gap - from_sender;
-                lane.next = Some(next + held_gap);
-                lane.gap_since = None;
-                let seq = event.seq();
-                lane.held.insert(pos.n, event);
-                Self::release(lane, &mut state.last_seq, out);
-                let _ = seq;
-                return;
-            }
             lane.gap_since.get_or_insert_with(Instant::now);
             lane.held.insert(pos.n, event);
             if lane.held.len() > config.max_held {
-                Self::give_up(&sender, lane, &mut state.excused, excused_any, out);
-                state.last_seq = state
-                    .last_seq
-                    .max(out.deliver.last().map_or(0, |e| e.seq()));
+                Self::give_up(&sender, lane, out);
+                if let Some(e) = out.deliver.last() {
+                    state.last_seq = state.last_seq.max(e.seq());
+                }
             }
             return;
         }
@@ -383,15 +365,8 @@ impl Sequencer {
         }
     }
 
-    /// Stops waiting for a gap: reports its size (less what the transport already reported)
-    /// and delivers what was held, reporting each further hole.
-    fn give_up(
-        sender: &InstanceId,
-        lane: &mut Lane,
-        excused: &mut u64,
-        excused_any: &mut u64,
-        out: &mut Outcome,
-    ) {
+    /// Stops waiting for a gap: delivers what was held, and reports the size of each hole.
+    fn give_up(sender: &InstanceId, lane: &mut Lane, out: &mut Outcome) {
         let Some(mut next) = lane.next else { return };
         let mut missed = 0;
         for (n, e) in std::mem::take(&mut lane.held) {
@@ -401,32 +376,43 @@ impl Sequencer {
         }
         lane.next = Some(next);
         lane.gap_since = None;
-        let from_sender = (*excused).min(missed);
-        *excused -= from_sender;
-        let from_any = (*excused_any).min(missed - from_sender);
-        *excused_any -= from_any;
-        let missed = missed - from_sender - from_any;
         if missed > 0 {
             out.missed.push((sender.clone(), missed));
         }
     }
 
-    /// Gives up the gaps older than the timeout.
+    /// Gives up the gaps older than the timeout (or than the grace, when the transport said it
+    /// dropped events: then they are not coming).
     fn expire(&mut self, config: &Reliability, out: &mut Outcome) {
         let now = Instant::now();
+        let hinted_any = self.hinted_any > 0;
+        let mut used_any = false;
         for (sender, state) in &mut self.senders {
+            let timeout = if state.hinted > 0 || hinted_any {
+                config.gap_timeout.min(HINT_GRACE)
+            } else {
+                config.gap_timeout
+            };
             for lane in [&mut state.multicast, &mut state.directed] {
                 if lane
                     .gap_since
-                    .is_some_and(|at| now.duration_since(at) >= config.gap_timeout)
+                    .is_some_and(|at| now.duration_since(at) >= timeout)
                 {
-                    tracing::warn!(%sender, timeout = ?config.gap_timeout, "a gap did not fill in time");
-                    Self::give_up(sender, lane, &mut state.excused, &mut self.excused_any, out);
+                    tracing::warn!(%sender, ?timeout, "a gap did not fill in time");
+                    let before = out.missed.len();
+                    Self::give_up(sender, lane, out);
                     if let Some(e) = out.deliver.last() {
                         state.last_seq = state.last_seq.max(e.seq());
                     }
+                    if let Some((_, n)) = out.missed.get(before) {
+                        used_any |= state.hinted == 0;
+                        state.hinted = state.hinted.saturating_sub(*n);
+                    }
                 }
             }
+        }
+        if used_any {
+            self.hinted_any = 0;
         }
     }
 
@@ -451,6 +437,9 @@ impl Sequencer {
     }
 }
 
+/// How long a gap waits once the transport said it dropped events.
+const HINT_GRACE: Duration = Duration::from_secs(2);
+
 /// The reliable client, host and receiver of one bus.
 pub(crate) struct Reliable {
     transport: Arc<dyn Transport>,
@@ -470,6 +459,7 @@ pub(crate) struct Reliable {
     rejected: AtomicU64,
     duplicates: AtomicU64,
     missed: AtomicU64,
+    hints: AtomicU64,
 }
 
 impl Reliable {
@@ -512,6 +502,7 @@ impl Reliable {
             rejected: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             missed: AtomicU64::new(0),
+            hints: AtomicU64::new(0),
         })
     }
 
@@ -656,17 +647,17 @@ impl Reliable {
         self.finish(out);
     }
 
+    /// The transport dropped `count` events for this instance (a slow-consumer drop, a replay
+    /// window that no longer holds them). Only a hint: the sender may re-send them (after a
+    /// relay restart, say), so what is reported to observers is what the streams show missing.
     fn missed(&self, sender: Option<&InstanceId>, count: u64) {
-        {
-            let mut s = self.sequencer.lock();
-            match sender {
-                Some(sender) => {
-                    s.senders.entry(sender.clone()).or_default().excused += count;
-                }
-                None => s.excused_any += count,
-            }
+        self.hints.fetch_add(count, Ordering::Relaxed);
+        tracing::debug!(instance = %self.instance, sender = ?sender.map(|s| s.as_str()), count, "the transport dropped events");
+        let mut s = self.sequencer.lock();
+        match sender {
+            Some(sender) => s.senders.entry(sender.clone()).or_default().hinted += count,
+            None => s.hinted_any += count,
         }
-        self.report_missed(sender.cloned(), count);
     }
 
     fn report_missed(&self, sender: Option<InstanceId>, count: u64) {
@@ -702,6 +693,7 @@ impl Reliable {
             rejected: self.rejected.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
             missed: self.missed.load(Ordering::Relaxed),
+            transport_dropped: self.hints.load(Ordering::Relaxed),
             held: self.sequencer.lock().held(),
         }
     }
@@ -967,15 +959,28 @@ mod tests {
     }
 
     #[test]
-    fn a_gap_the_transport_reported_is_skipped_at_once() {
+    fn a_gap_the_transport_hinted_at_is_given_up_after_the_grace() {
         let c = Reliability::default();
         let mut s = Sequencer::default();
         run(&mut s, &c, &[1]);
+        assert_eq!(run(&mut s, &c, &[4, 5]), (vec![], vec![], 0));
+        let mut out = Outcome::default();
+        s.expire(&c, &mut out);
+        assert!(
+            out.deliver.is_empty(),
+            "the 20 s gap timeout has not passed"
+        );
         s.senders
             .get_mut(&InstanceId::new("a").unwrap())
             .unwrap()
-            .excused = 2;
-        assert_eq!(run(&mut s, &c, &[4, 5]), (vec![4, 5], vec![], 0));
+            .hinted = 2;
+        for lane in s.senders.values_mut() {
+            lane.multicast.gap_since = Some(Instant::now() - HINT_GRACE);
+        }
+        s.expire(&c, &mut out);
+        assert_eq!(out.deliver.len(), 2);
+        assert_eq!(out.missed, [(InstanceId::new("a").unwrap(), 2)]);
+        assert_eq!(s.senders.values().next().unwrap().hinted, 0);
     }
 
     #[test]

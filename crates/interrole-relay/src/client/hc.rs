@@ -149,7 +149,8 @@ pub enum ListenerStatus {
     Online,
     /// The control channel was lost and is being re-opened.
     Reconnecting {
-        /// Attempts made since the channel was lost (0 before the first).
+        /// Attempts to re-open the channel so far, counted since the last channel that stayed up
+        /// 10 s (0 before the first).
         attempts: u32,
         /// Why the channel was lost, or why the last attempt failed.
         error: TransportError,
@@ -173,6 +174,8 @@ struct Shared {
     relay: Relay,
     path: String,
     status: watch::Sender<ListenerStatus>,
+    /// [`PING_INTERVAL`], shorter in tests.
+    ping_interval: Duration,
 }
 
 /// A message for the control channel, from a responder.
@@ -204,6 +207,14 @@ impl HcListener {
     /// `NoListener` (404: no such hybrid connection), `Protocol` for a bad path, a transient
     /// kind when the relay cannot be reached.
     pub async fn bind(relay: Relay, path: &str) -> Result<Self, TransportError> {
+        Self::bind_with_ping(relay, path, PING_INTERVAL).await
+    }
+
+    async fn bind_with_ping(
+        relay: Relay,
+        path: &str,
+        ping_interval: Duration,
+    ) -> Result<Self, TransportError> {
         let path = path.trim_matches('/').to_owned();
         let (ws, expiry) = open_control(&relay, &path).await?;
         tracing::debug!(endpoint = %relay.endpoint(), path, "listener control channel open");
@@ -212,6 +223,7 @@ impl HcListener {
             relay,
             path,
             status,
+            ping_interval,
         });
         let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
         let (stop, stop_rx) = watch::channel(false);
@@ -380,11 +392,11 @@ async fn run(
                 match opened {
                     Ok(c) => c,
                     Err(e) if gives_up(&e) => {
-                        tracing::warn!(path = shared.path, error = %e, "listener refused: giving up");
+                        tracing::warn!(path = shared.path, error = %e, "listener refused for good");
                         break Some(e);
                     }
                     Err(error) => {
-                        tracing::debug!(path = shared.path, %error, attempts, "listener reconnect failed");
+                        tracing::debug!(path = shared.path, %error, attempts, "reconnect failed");
                         shared
                             .status
                             .send_replace(ListenerStatus::Reconnecting { attempts, error });
@@ -417,7 +429,7 @@ async fn run(
                 if since.elapsed() >= STABLE_AFTER {
                     attempts = 0;
                 }
-                tracing::info!(path = shared.path, %error, "listener control channel lost: reconnecting");
+                tracing::info!(path = shared.path, %error, "control channel lost: reconnecting");
                 shared
                     .status
                     .send_replace(ListenerStatus::Reconnecting { attempts, error });
@@ -445,7 +457,8 @@ async fn serve(
     stop: &mut watch::Receiver<bool>,
 ) -> Option<TransportError> {
     let (mut sink, mut source) = ws.split();
-    let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    let interval = shared.ping_interval;
+    let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let mut renew_at = renewal(&shared.relay, expiry);
@@ -466,10 +479,10 @@ async fn serve(
         tokio::select! {
             () = stopped(stop) => break None,
             _ = ping.tick() => {
-                if last_heard.elapsed() >= 3 * PING_INTERVAL {
+                if last_heard.elapsed() >= 3 * interval {
                     break Some(TransportError::new(
                         TransportErrorKind::Timeout,
-                        format!("nothing heard from the relay for {:?}", 3 * PING_INTERVAL),
+                        format!("nothing heard from the relay for {:?}", 3 * interval),
                     ));
                 }
                 if let Err(e) = sink.send(Message::Ping(Bytes::new())).await {
@@ -539,7 +552,8 @@ async fn serve(
                     }
                     Ok(ControlMessage::Request(request)) if request.method.is_none() => {
                         // Too large to travel inline: the whole request waits at the rendezvous.
-                        tokio::spawn(fetch_request(Arc::clone(shared), request.address, tx.clone()));
+                        let shared = Arc::clone(shared);
+                        tokio::spawn(fetch_request(shared, request.address, tx.clone()));
                     }
                     Ok(ControlMessage::Request(request)) if request.body == Some(true) => {
                         awaiting_body.push_back(request);
@@ -550,7 +564,9 @@ async fn serve(
                     // Only listeners send these.
                     Ok(ControlMessage::Response(_) | ControlMessage::RenewToken(_)) => {}
                     Err(e) if e.is_ignorable() => {}
-                    Err(e) => tracing::debug!(path = shared.path, error = %e, "bad control message ignored"),
+                    Err(e) => {
+                        tracing::debug!(path = shared.path, error = %e, "bad control message");
+                    }
                 }
             }
         }
@@ -579,7 +595,7 @@ fn deliver(tx: &mpsc::Sender<Incoming>, incoming: Incoming) {
         Ok(()) => return,
         Err(mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i)) => i,
     };
-    tracing::warn!("listener queue full: answering 503");
+    tracing::warn!("listener queue full or listener gone: answering 503");
     tokio::spawn(async move {
         let _ = match incoming {
             Incoming::Connection(c) => c.reject(503, "the listener is busy").await,
@@ -1451,6 +1467,42 @@ mod tests {
         check::<ListenerStatus>();
         fn send<T: Send + 'static>() {}
         send::<Incoming>();
+    }
+
+    /// A relay that completes the control channel's handshake, then neither reads nor writes.
+    #[tokio::test]
+    async fn a_silent_relay_is_declared_lost() {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let silent = tokio::spawn(async move {
+            let (stream, _) = tcp.accept().await.unwrap();
+            let ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+            // Hold the connection without polling it: pings go unanswered.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop((ws, tcp));
+        });
+        let relay = Relay::connect_to(&format!("ws://{addr}"), Credentials::None).unwrap();
+        let interval = Duration::from_millis(100);
+        let listener = HcListener::bind_with_ping(relay, "hyco", interval)
+            .await
+            .unwrap();
+        let mut status = listener.watch_status();
+        let lost = tokio::time::timeout(Duration::from_secs(10), async {
+            let s = status
+                .wait_for(|s| matches!(s, ListenerStatus::Reconnecting { .. }))
+                .await
+                .unwrap();
+            s.clone()
+        })
+        .await
+        .expect("the silent relay was not noticed");
+        let ListenerStatus::Reconnecting { error, .. } = lost else {
+            unreachable!()
+        };
+        assert_eq!(error.kind(), TransportErrorKind::Timeout, "{error}");
+        listener.close().await;
+        assert!(matches!(listener.status(), ListenerStatus::Closed(None)));
+        silent.abort();
     }
 
     #[test]
