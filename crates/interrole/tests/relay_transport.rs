@@ -362,3 +362,166 @@ async fn the_host_reports_its_states() {
     // A watch keeps the latest state only: the watcher saw the end, and the counters the rest.
     assert_eq!(seen.last(), Some(&HostState::Closed), "{seen:?}");
 }
+
+/// A TCP proxy in front of the relay that can freeze the connections made so far: they stay
+/// open but nothing crosses them any more, as when a network path dies silently.
+struct Proxy {
+    addr: SocketAddr,
+    frozen_below: Arc<std::sync::atomic::AtomicU64>,
+    made: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Proxy {
+    async fn start(to: SocketAddr) -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frozen_below = Arc::new(AtomicU64::new(0));
+        let made = Arc::new(AtomicU64::new(0));
+        let (fb, m) = (frozen_below.clone(), made.clone());
+        tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = tokio::net::TcpStream::connect(to).await else {
+                    continue;
+                };
+                let index = m.fetch_add(1, Ordering::SeqCst);
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                for (mut r, mut w) in [
+                    (
+                        Box::new(dr) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                        Box::new(uw) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                    ),
+                    (Box::new(ur), Box::new(dw)),
+                ] {
+                    let fb = fb.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match r.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if index < fb.load(Ordering::SeqCst) {
+                                // Frozen: hold the socket open, pass nothing on.
+                                std::future::pending::<()>().await;
+                            }
+                            if w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self {
+            addr,
+            frozen_below,
+            made,
+        }
+    }
+
+    fn freeze_existing(&self) {
+        use std::sync::atomic::Ordering;
+        self.frozen_below
+            .store(self.made.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_stays_open_and_a_dead_one_is_found_within_seconds() {
+    let h = RelayHarness::start().await;
+    let proxy = Proxy::start(h.addr).await;
+    let a = Bus::builder()
+        .instance("a")
+        .topic("alive")
+        .relay(
+            &format!("ws://{}", proxy.addr),
+            Credentials::key(KEY.0, KEY.1),
+        )
+        .retry(fast_retry())
+        .build()
+        .unwrap();
+    let host = a.host().unwrap();
+    host.wait_opened(LONG).await.unwrap();
+    let b = bus(&h, "alive", "b").await;
+    let sb = Arc::new(Seen::default());
+    let _gb = b.observe::<Tick, _>(sb.clone());
+    // Idle for longer than the dead-connection limit (6 s): pings keep it open.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let s = host.status();
+    assert_eq!(
+        (s.state, s.opened, s.faults),
+        (HostState::Opened, 1, 0),
+        "{s:?}"
+    );
+    // The path dies silently: found by the keep-alive, reported as a timeout, reconnected.
+    proxy.freeze_existing();
+    let frozen_at = std::time::Instant::now();
+    let mut rx = host.watch();
+    let faulted = tokio::time::timeout(LONG, rx.wait_for(|s| s.faults >= 1))
+        .await
+        .expect("the dead connection was not found")
+        .unwrap()
+        .clone();
+    let found = frozen_at.elapsed();
+    assert!(found < Duration::from_secs(10), "found after {found:?}");
+    assert!(
+        found >= Duration::from_secs(4),
+        "found after only {found:?}: not by the keep-alive?"
+    );
+    let kind = faulted.error.as_ref().map(|e| e.kind());
+    assert!(
+        matches!(
+            kind,
+            Some(TransportErrorKind::Timeout | TransportErrorKind::ConnectionLost)
+        ),
+        "{faulted:?}"
+    );
+    tokio::time::timeout(
+        LONG,
+        rx.wait_for(|s| s.opened >= 2 && s.state == HostState::Opened),
+    )
+    .await
+    .expect("not reconnected")
+    .unwrap();
+    a.publish(Tick { n: 1 }).unwrap();
+    wait_until("b to hear from a again", || ns(&sb) == [1]).await;
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_renewed_before_they_expire_without_losing_events() {
+    let h = RelayHarness::start().await;
+    let short = Credentials::Key {
+        name: KEY.0.into(),
+        key: KEY.1.into(),
+        ttl: Duration::from_secs(3),
+    };
+    let a = Bus::builder()
+        .instance("a")
+        .topic("renew")
+        .relay(&h.url(), short)
+        .retry(fast_retry())
+        .build()
+        .unwrap();
+    a.host().unwrap().wait_opened(LONG).await.unwrap();
+    let b = bus(&h, "renew", "b").await;
+    let sb = Arc::new(Seen::default());
+    let _gb = b.observe::<Tick, _>(sb.clone());
+    // Publish through three token lifetimes.
+    for n in 0..400 {
+        a.publish(Tick { n }).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_until("all 400", || ns(&sb).len() >= 400).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ns(&sb), (0..400).collect::<Vec<_>>());
+    let s = a.host().unwrap().status();
+    assert!(s.opened >= 3, "the token was not renewed: {s:?}");
+    assert_eq!(s.state, HostState::Opened);
+    a.close().await;
+    b.close().await;
+}

@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
-use super::connect::{Relay, Ws};
+use super::connect::{Credentials, Relay, Ws, unix_now};
 use crate::frame::{
     self, CloseCode, DEFAULT_MAX_ENVELOPE, Frame, FrameLimits, MessageReader, start_message,
 };
@@ -118,8 +118,18 @@ impl Transport for RelayTransport {
     ) -> Result<Arc<dyn Connection>, TransportError> {
         let path = spec.topic.as_str();
         let id = spec.instance.as_str();
-        let (pub_target, _) = self.relay.target(Action::Publish, path, Some(id))?;
+        let (pub_target, expiry) = self.relay.target(Action::Publish, path, Some(id))?;
         let (sub_target, _) = self.relay.target(Action::Subscribe, path, Some(id))?;
+        // Tokens signed here are renewed before they expire: the connection ends (transient)
+        // at 90 % of the token's life and the reliable host reconnects at once with a fresh
+        // token, resuming where it was. A token given as is cannot be renewed.
+        let renew_at = match (self.relay.credentials(), expiry) {
+            (Credentials::Key { .. }, Some(expiry)) => {
+                let left = expiry.saturating_sub(unix_now());
+                Some(Instant::now() + Duration::from_millis(left * 900))
+            }
+            _ => None,
+        };
         let (publisher, mut subscriber) = tokio::try_join!(
             self.relay.open_ws(&pub_target, ws_config()),
             self.relay.open_ws(&sub_target, ws_config()),
@@ -202,6 +212,7 @@ impl Transport for RelayTransport {
                 shared.clone(),
                 stop_rx.clone(),
                 options.clone(),
+                renew_at,
             )),
             tokio::spawn(run(
                 subscriber,
@@ -209,6 +220,7 @@ impl Transport for RelayTransport {
                 shared.clone(),
                 stop_rx,
                 options,
+                None,
             )),
         ];
         tracing::debug!(path, instance = id, relay = %self.relay.endpoint(), "relay connection open");
@@ -272,6 +284,7 @@ async fn run(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     options: RelayOptions,
+    renew_at: Option<Instant>,
 ) {
     let limits = FrameLimits::default();
     let mut last_heard = Instant::now();
@@ -360,6 +373,10 @@ async fn run(
                 }
                 shared.written.send_modify(|w| *w += frames);
             }
+            () = renewal(renew_at) => {
+                shared.fail(lost("renewing the token before it expires: reconnecting"));
+                return;
+            }
             _ = ping.tick() => {
                 if last_heard.elapsed() > options.dead_after {
                     shared.fail(TransportError::new(
@@ -374,6 +391,13 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+async fn renewal(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
