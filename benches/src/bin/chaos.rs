@@ -335,11 +335,12 @@ fn subscriber(o: Opts) -> Result<bool, Error> {
         let reordered: u64 = s.by_sender.values().map(|t| t.reordered).sum();
         let stats = bus.reliable_stats().expect("stats");
         println!(
-            "result id={} received={got} lost={} duplicated={duplicated} reordered={reordered} missed_reported={} dropped_duplicates={} opened={}",
+            "result id={} received={got} lost={} duplicated={duplicated} reordered={reordered} missed_reported={} dropped_duplicates={} repaired={} opened={}",
             o.id,
             want - got.min(want),
             s.missed_reported,
             stats.duplicates,
+            stats.repaired,
             bus.host().expect("host").status().opened,
         );
         drop(s);

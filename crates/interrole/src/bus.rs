@@ -19,7 +19,7 @@ use crate::hub::{DispatchConfig, Hub, publish_group};
 use crate::loopback::Loopback;
 use crate::mailbox::{self, AsyncFn, AsyncObserver, FromEnvelope, Mailbox, Pusher, Received};
 use crate::observer::{FnObserver, Observable, Observer, Typed};
-use crate::reliable::{Reliability, Reliable, ReliableHost, ReliableStats};
+use crate::reliable::{Control, Reliability, Reliable, ReliableHost, ReliableStats};
 use crate::subscription::Subscription;
 use crate::sync::Arc;
 
@@ -266,6 +266,7 @@ impl BusBuilder {
                 instance.clone(),
                 self.reliability,
                 receiver.clone(),
+                epoch,
             );
             handle.spawn(reliable.clone().supervise());
             Link::Reliable(reliable)
@@ -290,6 +291,18 @@ impl BusBuilder {
             task_runtime: Mutex::new(None),
             close_timeout: self.close_timeout.unwrap_or(Duration::from_secs(10)),
         });
+        if let Link::Reliable(r) = &inner.link {
+            let weak = Arc::downgrade(&inner);
+            r.set_control(Box::new(move |to, control| {
+                let inner = weak.upgrade().ok_or(PublishError::Closed)?;
+                let bus = Bus { inner };
+                match control {
+                    Control::Nak(n) => bus.send_with(n, Some(to), None, |_| {}),
+                    Control::Repair(r) => bus.send_with(r, Some(to), None, |_| {}),
+                }
+                .map(|_| ())
+            }));
+        }
         if let Link::Direct(slot) = &inner.link {
             let spec = OpenSpec::new(topic, instance);
             let opening = transport.open(spec.clone(), receiver.clone());
@@ -307,6 +320,23 @@ impl BusBuilder {
                         match transport.open(spec, receiver).await {
                             Ok(conn) => match weak.upgrade() {
                                 Some(inner) if !inner.closed.load(Ordering::Acquire) => {
+                                    if let Link::Reliable(r) = &inner.link {
+                                        let weak = Arc::downgrade(&inner);
+                                        r.set_control(Box::new(move |to, control| {
+                                            let inner =
+                                                weak.upgrade().ok_or(PublishError::Closed)?;
+                                            let bus = Bus { inner };
+                                            match control {
+                                                Control::Nak(n) => {
+                                                    bus.send_with(n, Some(to), None, |_| {})
+                                                }
+                                                Control::Repair(r) => {
+                                                    bus.send_with(r, Some(to), None, |_| {})
+                                                }
+                                            }
+                                            .map(|_| ())
+                                        }));
+                                    }
                                     if let Link::Direct(slot) = &inner.link {
                                         let _ = slot.set(conn);
                                     }

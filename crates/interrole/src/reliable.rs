@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 
 use backon::Retryable;
 use interrole_core::{
-    Connection, Inbound, InstanceId, InterRoleEvent, OpenSpec, RetryPolicy, Topic, Transport,
-    TransportError, TransportErrorKind,
+    Connection, Event, Inbound, InstanceId, InterRoleEvent, OpenSpec, RetryPolicy, Topic,
+    Transport, TransportError, TransportErrorKind,
 };
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::bus::{PublishError, Receiver};
@@ -47,7 +48,7 @@ pub struct Reliability {
     /// relay that died had acknowledged but not delivered). Default 10,000.
     pub retain_events: usize,
     /// How long acknowledged events are kept while connected (while disconnected, none age out).
-    /// Default 2 s: longer than an event waits in a relay's queues.
+    /// Default 5 s: longer than an event usually waits in a relay's queues.
     pub retain_for: Duration,
     /// How long events after a gap wait for it to fill before the gap is reported as missed.
     /// Default 20 s (a relay restart and the reconnection schedule fit in it).
@@ -64,7 +65,7 @@ impl Default for Reliability {
             outbox_events: 100_000,
             outbox_bytes: 64 * 1024 * 1024,
             retain_events: 10_000,
-            retain_for: Duration::from_secs(2),
+            retain_for: Duration::from_secs(5),
             gap_timeout: Duration::from_secs(20),
             max_held: 50_000,
         }
@@ -221,6 +222,10 @@ pub struct ReliableStats {
     pub transport_dropped: u64,
     /// Events held back behind gaps right now.
     pub held: usize,
+    /// Repair requests sent to senders (negative acknowledgements).
+    pub repair_requests: u64,
+    /// Events received through repairs.
+    pub repaired: u64,
 }
 
 struct Entry {
@@ -269,6 +274,8 @@ struct Lane {
     next: Option<u64>,
     held: BTreeMap<u64, InterRoleEvent>,
     gap_since: Option<Instant>,
+    /// When the sender was last asked to repair this lane's gap.
+    nak_at: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -296,7 +303,40 @@ struct Outcome {
     deliver: Vec<InterRoleEvent>,
     missed: Vec<(InstanceId, u64)>,
     duplicates: u64,
+    /// Repair requests to send: (to, request).
+    naks: Vec<(InstanceId, Nak)>,
 }
+
+/// A receiver's request for the events of a gap (a negative acknowledgement), directed to
+/// their sender, which answers from its retention with a [`Repair`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Nak {
+    /// The sender's incarnation the positions belong to.
+    epoch: u64,
+    /// Which stream: the multicast one, or the sender's directed stream to the requester.
+    directed: bool,
+    /// The first missing position.
+    from: u64,
+    /// The last missing position.
+    to: u64,
+}
+interrole_core::impl_event!(Nak = "interrole.reliable.nak");
+
+/// A sender's answer to a [`Nak`]: the envelopes it still retains, as they were first sent,
+/// and how many of the asked positions it no longer has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Repair {
+    envelopes: Vec<Vec<u8>>,
+    unavailable: u64,
+}
+interrole_core::impl_event!(Repair = "interrole.reliable.repair");
+
+/// How long a gap waits for in-flight events before the sender is asked to repair it.
+const NAK_DELAY: Duration = Duration::from_millis(100);
+/// How long before asking again.
+const NAK_RETRY: Duration = Duration::from_secs(1);
+/// The most envelope bytes in one repair event.
+const REPAIR_BYTES: usize = 256 * 1024;
 
 impl Sequencer {
     fn arrive(&mut self, event: InterRoleEvent, config: &Reliability, out: &mut Outcome) {
@@ -360,6 +400,7 @@ impl Sequencer {
         lane.next = Some(next);
         if lane.held.is_empty() {
             lane.gap_since = None;
+            lane.nak_at = None;
         } else {
             lane.gap_since.get_or_insert_with(Instant::now);
         }
@@ -376,6 +417,7 @@ impl Sequencer {
         }
         lane.next = Some(next);
         lane.gap_since = None;
+        lane.nak_at = None;
         if missed > 0 {
             out.missed.push((sender.clone(), missed));
         }
@@ -393,7 +435,26 @@ impl Sequencer {
             } else {
                 config.gap_timeout
             };
-            for lane in [&mut state.multicast, &mut state.directed] {
+            for (directed, lane) in [(false, &mut state.multicast), (true, &mut state.directed)] {
+                if let (Some(since), Some(next), Some(&first)) =
+                    (lane.gap_since, lane.next, lane.held.keys().next())
+                {
+                    let due = lane
+                        .nak_at
+                        .is_none_or(|at| now.duration_since(at) >= NAK_RETRY);
+                    if now.duration_since(since) >= NAK_DELAY && due && first > next {
+                        lane.nak_at = Some(now);
+                        out.naks.push((
+                            sender.clone(),
+                            Nak {
+                                epoch: state.epoch,
+                                directed,
+                                from: next,
+                                to: first - 1,
+                            },
+                        ));
+                    }
+                }
                 if lane
                     .gap_since
                     .is_some_and(|at| now.duration_since(at) >= timeout)
@@ -437,6 +498,16 @@ impl Sequencer {
     }
 }
 
+/// What the reliable layer sends through the bus.
+pub(crate) enum Control {
+    Nak(Nak),
+    Repair(Repair),
+}
+
+/// Sends a [`Control`] event directed to an instance, numbered by the bus.
+pub(crate) type ControlSender =
+    Box<dyn Fn(&InstanceId, Control) -> Result<(), PublishError> + Send + Sync>;
+
 /// How long a gap waits once the transport said it dropped events.
 const HINT_GRACE: Duration = Duration::from_secs(2);
 
@@ -460,6 +531,11 @@ pub(crate) struct Reliable {
     duplicates: AtomicU64,
     missed: AtomicU64,
     hints: AtomicU64,
+    naks_sent: AtomicU64,
+    repaired: AtomicU64,
+    /// This bus's incarnation (its first sequence number).
+    epoch: u64,
+    control: std::sync::OnceLock<ControlSender>,
 }
 
 impl Reliable {
@@ -469,6 +545,7 @@ impl Reliable {
         instance: InstanceId,
         config: Reliability,
         receiver: Arc<Receiver>,
+        epoch: u64,
     ) -> Arc<Self> {
         let (lost, lost_rx) = mpsc::unbounded_channel();
         let max_envelope = transport.limits().max_envelope;
@@ -503,6 +580,10 @@ impl Reliable {
             duplicates: AtomicU64::new(0),
             missed: AtomicU64::new(0),
             hints: AtomicU64::new(0),
+            naks_sent: AtomicU64::new(0),
+            repaired: AtomicU64::new(0),
+            epoch,
+            control: std::sync::OnceLock::new(),
         })
     }
 
@@ -668,15 +749,115 @@ impl Reliable {
             .report(ObserverError::Missed { sender, count });
     }
 
-    fn finish(&self, out: Outcome) {
-        if out.duplicates > 0 {
-            self.duplicates.fetch_add(out.duplicates, Ordering::Relaxed);
+    fn finish(&self, mut out: Outcome) {
+        // Repairs unwrap into more arrivals, which may release more: until nothing is left.
+        loop {
+            if out.duplicates > 0 {
+                self.duplicates.fetch_add(out.duplicates, Ordering::Relaxed);
+            }
+            for (sender, count) in out.missed.drain(..) {
+                self.report_missed(Some(sender), count);
+            }
+            for (to, nak) in out.naks.drain(..) {
+                self.naks_sent.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(instance = %self.instance, %to, ?nak, "asking for a repair");
+                if let Some(send) = self.control.get() {
+                    if let Err(error) = send(&to, Control::Nak(nak)) {
+                        tracing::debug!(%error, "a repair request could not be sent");
+                    }
+                }
+            }
+            let mut repaired = Vec::new();
+            for e in out.deliver.drain(..) {
+                match e.type_tag().as_str() {
+                    <Nak as Event>::TYPE_TAG => match e.try_payload::<Nak>() {
+                        Ok(nak) => self.answer_nak(e.sender(), nak),
+                        Err(error) => tracing::warn!(%error, "an undecodable repair request"),
+                    },
+                    <Repair as Event>::TYPE_TAG => match e.try_payload::<Repair>() {
+                        Ok(repair) => {
+                            if repair.unavailable > 0 {
+                                // Not coming: the gap is given up after the short grace.
+                                let mut s = self.sequencer.lock();
+                                s.senders.entry(e.sender().clone()).or_default().hinted +=
+                                    repair.unavailable;
+                            }
+                            for bytes in &repair.envelopes {
+                                match InterRoleEvent::from_wire(bytes.clone().into()) {
+                                    Ok(inner) if inner.sender() == e.sender() => {
+                                        repaired.push(inner)
+                                    }
+                                    Ok(_) | Err(_) => {
+                                        tracing::warn!(from = %e.sender(), "a repaired envelope was refused");
+                                    }
+                                }
+                            }
+                        }
+                        Err(error) => tracing::warn!(%error, "an undecodable repair"),
+                    },
+                    _ => self.receiver.event(e),
+                }
+            }
+            if repaired.is_empty() {
+                return;
+            }
+            self.repaired
+                .fetch_add(repaired.len() as u64, Ordering::Relaxed);
+            let mut s = self.sequencer.lock();
+            for inner in repaired {
+                s.arrive(inner, &self.config, &mut out);
+            }
         }
-        for (sender, count) in out.missed {
-            self.report_missed(Some(sender), count);
+    }
+
+    /// Answers a repair request from this instance's retention.
+    fn answer_nak(&self, requester: &InstanceId, nak: &Nak) {
+        if nak.epoch != self.epoch || nak.to < nak.from {
+            return;
         }
-        for e in out.deliver {
-            self.receiver.event(e);
+        let wanted = nak.to - nak.from + 1;
+        let mut batches: Vec<Vec<Vec<u8>>> = vec![Vec::new()];
+        let mut bytes = 0;
+        let mut found = 0u64;
+        {
+            let link = self.link.lock();
+            for e in &link.entries {
+                let pos = e.event.stream();
+                let same_stream = pos.directed == nak.directed
+                    && (!nak.directed || e.target.as_ref() == Some(requester));
+                if !same_stream || pos.n < nak.from || pos.n > nak.to {
+                    continue;
+                }
+                let Ok(wire) = e.event.to_wire() else {
+                    continue;
+                };
+                if bytes + wire.len() > REPAIR_BYTES && bytes > 0 {
+                    batches.push(Vec::new());
+                    bytes = 0;
+                }
+                bytes += wire.len();
+                found += 1;
+                batches
+                    .last_mut()
+                    .expect("one batch at least")
+                    .push(wire.to_vec());
+            }
+        }
+        let unavailable = wanted.saturating_sub(found);
+        tracing::debug!(instance = %self.instance, to = %requester, found, unavailable, "repairing a gap");
+        let Some(send) = self.control.get() else {
+            return;
+        };
+        let last = batches.len() - 1;
+        for (i, envelopes) in batches.into_iter().enumerate() {
+            let repair = Repair {
+                envelopes,
+                unavailable: if i == last { unavailable } else { 0 },
+            };
+            if let Err(error) = send(requester, Control::Repair(repair)) {
+                tracing::debug!(%error, "a repair could not be sent");
+                return;
+            }
         }
     }
 
@@ -695,6 +876,8 @@ impl Reliable {
             missed: self.missed.load(Ordering::Relaxed),
             transport_dropped: self.hints.load(Ordering::Relaxed),
             held: self.sequencer.lock().held(),
+            repair_requests: self.naks_sent.load(Ordering::Relaxed),
+            repaired: self.repaired.load(Ordering::Relaxed),
         }
     }
 
@@ -815,9 +998,15 @@ impl Reliable {
     fn expire_gaps(&self) {
         let mut out = Outcome::default();
         self.sequencer.lock().expire(&self.config, &mut out);
-        if !out.deliver.is_empty() || !out.missed.is_empty() {
+        if !out.deliver.is_empty() || !out.missed.is_empty() || !out.naks.is_empty() {
             self.finish(out);
         }
+    }
+
+    /// Sets how the reliable layer sends its own events (repair requests and repairs) through
+    /// the bus's numbering.
+    pub(crate) fn set_control(&self, send: ControlSender) {
+        let _ = self.control.set(send);
     }
 
     /// Closes: waits (up to `timeout`) for the outbox to be acknowledged, then closes the

@@ -35,9 +35,13 @@ struct RelayHarness {
 
 impl RelayHarness {
     async fn start() -> Self {
-        let server = Server::bind(config("127.0.0.1:0".parse().unwrap()))
-            .await
-            .unwrap();
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(f: impl FnOnce(&mut Config)) -> Self {
+        let mut c = config("127.0.0.1:0".parse().unwrap());
+        f(&mut c);
+        let server = Server::bind(c).await.unwrap();
         Self {
             addr: server.local_addr(),
             server: Mutex::new(Some(server)),
@@ -522,6 +526,61 @@ async fn tokens_are_renewed_before_they_expire_without_losing_events() {
     let s = a.host().unwrap().status();
     assert!(s.opened >= 3, "the token was not renewed: {s:?}");
     assert_eq!(s.state, HostState::Opened);
+    a.close().await;
+    b.close().await;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Big {
+    n: u64,
+    blob: Vec<u8>,
+}
+interrole::core::impl_event!(Big = "test.relay.big");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_relay_drops_for_a_slow_subscriber_is_repaired_by_the_publisher() {
+    // A relay that keeps only 16 events per subscriber and drops the oldest beyond.
+    let h = RelayHarness::start_with(|c| c.subscribers.queue_len = 16).await;
+    let a = bus(&h, "repair", "a").await;
+    let b = bus(&h, "repair", "b").await;
+    let got = Arc::new(StdMutex::new(Vec::new()));
+    let errors = Arc::new(StdMutex::new(Vec::new()));
+    struct Slow(Arc<StdMutex<Vec<u64>>>, Arc<StdMutex<Vec<ObserverError>>>);
+    impl Observer<Big> for Slow {
+        fn on_next(&self, e: &Big) {
+            std::thread::sleep(Duration::from_micros(300));
+            self.0.lock().unwrap().push(e.n);
+        }
+        fn on_error(&self, e: ObserverError) {
+            self.1.lock().unwrap().push(e);
+        }
+    }
+    let _g = b.observe::<Big, _>(Slow(got.clone(), errors.clone()));
+    const N: u64 = 2000;
+    for n in 0..N {
+        a.publish(Big {
+            n,
+            blob: vec![7; 4096],
+        })
+        .unwrap();
+    }
+    wait_until("every event, repaired", || {
+        got.lock().unwrap().len() as u64 >= N
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(*got.lock().unwrap(), (0..N).collect::<Vec<_>>());
+    assert!(
+        errors.lock().unwrap().is_empty(),
+        "{:?}",
+        errors.lock().unwrap()
+    );
+    let s = b.reliable_stats().unwrap();
+    assert!(
+        s.transport_dropped > 0,
+        "the relay dropped nothing: the test proves nothing ({s:?})"
+    );
+    assert!(s.repaired > 0 && s.repair_requests > 0, "{s:?}");
     a.close().await;
     b.close().await;
 }
