@@ -329,12 +329,13 @@ fn subscriber(o: Opts) -> Result<bool, Error> {
                 break;
             }
         }
+        let line = {
         let s = counter.state.lock().unwrap();
         let got: u64 = s.by_sender.values().map(|t| t.distinct).sum();
         let duplicated: u64 = s.by_sender.values().map(|t| t.duplicated).sum();
         let reordered: u64 = s.by_sender.values().map(|t| t.reordered).sum();
         let stats = bus.reliable_stats().expect("stats");
-        println!(
+        format!(
             "result id={} received={got} lost={} duplicated={duplicated} reordered={reordered} missed_reported={} dropped_duplicates={} repaired={} opened={}",
             o.id,
             want - got.min(want),
@@ -342,8 +343,9 @@ fn subscriber(o: Opts) -> Result<bool, Error> {
             stats.duplicates,
             stats.repaired,
             bus.host().expect("host").status().opened,
-        );
-        drop(s);
+        )
+        };
+        println!("{line}");
         bus.close().await;
         Ok(true)
     })

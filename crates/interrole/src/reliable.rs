@@ -493,7 +493,7 @@ impl Sequencer {
             .map(|(id, s)| (id.clone(), s.last_seq))
             .collect();
         // The most recently active senders first, should the list be cut.
-        p.sort_by(|a, b| b.1.cmp(&a.1));
+        p.sort_by_key(|e| std::cmp::Reverse(e.1));
         p
     }
 }
