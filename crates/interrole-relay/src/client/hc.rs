@@ -49,8 +49,9 @@
 //!
 //! A lost channel (a network error, a close from the relay, the keep-alive timeout, a relay
 //! restart; Azure Relay drops every listener once a day) is re-opened after
-//! [`RECONNECT_DELAYS`] (0, 1, 2, 5, 10, 30 s, then every 30 s), as the official clients do; the
-//! delays start over once a channel has stayed up for 10 s. Meanwhile
+//! the delays of a [`RetryPolicy`] (by default 0, 1, 2, 5, 10, 30 s, then every 30 s, as the
+//! official clients do; [`HcListener::bind_with_retry`] sets another); the delays start over once
+//! a channel has stayed up for 10 s, and a policy whose budget runs out ends the listener. Meanwhile
 //! [`HcListener::status`] is [`ListenerStatus::Reconnecting`] with the last error, and the
 //! pending [`HcListener::accept`] keeps waiting. A handshake refused for good ends the listener:
 //! 401 (bad or expired credentials), 403 (no Listen right; but 403
@@ -83,7 +84,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use interrole_core::{TransportError, TransportErrorKind};
+use interrole_core::{RetryPolicy, TransportError, TransportErrorKind};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -104,16 +105,6 @@ use crate::url::{Action, RelayAddress, UrlLimits};
 /// How often a listener pings the relay on its control channel. A channel from which nothing
 /// was heard for three intervals is declared lost.
 pub const PING_INTERVAL: Duration = Duration::from_secs(20);
-
-/// The delays before each attempt to re-open a lost control channel; the last one repeats.
-pub const RECONNECT_DELAYS: [Duration; 6] = [
-    Duration::from_secs(0),
-    Duration::from_secs(1),
-    Duration::from_secs(2),
-    Duration::from_secs(5),
-    Duration::from_secs(10),
-    Duration::from_secs(30),
-];
 
 /// A channel up this long starts the reconnect delays over.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
@@ -176,6 +167,7 @@ struct Shared {
     status: watch::Sender<ListenerStatus>,
     /// [`PING_INTERVAL`], shorter in tests.
     ping_interval: Duration,
+    retry: RetryPolicy,
 }
 
 /// A message for the control channel, from a responder.
@@ -207,13 +199,26 @@ impl HcListener {
     /// `NoListener` (404: no such hybrid connection), `Protocol` for a bad path, a transient
     /// kind when the relay cannot be reached.
     pub async fn bind(relay: Relay, path: &str) -> Result<Self, TransportError> {
-        Self::bind_with_ping(relay, path, PING_INTERVAL).await
+        Self::bind_with_ping(relay, path, PING_INTERVAL, RetryPolicy::default()).await
+    }
+
+    /// As [`HcListener::bind`], re-opening a lost control channel on `retry`'s schedule.
+    ///
+    /// # Errors
+    /// As [`HcListener::bind`].
+    pub async fn bind_with_retry(
+        relay: Relay,
+        path: &str,
+        retry: RetryPolicy,
+    ) -> Result<Self, TransportError> {
+        Self::bind_with_ping(relay, path, PING_INTERVAL, retry).await
     }
 
     async fn bind_with_ping(
         relay: Relay,
         path: &str,
         ping_interval: Duration,
+        retry: RetryPolicy,
     ) -> Result<Self, TransportError> {
         let path = path.trim_matches('/').to_owned();
         let (ws, expiry) = open_control(&relay, &path).await?;
@@ -224,6 +229,7 @@ impl HcListener {
             path,
             status,
             ping_interval,
+            retry,
         });
         let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
         let (stop, stop_rx) = watch::channel(false);
@@ -374,12 +380,23 @@ async fn run(
     let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(64);
     let mut channel = Some((ws, expiry));
     let mut attempts: u32 = 0;
+    let mut delays = shared.retry.delays();
+    let mut last_error: Option<TransportError> = None;
     let mut generation = 0u64;
     let end = loop {
         let (ws, expiry) = match channel.take() {
             Some(c) => c,
             None => {
-                let delay = RECONNECT_DELAYS[(attempts as usize).min(RECONNECT_DELAYS.len() - 1)];
+                let Some(delay) = delays.next() else {
+                    let e = last_error.take().unwrap_or_else(|| {
+                        TransportError::new(TransportErrorKind::ConnectionLost, "lost")
+                    });
+                    tracing::warn!(path = shared.path, error = %e, "listener gave up retrying");
+                    break Some(TransportError::new(
+                        e.kind(),
+                        format!("gave up retrying: {e}"),
+                    ));
+                };
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = stopped(&mut stop) => break None,
@@ -397,6 +414,7 @@ async fn run(
                     }
                     Err(error) => {
                         tracing::debug!(path = shared.path, %error, attempts, "reconnect failed");
+                        last_error = Some(error.clone());
                         shared
                             .status
                             .send_replace(ListenerStatus::Reconnecting { attempts, error });
@@ -428,7 +446,9 @@ async fn run(
             Some(error) => {
                 if since.elapsed() >= STABLE_AFTER {
                     attempts = 0;
+                    delays = shared.retry.delays();
                 }
+                last_error = Some(error.clone());
                 tracing::info!(path = shared.path, %error, "control channel lost: reconnecting");
                 shared
                     .status
@@ -1483,7 +1503,7 @@ mod tests {
         });
         let relay = Relay::connect_to(&format!("ws://{addr}"), Credentials::None).unwrap();
         let interval = Duration::from_millis(100);
-        let listener = HcListener::bind_with_ping(relay, "hyco", interval)
+        let listener = HcListener::bind_with_ping(relay, "hyco", interval, RetryPolicy::default())
             .await
             .unwrap();
         let mut status = listener.watch_status();
