@@ -22,7 +22,10 @@ const LONG: Duration = Duration::from_secs(20);
 fn config(listen: SocketAddr) -> Config {
     Config {
         listen,
-        keys: vec![KeyConfig::parse_flag(&format!("{}={}", KEY.0, KEY.1)).unwrap()],
+        keys: vec![
+            KeyConfig::parse_flag(&format!("{}={}", KEY.0, KEY.1)).unwrap(),
+            KeyConfig::parse_flag("listener=listen-secret:listen").unwrap(),
+        ],
         ..Config::default()
     }
 }
@@ -247,6 +250,26 @@ async fn bad_credentials_are_fatal_and_said() {
         "{e}"
     );
     assert!(!e.is_transient());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_without_the_send_right_is_forbidden_and_not_retried() {
+    let h = RelayHarness::start().await;
+    let bus = Bus::builder()
+        .instance("reader")
+        .topic("secure")
+        .relay(&h.url(), Credentials::key("listener", "listen-secret"))
+        .build()
+        .unwrap();
+    let host = bus.host().unwrap();
+    let err = host.wait_opened(LONG).await.unwrap_err();
+    assert_eq!(err.kind(), TransportErrorKind::Forbidden, "{err}");
+    let status = host.status();
+    assert_eq!(
+        (status.state, status.faults),
+        (HostState::Closed, 0),
+        "{status:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
