@@ -59,7 +59,7 @@ use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 /// The longest wait for any step in one process, so that the example can never hang.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest wait for any step across processes (starting a process, connecting to the relay).
-const PROCESS_STEP_TIMEOUT: Duration = Duration::from_secs(20);
+const PROCESS_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The role name every worker instance shares (the seed's `RoleName`).
 const WORKER_ROLE: &str = "worker";
 /// The controller's instance id.

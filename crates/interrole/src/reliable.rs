@@ -276,6 +276,8 @@ struct Lane {
     gap_since: Option<Instant>,
     /// When the sender was last asked to repair this lane's gap.
     nak_at: Option<Instant>,
+    /// The sender answered that it no longer has some of the gap: give it up now.
+    doomed: bool,
 }
 
 #[derive(Default)]
@@ -284,17 +286,12 @@ struct SenderState {
     last_seq: u64,
     multicast: Lane,
     directed: Lane,
-    /// Events the transport said it dropped from this sender: a hint that a gap will not fill,
-    /// so it is given up after the short grace instead of the gap timeout.
-    hinted: u64,
 }
 
 /// The receiver side: per-sender positions, held-back events.
 #[derive(Default)]
 struct Sequencer {
     senders: HashMap<InstanceId, SenderState>,
-    /// Events the transport said it dropped, sender unknown.
-    hinted_any: u64,
 }
 
 /// What the sequencer decided about arrivals: deliver these, report those gaps.
@@ -326,6 +323,8 @@ interrole_core::impl_event!(Nak = "interrole.reliable.nak");
 /// and how many of the asked positions it no longer has.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Repair {
+    /// Which stream the envelopes belong to.
+    directed: bool,
     envelopes: Vec<Vec<u8>>,
     unavailable: u64,
 }
@@ -423,18 +422,11 @@ impl Sequencer {
         }
     }
 
-    /// Gives up the gaps older than the timeout (or than the grace, when the transport said it
-    /// dropped events: then they are not coming).
+    /// Asks for the repair of open gaps, and gives up those older than the timeout or that the
+    /// sender cannot repair.
     fn expire(&mut self, config: &Reliability, out: &mut Outcome) {
         let now = Instant::now();
-        let hinted_any = self.hinted_any > 0;
-        let mut used_any = false;
         for (sender, state) in &mut self.senders {
-            let timeout = if state.hinted > 0 || hinted_any {
-                config.gap_timeout.min(HINT_GRACE)
-            } else {
-                config.gap_timeout
-            };
             for (directed, lane) in [(false, &mut state.multicast), (true, &mut state.directed)] {
                 if let (Some(since), Some(next), Some(&first)) =
                     (lane.gap_since, lane.next, lane.held.keys().next())
@@ -442,7 +434,8 @@ impl Sequencer {
                     let due = lane
                         .nak_at
                         .is_none_or(|at| now.duration_since(at) >= NAK_RETRY);
-                    if now.duration_since(since) >= NAK_DELAY && due && first > next {
+                    if now.duration_since(since) >= NAK_DELAY && due && first > next && !lane.doomed
+                    {
                         lane.nak_at = Some(now);
                         out.naks.push((
                             sender.clone(),
@@ -455,25 +448,20 @@ impl Sequencer {
                         ));
                     }
                 }
-                if lane
+                let timed_out = lane
                     .gap_since
-                    .is_some_and(|at| now.duration_since(at) >= timeout)
-                {
-                    tracing::warn!(%sender, ?timeout, "a gap did not fill in time");
-                    let before = out.missed.len();
+                    .is_some_and(|at| now.duration_since(at) >= config.gap_timeout);
+                if timed_out || (lane.doomed && lane.gap_since.is_some()) {
+                    if timed_out {
+                        tracing::warn!(%sender, timeout = ?config.gap_timeout, "a gap did not fill in time");
+                    }
                     Self::give_up(sender, lane, out);
                     if let Some(e) = out.deliver.last() {
                         state.last_seq = state.last_seq.max(e.seq());
                     }
-                    if let Some((_, n)) = out.missed.get(before) {
-                        used_any |= state.hinted == 0;
-                        state.hinted = state.hinted.saturating_sub(*n);
-                    }
                 }
+                lane.doomed = false;
             }
-        }
-        if used_any {
-            self.hinted_any = 0;
         }
     }
 
@@ -507,9 +495,6 @@ pub(crate) enum Control {
 /// Sends a [`Control`] event directed to an instance, numbered by the bus.
 pub(crate) type ControlSender =
     Box<dyn Fn(&InstanceId, Control) -> Result<(), PublishError> + Send + Sync>;
-
-/// How long a gap waits once the transport said it dropped events.
-const HINT_GRACE: Duration = Duration::from_secs(2);
 
 /// The reliable client, host and receiver of one bus.
 pub(crate) struct Reliable {
@@ -729,16 +714,12 @@ impl Reliable {
     }
 
     /// The transport dropped `count` events for this instance (a slow-consumer drop, a replay
-    /// window that no longer holds them). Only a hint: the sender may re-send them (after a
-    /// relay restart, say), so what is reported to observers is what the streams show missing.
+    /// window that no longer holds them). Counted only: the gaps they leave are found in the
+    /// streams and repaired from the sender, or reported with their exact size; and after a
+    /// relay restart, senders re-send them anyway.
     fn missed(&self, sender: Option<&InstanceId>, count: u64) {
         self.hints.fetch_add(count, Ordering::Relaxed);
         tracing::debug!(instance = %self.instance, sender = ?sender.map(|s| s.as_str()), count, "the transport dropped events");
-        let mut s = self.sequencer.lock();
-        match sender {
-            Some(sender) => s.senders.entry(sender.clone()).or_default().hinted += count,
-            None => s.hinted_any += count,
-        }
     }
 
     fn report_missed(&self, sender: Option<InstanceId>, count: u64) {
@@ -768,6 +749,7 @@ impl Reliable {
                 }
             }
             let mut repaired = Vec::new();
+            let mut doomed = Vec::new();
             for e in out.deliver.drain(..) {
                 match e.type_tag().as_str() {
                     <Nak as Event>::TYPE_TAG => match e.try_payload::<Nak>() {
@@ -777,10 +759,8 @@ impl Reliable {
                     <Repair as Event>::TYPE_TAG => match e.try_payload::<Repair>() {
                         Ok(repair) => {
                             if repair.unavailable > 0 {
-                                // Not coming: the gap is given up after the short grace.
-                                let mut s = self.sequencer.lock();
-                                s.senders.entry(e.sender().clone()).or_default().hinted +=
-                                    repair.unavailable;
+                                // Not coming: once what did come is in, the gap is given up.
+                                doomed.push((e.sender().clone(), repair.directed));
                             }
                             for bytes in &repair.envelopes {
                                 match InterRoleEvent::from_wire(bytes.clone().into()) {
@@ -851,6 +831,7 @@ impl Reliable {
         let last = batches.len() - 1;
         for (i, envelopes) in batches.into_iter().enumerate() {
             let repair = Repair {
+                directed: nak.directed,
                 envelopes,
                 unavailable: if i == last { unavailable } else { 0 },
             };
@@ -1148,7 +1129,7 @@ mod tests {
     }
 
     #[test]
-    fn a_gap_the_transport_hinted_at_is_given_up_after_the_grace() {
+    fn a_gap_the_sender_cannot_repair_is_given_up_at_once() {
         let c = Reliability::default();
         let mut s = Sequencer::default();
         run(&mut s, &c, &[1]);
@@ -1159,17 +1140,24 @@ mod tests {
             out.deliver.is_empty(),
             "the 20 s gap timeout has not passed"
         );
-        s.senders
-            .get_mut(&InstanceId::new("a").unwrap())
-            .unwrap()
-            .hinted = 2;
-        for lane in s.senders.values_mut() {
-            lane.multicast.gap_since = Some(Instant::now() - HINT_GRACE);
+        // A repair request is due after the delay...
+        for st in s.senders.values_mut() {
+            st.multicast.gap_since = Some(Instant::now() - NAK_DELAY);
         }
         s.expire(&c, &mut out);
+        let a = InstanceId::new("a").unwrap();
+        let nak = Nak {
+            epoch: 100,
+            directed: false,
+            from: 2,
+            to: 3,
+        };
+        assert_eq!(out.naks, [(a.clone(), nak)]);
+        // ...and when the sender answers that it no longer has them, the gap is given up.
+        s.senders.get_mut(&a).unwrap().multicast.doomed = true;
+        s.expire(&c, &mut out);
         assert_eq!(out.deliver.len(), 2);
-        assert_eq!(out.missed, [(InstanceId::new("a").unwrap(), 2)]);
-        assert_eq!(s.senders.values().next().unwrap().hinted, 0);
+        assert_eq!(out.missed, [(a, 2)]);
     }
 
     #[test]

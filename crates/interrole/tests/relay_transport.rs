@@ -571,7 +571,10 @@ async fn what_the_relay_drops_for_a_slow_subscriber_is_repaired_by_the_publisher
     struct Slow(Arc<StdMutex<Vec<u64>>>, Arc<StdMutex<Vec<ObserverError>>>);
     impl Observer<Big> for Slow {
         fn on_next(&self, e: &Big) {
-            std::thread::sleep(Duration::from_micros(300));
+            // Stalls the subscriber's connection at first, so that the relay's queue for it
+            // overflows (the socket buffers cannot hold 32 MiB either).
+            let stall = if e.n == 0 { 1000 } else { 0 };
+            std::thread::sleep(Duration::from_millis(stall) + Duration::from_micros(100));
             self.0.lock().unwrap().push(e.n);
         }
         fn on_error(&self, e: ObserverError) {
