@@ -506,9 +506,11 @@ impl Bus {
     /// this bus's own instance, it is delivered locally.
     ///
     /// # Errors
-    /// As [`Bus::publish`]; also [`PublishError::Transport`] with
+    /// As [`Bus::publish`]. On an in-process transport, also [`PublishError::Transport`] with
     /// [`TransportErrorKind::NoListener`](interrole_core::TransportErrorKind::NoListener) when the
-    /// target is not connected.
+    /// target is not connected. Over a network transport the far end decides later: a target
+    /// that is not connected makes the relay refuse the event, which is logged and counted
+    /// ([`ReliableStats::rejected`]); use [`Bus::request`] to learn of it.
     pub fn send_to<E: Event>(
         &self,
         target: &InstanceId,
