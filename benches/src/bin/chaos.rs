@@ -368,6 +368,34 @@ enum Line {
     Exited(String),
 }
 
+/// What the roles have said so far.
+#[derive(Default)]
+struct Seen {
+    /// Per role, its latest `opened` count and when it was printed.
+    opened: HashMap<String, (u64, Instant)>,
+    ready: usize,
+    done: Vec<String>,
+    results: Vec<(String, String)>,
+    exited: Vec<String>,
+}
+
+impl Seen {
+    fn take(&mut self, line: Line) {
+        match line {
+            Line::Ready => self.ready += 1,
+            Line::Opened(n, k, at) => {
+                self.opened.insert(n, (k, at));
+            }
+            Line::Done(n, rest) => {
+                println!("[{n}] done {rest}");
+                self.done.push(n);
+            }
+            Line::Result(n, rest) => self.results.push((n, rest)),
+            Line::Exited(n) => self.exited.push(n),
+        }
+    }
+}
+
 fn spawn_role(kind: &str, id: &str, o: &Opts, tx: &mpsc::Sender<Line>) -> Result<Role, Error> {
     let mut child = Command::new(std::env::current_exe()?)
         .arg(kind)
@@ -436,39 +464,11 @@ fn orchestrate(mut o: Opts) -> Result<bool, Error> {
         roles.push(spawn_role("subscriber", &format!("sub-{i}"), &o, &tx)?);
     }
     // Every subscriber connected before anything is published.
-    let mut opened: HashMap<String, (u64, Instant)> = HashMap::new();
-    let mut ready = 0;
-    let mut done = Vec::new();
-    let mut results = Vec::new();
-    let mut exited: Vec<String> = Vec::new();
-    let handle = |line: Line,
-                  opened: &mut HashMap<String, (u64, Instant)>,
-                  ready: &mut usize,
-                  done: &mut Vec<String>,
-                  results: &mut Vec<(String, String)>,
-                  exited: &mut Vec<String>| match line {
-        Line::Ready => *ready += 1,
-        Line::Opened(n, k, at) => {
-            opened.insert(n, (k, at));
-        }
-        Line::Done(n, rest) => {
-            println!("[{n}] done {rest}");
-            done.push(n);
-        }
-        Line::Result(n, rest) => results.push((n, rest)),
-        Line::Exited(n) => exited.push(n),
-    };
+    let mut seen = Seen::default();
     let wait_deadline = Instant::now() + Duration::from_secs(60);
-    while ready < o.subscribers {
+    while seen.ready < o.subscribers {
         let line = rx.recv_timeout(wait_deadline.saturating_duration_since(Instant::now()))?;
-        handle(
-            line,
-            &mut opened,
-            &mut ready,
-            &mut done,
-            &mut results,
-            &mut exited,
-        );
+        seen.take(line);
     }
     let start = Instant::now();
     for j in 0..o.publishers {
@@ -482,7 +482,7 @@ fn orchestrate(mut o: Opts) -> Result<bool, Error> {
     let mut next_kill = start + interval.max(Duration::from_millis(500));
     // Kill and restart while the publishers run; then wait for everyone's results.
     loop {
-        let publishing = done.len() < o.publishers;
+        let publishing = seen.done.len() < o.publishers;
         if publishing && kills < o.kills && Instant::now() >= next_kill && relay.is_some() {
             // SIGKILL: no close frames, events in flight are lost by the relay.
             if let Some(r) = relay.take() {
@@ -504,21 +504,28 @@ fn orchestrate(mut o: Opts) -> Result<bool, Error> {
             relay = Some(r);
             let restarted_at = Instant::now();
             // Every bus connected again: each has printed a new `opened`.
-            let before: HashMap<String, u64> =
-                opened.iter().map(|(n, (k, _))| (n.clone(), *k)).collect();
+            let before: HashMap<String, u64> = seen
+                .opened
+                .iter()
+                .map(|(n, (k, _))| (n.clone(), *k))
+                .collect();
             let deadline = restarted_at + Duration::from_secs(60);
             loop {
                 let back = roles
                     .iter()
                     .filter(|r| {
-                        opened.get(&r.name).is_some_and(|(k, at)| {
+                        seen.opened.get(&r.name).is_some_and(|(k, at)| {
                             *k > before.get(&r.name).copied().unwrap_or(0) && *at >= restarted_at
                         })
                     })
                     .count();
-                let alive = roles.iter().filter(|r| !exited.contains(&r.name)).count();
+                let alive = roles
+                    .iter()
+                    .filter(|r| !seen.exited.contains(&r.name))
+                    .count();
                 if back >= alive || Instant::now() > deadline {
-                    let last = opened
+                    let last = seen
+                        .opened
                         .values()
                         .filter(|(_, at)| *at >= restarted_at)
                         .map(|(_, at)| *at)
@@ -533,20 +540,13 @@ fn orchestrate(mut o: Opts) -> Result<bool, Error> {
                     break;
                 }
                 if let Ok(line) = rx.recv_timeout(Duration::from_millis(20)) {
-                    handle(
-                        line,
-                        &mut opened,
-                        &mut ready,
-                        &mut done,
-                        &mut results,
-                        &mut exited,
-                    );
+                    seen.take(line);
                 }
             }
             next_kill = Instant::now() + interval.max(Duration::from_millis(500));
             continue;
         }
-        if results.len() >= o.subscribers && exited.len() >= roles.len() {
+        if seen.results.len() >= o.subscribers && seen.exited.len() >= roles.len() {
             break;
         }
         if start.elapsed() > run_time * 3 + Duration::from_secs(300) {
@@ -554,14 +554,7 @@ fn orchestrate(mut o: Opts) -> Result<bool, Error> {
             break;
         }
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(20)) {
-            handle(
-                line,
-                &mut opened,
-                &mut ready,
-                &mut done,
-                &mut results,
-                &mut exited,
-            );
+            seen.take(line);
         }
     }
     for r in &mut roles {
@@ -575,15 +568,15 @@ fn orchestrate(mut o: Opts) -> Result<bool, Error> {
     }
     drop(relay);
     let (mut lost, mut duplicated, mut reordered) = (0, 0, 0);
-    results.sort();
-    for (name, r) in &results {
+    seen.results.sort();
+    for (name, r) in &seen.results {
         println!("[{name}] {r}");
         lost += field(r, "lost");
         duplicated += field(r, "duplicated");
         reordered += field(r, "reordered");
     }
     // A subscriber that reported nothing lost everything.
-    lost += (o.subscribers - results.len()) as u64 * published;
+    lost += (o.subscribers - seen.results.len()) as u64 * published;
     if !recoveries.is_empty() {
         recoveries.sort();
         println!(
@@ -597,5 +590,5 @@ fn orchestrate(mut o: Opts) -> Result<bool, Error> {
     println!(
         "chaos events={published} lost={lost} duplicated={duplicated} reordered={reordered} relay_kills={kills}"
     );
-    Ok(lost == 0 && duplicated == 0 && reordered == 0 && done.len() == o.publishers)
+    Ok(lost == 0 && duplicated == 0 && reordered == 0 && seen.done.len() == o.publishers)
 }
