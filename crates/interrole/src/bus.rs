@@ -182,6 +182,28 @@ impl BusBuilder {
         self
     }
 
+    /// Carries the bus over NATS (see [`interrole::nats`](crate::nats) for the subjects and
+    /// what each mode promises); the topic names the subjects.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// use interrole::Bus;
+    /// use interrole::nats::NatsOptions;
+    ///
+    /// let bus = Bus::builder()
+    ///     .instance("worker-1")
+    ///     .topic("orders")
+    ///     .nats(NatsOptions::new("nats://127.0.0.1:4222"))
+    ///     .build()?;
+    /// bus.host().unwrap().wait_opened(std::time::Duration::from_secs(10)).await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "nats")]
+    pub fn nats(mut self, options: crate::nats::NatsOptions) -> Self {
+        self.transport = Some(Arc::new(crate::nats::NatsTransport::new(options)));
+        self
+    }
+
     /// How the bus rides out a network transport's failures: retry policy, outbox, retention,
     /// gap timeout (see [`Reliability`]). Ignored on an in-process transport.
     pub fn reliability(mut self, reliability: Reliability) -> Self {

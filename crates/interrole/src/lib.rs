@@ -116,6 +116,13 @@ pub use reliable::{HostState, HostStatus, Reliability, ReliableHost, ReliableSta
 pub mod relay {
     pub use interrole_relay::client::*;
 }
+
+/// The NATS transport and its settings (feature `nats`): [`NatsOptions`](nats::NatsOptions),
+/// [`NatsAuth`](nats::NatsAuth), [`NatsTls`](nats::NatsTls), [`NatsTransport`](nats::NatsTransport).
+#[cfg(feature = "nats")]
+pub mod nats {
+    pub use interrole_nats::*;
+}
 pub use hub::{Dispatch, DispatchConfig, Hub, HubClosed, HubStats, pool_threads};
 pub use loopback::Loopback;
 pub use mailbox::{AsyncObserver, FromEnvelope, Mailbox, Overflow, Received};

@@ -1,0 +1,569 @@
+//! The NATS transport of [interrole](https://docs.rs/interrole): the bus across machines on a NATS
+//! server or cluster, through [async-nats](https://docs.rs/async-nats).
+//!
+//! # Subjects
+//!
+//! With the default prefix `interrole`, a bus on topic `orders` as instance `worker-1`:
+//!
+//! | what | subject |
+//! |---|---|
+//! | multicast (`publish`) | `interrole.t.orders` |
+//! | directed to `worker-1` (`send_to`, requests, replies, repairs) | `interrole.i.orders.worker-1` |
+//!
+//! The prefix is [`NatsOptions::prefix`]. A topic or instance id containing `.` spans several
+//! subject tokens; subjects are only ever used whole, so that is harmless, but NATS permissions
+//! granted by token must account for it.
+//!
+//! # What it promises
+//!
+//! Each connection is one NATS client (`no_echo`: a bus never hears itself). Events are
+//! published in order on the client's single connection, and NATS keeps per-publisher order to
+//! each subscriber. An event is acknowledged to the bus (`Inbound::acknowledged`) once a flush
+//! round trip has confirmed that the server has it. Core NATS keeps nothing for a subscriber that
+//! is away: what it misses while disconnected is found by the bus as a gap and repaired from the
+//! publisher's retention (see `docs/reliability.md`), or reported.
+//!
+//! # Reconnection
+//!
+//! The client does not reconnect on its own: when it loses its server it reports the connection
+//! closed (transient), and the bus's reliable host opens a new one on its retry policy, to any of
+//! the [`servers`](NatsOptions::servers) (a cluster's nodes), which drives the same host states
+//! and tracing events as the relay transport.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::{ConnectErrorKind, ConnectOptions, Event};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use interrole_core::{
+    Connection, Inbound, InstanceId, InterRoleEvent, OpenSpec, Topic, Transport, TransportError,
+    TransportErrorKind, TransportLimits,
+};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// How a client proves who it is to the NATS server.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub enum NatsAuth {
+    /// Nothing (a server without authorization).
+    #[default]
+    None,
+    /// A user name and password.
+    UserPassword {
+        /// The user.
+        user: String,
+        /// The password.
+        password: String,
+    },
+    /// A token.
+    Token(String),
+    /// An NKey seed (`SU...`).
+    NKey(String),
+    /// A credentials file (a JWT and an NKey seed, as `nsc` writes them).
+    CredsFile(PathBuf),
+}
+
+impl fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print a secret.
+        match self {
+            Self::None => f.write_str("None"),
+            Self::UserPassword { user, .. } => f
+                .debug_struct("UserPassword")
+                .field("user", user)
+                .finish_non_exhaustive(),
+            Self::Token(_) => f.write_str("Token(..)"),
+            Self::NKey(_) => f.write_str("NKey(..)"),
+            Self::CredsFile(p) => f.debug_tuple("CredsFile").field(p).finish(),
+        }
+    }
+}
+
+/// TLS settings, as async-nats offers them.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct NatsTls {
+    /// Refuse a server that does not offer TLS.
+    pub required: bool,
+    /// Trust the certificates of this PEM file (a private CA), beside the system's.
+    pub root_certificates: Option<PathBuf>,
+    /// Present this client certificate and key (PEM files) for mutual TLS.
+    pub client_certificate: Option<(PathBuf, PathBuf)>,
+}
+
+/// Where the NATS servers are and how to use them.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NatsOptions {
+    /// Server URLs (`nats://host:4222`, `tls://host:4222`); several for a cluster. A new
+    /// connection tries them in a random order.
+    pub servers: Vec<String>,
+    /// The first token of every subject. Default `interrole`.
+    pub prefix: String,
+    /// Credentials.
+    pub auth: NatsAuth,
+    /// TLS.
+    pub tls: NatsTls,
+    /// How long connecting may take. Default 5 s.
+    pub connect_timeout: Duration,
+    /// How often the client pings the server; a server that does not answer two pings in a
+    /// row is considered lost. Default 2 s.
+    pub ping_interval: Duration,
+}
+
+impl NatsOptions {
+    /// Options for the servers of `urls`, a comma-separated list (`nats://a:4222,nats://b:4222`).
+    pub fn new(urls: &str) -> Self {
+        Self {
+            servers: urls
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            prefix: "interrole".into(),
+            auth: NatsAuth::None,
+            tls: NatsTls::default(),
+            connect_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(2),
+        }
+    }
+
+    /// These options with `prefix`.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// These options with `auth`.
+    pub fn with_auth(mut self, auth: NatsAuth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// These options with `tls`.
+    pub fn with_tls(mut self, tls: NatsTls) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// The multicast subject of `topic`.
+    pub fn topic_subject(&self, topic: &Topic) -> String {
+        format!("{}.t.{}", self.prefix, topic.as_str())
+    }
+
+    /// The subject of what is directed to `instance` on `topic`.
+    pub fn instance_subject(&self, topic: &Topic, instance: &InstanceId) -> String {
+        format!("{}.i.{}.{}", self.prefix, topic.as_str(), instance.as_str())
+    }
+}
+
+/// The NATS transport.
+///
+/// ```no_run
+/// use interrole_nats::{NatsOptions, NatsTransport};
+/// let transport = NatsTransport::new(NatsOptions::new("nats://127.0.0.1:4222"));
+/// # let _ = transport;
+/// ```
+#[derive(Debug, Clone)]
+pub struct NatsTransport {
+    options: Arc<NatsOptions>,
+    /// The largest payload the servers accept, learned from the first connection.
+    max_payload: Arc<AtomicU64>,
+}
+
+/// The payload limit assumed before a server said its own (the NATS default).
+const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+
+impl NatsTransport {
+    /// A transport with `options`.
+    pub fn new(options: NatsOptions) -> Self {
+        Self {
+            options: Arc::new(options),
+            max_payload: Arc::new(AtomicU64::new(DEFAULT_MAX_PAYLOAD as u64)),
+        }
+    }
+
+    /// The options.
+    pub fn options(&self) -> &NatsOptions {
+        &self.options
+    }
+
+    async fn connect(
+        &self,
+        name: &str,
+        lost: mpsc::UnboundedSender<TransportError>,
+    ) -> Result<async_nats::Client, TransportError> {
+        let o = &self.options;
+        let mut c = match &o.auth {
+            NatsAuth::None => ConnectOptions::new(),
+            NatsAuth::UserPassword { user, password } => {
+                ConnectOptions::with_user_and_password(user.clone(), password.clone())
+            }
+            NatsAuth::Token(t) => ConnectOptions::with_token(t.clone()),
+            NatsAuth::NKey(seed) => ConnectOptions::with_nkey(seed.clone()),
+            NatsAuth::CredsFile(path) => ConnectOptions::with_credentials_file(path)
+                .await
+                .map_err(|e| {
+                    TransportError::new(
+                        TransportErrorKind::Unauthorized,
+                        format!("reading the credentials file {}: {e}", path.display()),
+                    )
+                })?,
+        };
+        if o.tls.required {
+            c = c.require_tls(true);
+        }
+        if let Some(path) = &o.tls.root_certificates {
+            c = c.add_root_certificates(path.clone());
+        }
+        if let Some((cert, key)) = &o.tls.client_certificate {
+            c = c.add_client_certificate(cert.clone(), key.clone());
+        }
+        let c = c
+            .name(name)
+            .no_echo()
+            .connection_timeout(o.connect_timeout)
+            .ping_interval(o.ping_interval)
+            // One attempt: reconnecting is the bus's reliable host's job.
+            .max_reconnects(1)
+            .event_callback(move |event| {
+                let lost = lost.clone();
+                async move {
+                    match event {
+                        Event::Disconnected => {
+                            let _ = lost.send(TransportError::new(
+                                TransportErrorKind::ConnectionLost,
+                                "disconnected from the NATS server",
+                            ));
+                        }
+                        Event::LameDuckMode => {
+                            let _ = lost.send(TransportError::new(
+                                TransportErrorKind::Unavailable,
+                                "the NATS server is shutting down (lame duck mode)",
+                            ));
+                        }
+                        Event::ServerError(e) => {
+                            tracing::warn!(error = %e, "NATS server error");
+                            if let async_nats::ServerError::AuthorizationViolation = e {
+                                let _ = lost.send(TransportError::new(
+                                    TransportErrorKind::Forbidden,
+                                    format!("NATS: {e}"),
+                                ));
+                            }
+                        }
+                        Event::SlowConsumer(sid) => {
+                            tracing::warn!(
+                                sid,
+                                "NATS: this client is a slow consumer; messages were dropped"
+                            );
+                        }
+                        other => tracing::debug!(event = %other, "NATS client event"),
+                    }
+                }
+            });
+        let servers: Vec<async_nats::ServerAddr> = o
+            .servers
+            .iter()
+            .map(|s| {
+                s.parse().map_err(|e| {
+                    TransportError::new(
+                        TransportErrorKind::Protocol,
+                        format!("NATS server address `{s}`: {e}"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        c.connect(servers).await.map_err(|e| {
+            let kind = match e.kind() {
+                ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
+                    TransportErrorKind::Unauthorized
+                }
+                ConnectErrorKind::ServerParse => TransportErrorKind::Protocol,
+                ConnectErrorKind::Tls => TransportErrorKind::Protocol,
+                ConnectErrorKind::TimedOut => TransportErrorKind::Timeout,
+                _ => TransportErrorKind::ConnectionLost,
+            };
+            TransportError::new(
+                kind,
+                format!("connecting to NATS ({}): {e}", o.servers.join(",")),
+            )
+        })
+    }
+}
+
+#[async_trait]
+impl Transport for NatsTransport {
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+
+    fn limits(&self) -> TransportLimits {
+        TransportLimits::with_max_envelope(Some(self.max_payload.load(Ordering::Relaxed) as usize))
+    }
+
+    async fn open(
+        &self,
+        spec: OpenSpec,
+        inbound: Arc<dyn Inbound>,
+    ) -> Result<Arc<dyn Connection>, TransportError> {
+        let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+        let client = self.connect(spec.instance.as_str(), lost_tx).await?;
+        let max_payload = client.server_info().max_payload;
+        if max_payload > 0 {
+            self.max_payload
+                .store(max_payload as u64, Ordering::Relaxed);
+        }
+        let subscribe_error = |e: async_nats::SubscribeError| {
+            TransportError::new(
+                TransportErrorKind::ConnectionLost,
+                format!("subscribing: {e}"),
+            )
+        };
+        let multicast = client
+            .subscribe(self.options.topic_subject(&spec.topic))
+            .await
+            .map_err(subscribe_error)?;
+        let directed = client
+            .subscribe(self.options.instance_subject(&spec.topic, &spec.instance))
+            .await
+            .map_err(subscribe_error)?;
+        // The subscriptions are registered once the server has answered a flush.
+        client.flush().await.map_err(|e| {
+            TransportError::new(
+                TransportErrorKind::ConnectionLost,
+                format!("subscribing: {e}"),
+            )
+        })?;
+        let shared = Arc::new(Shared {
+            inbound,
+            open: AtomicBool::new(true),
+            ended: AtomicBool::new(false),
+            error: Mutex::new(None),
+            queued: AtomicU64::new(0),
+            written: watch::channel(0).0,
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let tasks = vec![
+            tokio::spawn(write_loop(client.clone(), rx, shared.clone())),
+            tokio::spawn(read_loop(multicast, directed, shared.clone())),
+            tokio::spawn(watch_loss(lost_rx, shared.clone())),
+        ];
+        tracing::debug!(instance = %spec.instance, topic = %spec.topic, "NATS connection open");
+        Ok(Arc::new(NatsConnection {
+            options: self.options.clone(),
+            topic: spec.topic,
+            instance: spec.instance,
+            client,
+            shared,
+            tx,
+            tasks: Mutex::new(tasks),
+            max_payload: self.max_payload.clone(),
+        }))
+    }
+}
+
+struct Shared {
+    inbound: Arc<dyn Inbound>,
+    open: AtomicBool,
+    ended: AtomicBool,
+    error: Mutex<Option<TransportError>>,
+    queued: AtomicU64,
+    written: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn fail(&self, error: TransportError) {
+        self.open.store(false, Ordering::Release);
+        self.error.lock().get_or_insert_with(|| error.clone());
+        if !self.ended.swap(true, Ordering::AcqRel) {
+            tracing::debug!(%error, "NATS connection lost");
+            self.inbound.closed(error);
+        }
+    }
+}
+
+/// Publishes in order; after each batch, a flush round trip acknowledges it to the bus.
+async fn write_loop(
+    client: async_nats::Client,
+    mut rx: mpsc::UnboundedReceiver<(String, u64, Bytes)>,
+    shared: Arc<Shared>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut last = 0;
+        let n = batch.len() as u64;
+        for (subject, seq, payload) in batch {
+            if let Err(e) = client.publish(subject, payload).await {
+                shared.fail(TransportError::new(
+                    TransportErrorKind::ConnectionLost,
+                    format!("publishing: {e}"),
+                ));
+                return;
+            }
+            last = seq;
+        }
+        if let Err(e) = client.flush().await {
+            shared.fail(TransportError::new(
+                TransportErrorKind::ConnectionLost,
+                format!("flushing: {e}"),
+            ));
+            return;
+        }
+        shared.written.send_modify(|w| *w += n);
+        if !shared.ended.load(Ordering::Acquire) {
+            shared.inbound.acknowledged(last);
+        }
+    }
+}
+
+/// Hands what arrives on both subscriptions to the inbound.
+async fn read_loop(
+    mut multicast: async_nats::Subscriber,
+    mut directed: async_nats::Subscriber,
+    shared: Arc<Shared>,
+) {
+    loop {
+        let message = tokio::select! {
+            m = multicast.next() => m,
+            m = directed.next() => m,
+        };
+        let Some(message) = message else {
+            shared.fail(TransportError::new(
+                TransportErrorKind::ConnectionLost,
+                "the NATS subscription ended",
+            ));
+            return;
+        };
+        if shared.ended.load(Ordering::Acquire) {
+            return;
+        }
+        match InterRoleEvent::from_wire(message.payload) {
+            Ok(event) => shared.inbound.event(event),
+            Err(error) => {
+                tracing::warn!(subject = %message.subject, %error, "an undecodable envelope was dropped");
+                shared.inbound.missed(None, 1);
+            }
+        }
+    }
+}
+
+async fn watch_loss(mut lost: mpsc::UnboundedReceiver<TransportError>, shared: Arc<Shared>) {
+    if let Some(error) = lost.recv().await {
+        shared.fail(error);
+    }
+}
+
+struct NatsConnection {
+    options: Arc<NatsOptions>,
+    topic: Topic,
+    instance: InstanceId,
+    client: async_nats::Client,
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<(String, u64, Bytes)>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    max_payload: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for NatsConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsConnection")
+            .field("topic", &self.topic)
+            .field("instance", &self.instance)
+            .field("open", &self.is_open())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Connection for NatsConnection {
+    fn send(
+        &self,
+        event: &InterRoleEvent,
+        target: Option<&InstanceId>,
+    ) -> Result<(), TransportError> {
+        if !self.shared.open.load(Ordering::Acquire) {
+            return Err(match self.shared.error.lock().clone() {
+                Some(e) => e,
+                None => TransportError::new(TransportErrorKind::Closed, "the connection is closed"),
+            });
+        }
+        let envelope = event.to_wire()?;
+        let max = self.max_payload.load(Ordering::Relaxed) as usize;
+        if envelope.len() > max {
+            return Err(TransportError::new(
+                TransportErrorKind::PayloadTooLarge,
+                format!(
+                    "an envelope of {} bytes is over the NATS server's max_payload of {max} bytes",
+                    envelope.len()
+                ),
+            ));
+        }
+        let subject = match target {
+            None => self.options.topic_subject(&self.topic),
+            Some(t) => self.options.instance_subject(&self.topic, t),
+        };
+        self.shared.queued.fetch_add(1, Ordering::AcqRel);
+        self.tx.send((subject, event.seq(), envelope)).map_err(|_| {
+            TransportError::new(TransportErrorKind::ConnectionLost, "the writer has stopped")
+        })
+    }
+
+    async fn flush(&self) -> Result<(), TransportError> {
+        let goal = self.shared.queued.load(Ordering::Acquire);
+        let mut written = self.shared.written.subscribe();
+        loop {
+            if *written.borrow_and_update() >= goal {
+                return Ok(());
+            }
+            if let Some(e) = self.shared.error.lock().clone() {
+                return Err(e);
+            }
+            if !self.shared.open.load(Ordering::Acquire) {
+                return Err(TransportError::new(
+                    TransportErrorKind::Closed,
+                    "the connection is closed",
+                ));
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), written.changed()).await;
+        }
+    }
+
+    async fn close(&self) {
+        self.shared.ended.store(true, Ordering::Release);
+        self.shared.open.store(false, Ordering::Release);
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.drain()).await;
+    }
+
+    fn is_open(&self) -> bool {
+        self.shared.open.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for NatsConnection {
+    fn drop(&mut self) {
+        self.shared.ended.store(true, Ordering::Release);
+        self.shared.open.store(false, Ordering::Release);
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! A real `nats-server` for the tests: started on a free port of 127.0.0.1, restarted on the
+//! same port, killed when dropped. Without `nats-server` installed the tests print why they skip
+//! and pass, except under CI (`CI` set), where a missing server is a failure.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct NatsServer {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+}
+
+/// The server binary, if installed.
+fn binary() -> Option<&'static str> {
+    let ok = Command::new("nats-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some("nats-server")
+}
+
+impl NatsServer {
+    /// Starts a server, or says why the calling test skips (`None`).
+    pub fn start(test: &str) -> Option<Self> {
+        if binary().is_none() {
+            if std::env::var_os("CI").is_some() {
+                panic!(
+                    "{test}: nats-server is not installed, and CI requires it (apt-get install -y nats-server)"
+                );
+            }
+            eprintln!(
+                "{test}: SKIPPED: nats-server is not installed (apt-get install -y nats-server)"
+            );
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut server = Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child: None,
+        };
+        server.spawn();
+        Some(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.addr.port().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(self.addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not listen on {}",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the server and starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// One node of a [`NatsCluster`].
+pub struct Node {
+    pub client: u16,
+    pub cluster: u16,
+    pub monitor: u16,
+    child: Option<Child>,
+}
+
+/// Three (or more) `nats-server` nodes routed to each other on 127.0.0.1.
+pub struct NatsCluster {
+    pub nodes: Vec<Node>,
+}
+
+impl NatsCluster {
+    /// Starts `n` nodes and waits until each is routed to all the others; `None` (with a
+    /// message) when nats-server is not installed, outside CI.
+    pub fn start(test: &str, n: usize) -> Option<Self> {
+        if binary().is_none() {
+            if std::env::var_os("CI").is_some() {
+                panic!(
+                    "{test}: nats-server is not installed, and CI requires it (apt-get install -y nats-server)"
+                );
+            }
+            eprintln!(
+                "{test}: SKIPPED: nats-server is not installed (apt-get install -y nats-server)"
+            );
+            return None;
+        }
+        let mut nodes: Vec<Node> = (0..n)
+            .map(|_| Node {
+                client: free_port(),
+                cluster: free_port(),
+                monitor: free_port(),
+                child: None,
+            })
+            .collect();
+        let routes: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.cluster))
+            .collect();
+        for (i, node) in nodes.iter_mut().enumerate() {
+            let others: Vec<&str> = routes
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, r)| r.as_str())
+                .collect();
+            let child = Command::new("nats-server")
+                .args([
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &node.client.to_string(),
+                    "-m",
+                    &node.monitor.to_string(),
+                    "-n",
+                    &format!("node-{i}"),
+                    "--cluster_name",
+                    "interrole-test",
+                    "--cluster",
+                    &format!("nats://127.0.0.1:{}", node.cluster),
+                    "--routes",
+                    &others.join(","),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server starts");
+            node.child = Some(child);
+        }
+        let cluster = Self { nodes };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &cluster.nodes {
+            loop {
+                let routes = http_get(node.monitor, "/routez")
+                    .and_then(|b| {
+                        let i = b.find("\"num_routes\":")?;
+                        b[i + 13..]
+                            .trim_start()
+                            .split(|c: char| !c.is_ascii_digit())
+                            .next()?
+                            .parse::<usize>()
+                            .ok()
+                    })
+                    .unwrap_or(0);
+                if routes + 1 >= cluster.nodes.len() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the cluster did not form");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Some(cluster)
+    }
+
+    /// Every node's client URL, comma-separated.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.client))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The index of the node where a client named `name` is connected.
+    pub fn node_of(&self, name: &str) -> Option<usize> {
+        let needle = format!("\"name\":\"{name}\"");
+        self.nodes.iter().position(|n| {
+            n.child.is_some() && http_get(n.monitor, "/connz").is_some_and(|b| b.contains(&needle))
+        })
+    }
+
+    /// Kills node `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// A plain HTTP GET on 127.0.0.1:`port`; the body.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.replace([' ', '\n'], ""))
+}

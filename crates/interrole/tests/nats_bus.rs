@@ -1,0 +1,180 @@
+//! The bus over real `nats-server` processes: typed events and request/reply on one server, and a
+//! three-node cluster where the node a subscriber is connected to is killed while events flow.
+//! Skipped, with a message, when nats-server is not installed (a failure under CI).
+
+#[path = "../../interrole-nats/tests/common/mod.rs"]
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use interrole::nats::NatsOptions;
+use interrole::{Bus, HostState, InstanceId, Observer, ObserverError, RetryPolicy};
+use serde::{Deserialize, Serialize};
+
+const LONG: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Tick {
+    n: u64,
+}
+interrole::impl_event!(Tick = "test.nats.tick");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Ask {
+    x: u64,
+}
+interrole::impl_event!(Ask = "test.nats.ask");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Answer {
+    y: u64,
+}
+interrole::impl_event!(Answer = "test.nats.answer");
+
+#[derive(Default)]
+struct Seen {
+    ticks: Mutex<Vec<u64>>,
+    errors: Mutex<Vec<ObserverError>>,
+}
+
+impl Observer<Tick> for Seen {
+    fn on_next(&self, t: &Tick) {
+        self.ticks.lock().unwrap().push(t.n);
+    }
+    fn on_error(&self, e: ObserverError) {
+        self.errors.lock().unwrap().push(e);
+    }
+}
+
+fn ticks(s: &Seen) -> Vec<u64> {
+    s.ticks.lock().unwrap().clone()
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + LONG;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn bus(urls: &str, topic: &str, id: &str) -> Bus {
+    let bus = Bus::builder()
+        .instance(id)
+        .topic(topic)
+        .nats(NatsOptions::new(urls))
+        .retry(RetryPolicy::exponential(
+            Duration::from_millis(50),
+            2.0,
+            Duration::from_millis(500),
+        ))
+        .build()
+        .unwrap();
+    bus.host().unwrap().wait_opened(LONG).await.unwrap();
+    bus
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_events_and_request_reply_over_nats() {
+    let Some(server) = common::NatsServer::start("typed_events_and_request_reply_over_nats") else {
+        return;
+    };
+    let a = bus(&server.url(), "typed", "a").await;
+    let b = bus(&server.url(), "typed", "b").await;
+    let (sa, sb) = (Arc::new(Seen::default()), Arc::new(Seen::default()));
+    let _ga = a.observe::<Tick, _>(sa.clone());
+    let _gb = b.observe::<Tick, _>(sb.clone());
+    let _serve = b.serve(|q: &Ask| Answer { y: q.x + 1 });
+    for n in 0..300 {
+        a.publish(Tick { n }).unwrap();
+    }
+    wait_until("300 at b", || ticks(&sb).len() >= 300).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ticks(&sb), (0..300).collect::<Vec<_>>());
+    // Local observers got the local publishes once: nothing echoed back through NATS.
+    assert_eq!(ticks(&sa), (0..300).collect::<Vec<_>>());
+    assert_eq!(a.stats().received, 0);
+    let answer = a
+        .request::<Ask, Answer>(&InstanceId::new("b").unwrap(), Ask { x: 41 }, LONG)
+        .await
+        .unwrap();
+    assert_eq!(answer.y, 42);
+    wait_until("acknowledged", || {
+        a.reliable_stats().unwrap().outbox_events == 0
+    })
+    .await;
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_node_a_bus_is_on_moves_it_and_nothing_is_lost() {
+    let Some(mut cluster) = common::NatsCluster::start(
+        "killing_the_node_a_bus_is_on_moves_it_and_nothing_is_lost",
+        3,
+    ) else {
+        return;
+    };
+    let urls = cluster.urls();
+    let first = urls.split(',').next().unwrap().to_string();
+    // The publisher stays on node 0; the subscriber may be on any node but node 0 is not killed.
+    let a = bus(&first, "cluster", "a").await;
+    let b_urls = urls.split(',').skip(1).collect::<Vec<_>>().join(",");
+    let b = bus(&b_urls, "cluster", "b").await;
+    let sb = Arc::new(Seen::default());
+    let _gb = b.observe::<Tick, _>(sb.clone());
+    // Interest travels between nodes: wait until a first event gets through.
+    let mut n = 0;
+    while ticks(&sb).is_empty() {
+        a.publish(Tick { n }).unwrap();
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(n < 500, "no event crossed the cluster");
+    }
+    let start = ticks(&sb)[0];
+    let node = cluster.node_of("b").expect("b is connected somewhere");
+    assert_ne!(node, 0);
+    let publisher = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            for k in 0..400u64 {
+                a.publish(Tick { n: n + k }).unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            n + 400
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut states = b.host().unwrap().watch();
+    cluster.kill(node);
+    let killed_at = Instant::now();
+    tokio::time::timeout(LONG, states.wait_for(|s| s.faults >= 1))
+        .await
+        .expect("b did not notice its node died")
+        .unwrap();
+    tokio::time::timeout(
+        LONG,
+        states.wait_for(|s| s.opened >= 2 && s.state == HostState::Opened),
+    )
+    .await
+    .expect("b did not move to another node")
+    .unwrap();
+    let moved_after = killed_at.elapsed();
+    let end = publisher.await.unwrap();
+    let expected: Vec<u64> = (start..end).collect();
+    wait_until("every event at b", || ticks(&sb).len() >= expected.len()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ticks(&sb), expected, "b moved after {moved_after:?}");
+    assert!(
+        sb.errors.lock().unwrap().is_empty(),
+        "{:?}",
+        sb.errors.lock().unwrap()
+    );
+    let new_node = cluster.node_of("b").expect("b is connected again");
+    assert_ne!(new_node, node);
+    let s = b.reliable_stats().unwrap();
+    eprintln!("b moved to node {new_node} after {moved_after:?}; {s:?}");
+    a.close().await;
+    b.close().await;
+}
