@@ -6,8 +6,10 @@
 //! shared access key made up for the run), joins it, and starts every worker by running its own
 //! executable again with the relay's address (the key travels in the environment, not on the
 //! command line). `--relay URL --sas-key NAME=KEY` joins a relay that is already running instead;
+//! `--transport nats [--nats-url URL]` runs the same processes with every bus on a NATS server
+//! that is already running (default `nats://127.0.0.1:4222`; start one with `nats-server`);
 //! `--transport loopback` keeps the controller and the workers in one process, on the in-process
-//! [`Loopback`].
+//! [`Loopback`]. Every run across processes uses a topic of its own, made up for the run.
 //!
 //! Each worker role has the seed's life cycle:
 //! - `on_start` returns at once and starts its bus in a spawned task (the seed uses the TPL); a
@@ -35,6 +37,8 @@
 //! cargo run --release --example worker_roles -- --workers 8
 //! cargo run --release --example worker_roles -- --transport loopback   # one process
 //! cargo run --release --example worker_roles -- --relay ws://127.0.0.1:9400 --sas-key root=secret
+//! cargo run --release --example worker_roles -- --transport nats   # nats-server on 127.0.0.1:4222
+//! cargo run --release --example worker_roles -- --transport nats --nats-url nats://127.0.0.1:4333
 //! RUST_LOG=debug cargo run --release --example worker_roles  # more detail (default: info)
 //! ```
 
@@ -46,6 +50,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use interrole::nats::NatsOptions;
 use interrole::relay::Credentials;
 use interrole::{
     Bus, InstanceId, InterRoleEvent, Loopback, Observable, Observer, ObserverError, Subscription,
@@ -58,7 +63,8 @@ use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 
 /// The longest wait for any step in one process, so that the example can never hang.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest wait for any step across processes (starting a process, connecting to the relay).
+/// The longest wait for any step across processes (starting a process, connecting to the relay
+/// or to NATS).
 const PROCESS_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The role name every worker instance shares (the seed's `RoleName`).
 const WORKER_ROLE: &str = "worker";
@@ -68,9 +74,12 @@ const CONTROLLER: &str = "controller";
 const SAS_KEY_ENV: &str = "WORKER_ROLES_SAS_KEY";
 /// The name of the key the embedded relay makes up for the run.
 const EMBEDDED_KEY_NAME: &str = "worker-roles";
+/// The NATS server `--transport nats` joins without `--nats-url`.
+const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 
 const USAGE: &str = "\
-usage: worker_roles [--workers N] [--transport relay|loopback] [--relay URL [--sas-key NAME=KEY]]
+usage: worker_roles [--workers N] [--transport relay|nats|loopback]
+                    [--relay URL [--sas-key NAME=KEY]] [--nats-url URL]
 
 A controller and N worker roles exchange inter-role events on an interrole bus. By default every
 worker runs in its own process and they meet on a relay embedded in the controller's process.
@@ -78,9 +87,12 @@ worker runs in its own process and they meet on a relay embedded in the controll
 options:
   --workers N            number of worker roles, 1 to 64 (default 3)
   --transport relay      one process per worker, over a relay (the default)
+  --transport nats       one process per worker, over a running NATS server (nats-server)
   --transport loopback   everything in this process, over the in-process loopback
   --relay URL            join the relay at URL (ws://host:port) instead of embedding one
   --sas-key NAME=KEY     the shared access key for --relay
+  --nats-url URL         the NATS server(s) for --transport nats, comma-separated for a cluster
+                         (default nats://127.0.0.1:4222)
   -h, --help             print this help
 
 environment:
@@ -297,32 +309,85 @@ enum Fabric {
         credentials: Credentials,
         topic: String,
     },
+    /// A NATS server (or cluster: a comma-separated list), on a topic of its own for the run.
+    Nats { url: String, topic: String },
 }
 
 impl Fabric {
-    /// Builds the bus of `instance` and, on a relay, waits until it is connected.
-    async fn bus(&self, instance: &str) -> Result<Bus, Box<dyn Error + Send + Sync>> {
+    /// The transport's name, for the logs and the closing line.
+    fn name(&self) -> &'static str {
         match self {
-            Self::Loopback(fabric) => Ok(Bus::builder()
-                .instance(instance)
-                .transport(fabric.clone())
-                .build()?),
+            Self::Loopback(_) => "loopback",
+            Self::Relay { .. } => "relay",
+            Self::Nats { .. } => "nats",
+        }
+    }
+
+    /// Builds the bus of `instance` and, across processes, waits until it is connected.
+    async fn bus(&self, instance: &str) -> Result<Bus, Box<dyn Error + Send + Sync>> {
+        let bus = match self {
+            Self::Loopback(fabric) => {
+                return Ok(Bus::builder()
+                    .instance(instance)
+                    .transport(fabric.clone())
+                    .build()?);
+            }
             Self::Relay {
                 url,
                 credentials,
                 topic,
-            } => {
-                let bus = Bus::builder()
-                    .instance(instance)
-                    .topic(topic.as_str())
-                    .relay(url, credentials.clone())
-                    .build()?;
-                if let Some(host) = bus.host() {
-                    host.wait_opened(PROCESS_STEP_TIMEOUT).await?;
+            } => Bus::builder()
+                .instance(instance)
+                .topic(topic.as_str())
+                .relay(url, credentials.clone())
+                .build()?,
+            Self::Nats { url, topic } => Bus::builder()
+                .instance(instance)
+                .topic(topic.as_str())
+                .nats(NatsOptions::new(url))
+                .build()?,
+        };
+        if let Some(host) = bus.host() {
+            if let Err(e) = host.wait_opened(PROCESS_STEP_TIMEOUT).await {
+                // Keep the last connection error: a timeout alone does not say what is wrong.
+                let cause = host
+                    .status()
+                    .error
+                    .map_or(e.to_string(), |c| format!("{e}; {c}"));
+                bus.close().await;
+                return Err(match self {
+                    Self::Nats { url, .. } => format!(
+                        "cannot reach the NATS server at {url} ({cause}); start one first, e.g. \
+                         `nats-server -p {}`",
+                        nats_port(url)
+                    ),
+                    _ => cause,
                 }
-                Ok(bus)
+                .into());
             }
         }
+        Ok(bus)
+    }
+
+    /// The arguments that tell a worker process where to meet the others.
+    fn worker_args(&self) -> Vec<&str> {
+        match self {
+            Self::Loopback(_) => Vec::new(),
+            Self::Relay { url, topic, .. } => vec!["--relay", url, "--topic", topic],
+            Self::Nats { url, topic } => vec!["--nats-url", url, "--topic", topic],
+        }
+    }
+}
+
+/// The port of the first server in a NATS URL list (4222, NATS's own, when it has none).
+fn nats_port(urls: &str) -> &str {
+    let first = urls.split(',').next().unwrap_or_default().trim();
+    let authority = first.split_once("://").map_or(first, |(_, rest)| rest);
+    let host_port = authority.split('/').next().unwrap_or_default();
+    let host_port = host_port.rsplit_once('@').map_or(host_port, |(_, hp)| hp);
+    match host_port.rsplit_once(':') {
+        Some((_, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => port,
+        _ => "4222",
     }
 }
 
@@ -732,6 +797,23 @@ fn check(
 // ---------------------------------------------------------------------------------------------
 // The controller, across processes
 
+/// What the processes meet on.
+#[derive(Debug, Clone)]
+enum Network {
+    Relay(RelaySource),
+    /// A running NATS server, or cluster (comma-separated URLs).
+    Nats(String),
+}
+
+impl Network {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Relay(_) => "relay",
+            Self::Nats(_) => "nats",
+        }
+    }
+}
+
 /// Where the relay comes from.
 #[derive(Debug, Clone)]
 enum RelaySource {
@@ -772,21 +854,20 @@ fn now_unix() -> Duration {
         .unwrap_or_default()
 }
 
-/// Starts worker `name` by running this executable again.
+/// Starts worker `name` by running this executable again, told to meet the others on `fabric`
+/// (a relay's key, if any, travels in the environment).
 fn spawn_worker(
     name: &str,
     faulty: bool,
-    url: &str,
-    topic: &str,
+    fabric: &Fabric,
     key: Option<&str>,
     origin: Duration,
 ) -> std::io::Result<tokio::process::Child> {
     let exe = std::env::current_exe()?;
     let mut command = tokio::process::Command::new(exe);
     command
-        .args([
-            "--role", "worker", "--id", name, "--relay", url, "--topic", topic,
-        ])
+        .args(["--role", "worker", "--id", name])
+        .args(fabric.worker_args())
         .args(["--origin-us", &origin.as_micros().to_string()])
         // A worker stops when the controller goes away and its stdin closes.
         .stdin(Stdio::piped())
@@ -831,12 +912,22 @@ async fn query_status(
     }
 }
 
-/// Runs the scenario with one process per worker, over a relay.
-async fn scenario_relay(
+/// Runs the scenario with one process per worker, over a relay or NATS.
+async fn scenario_processes(
     workers: usize,
-    source: RelaySource,
+    network: Network,
     origin: Duration,
 ) -> Result<RunSummary, Box<dyn Error + Send + Sync>> {
+    // A topic of its own, so that runs sharing a relay or a NATS server do not hear each other.
+    let topic = format!("worker-roles/{}", &random_hex()[..12]);
+    let source = match network {
+        Network::Relay(source) => source,
+        Network::Nats(url) => {
+            info!(%url, "joining NATS");
+            let fabric = Fabric::Nats { url, topic };
+            return drive(workers, &fabric, None, origin).await;
+        }
+    };
     let (server, url, key) = match source {
         RelaySource::Embedded => {
             let key = format!("{EMBEDDED_KEY_NAME}={}", random_hex());
@@ -856,26 +947,23 @@ async fn scenario_relay(
         Some(key) => Credentials::parse_key(key)?,
         None => Credentials::None,
     };
-    // A topic of its own, so that runs sharing a relay do not hear each other.
-    let topic = format!("worker-roles/{}", &random_hex()[..12]);
     let fabric = Fabric::Relay {
-        url: url.clone(),
+        url,
         credentials,
-        topic: topic.clone(),
+        topic,
     };
-    let result = drive(workers, &fabric, &url, &topic, key.as_deref(), origin).await;
+    let result = drive(workers, &fabric, key.as_deref(), origin).await;
     if let Some(server) = server {
         server.shutdown().await;
     }
     result
 }
 
-/// The controller's side of the scenario across processes.
+/// The controller's side of the scenario across processes; `key` is the relay's shared access
+/// key, for the workers.
 async fn drive(
     workers: usize,
     fabric: &Fabric,
-    url: &str,
-    topic: &str,
     key: Option<&str>,
     origin: Duration,
 ) -> Result<RunSummary, Box<dyn Error + Send + Sync>> {
@@ -896,11 +984,16 @@ async fn drive(
 
     let faulty = faulty_worker(workers);
     let faulty_name = format!("worker-{faulty}");
-    info!(workers, faulty = %faulty_name, transport = "relay", %topic, "starting worker processes");
+    let topic = match fabric {
+        Fabric::Relay { topic, .. } | Fabric::Nats { topic, .. } => topic.as_str(),
+        Fabric::Loopback(_) => "-",
+    };
+    info!(workers, faulty = %faulty_name, transport = fabric.name(), %topic,
+        "starting worker processes");
     let mut procs = Vec::with_capacity(workers);
     for i in 1..=workers {
         let name = format!("worker-{i}");
-        let child = spawn_worker(&name, i == faulty, url, topic, key, origin)
+        let child = spawn_worker(&name, i == faulty, fabric, key, origin)
             .map_err(|e| format!("starting {name}: {e}"))?;
         procs.push(WorkerProcess {
             pid: child.id(),
@@ -1093,9 +1186,18 @@ fn check_processes(procs: &[WorkerProcess], faulty: &str) -> Vec<String> {
 #[derive(Debug, Clone)]
 struct WorkerArgs {
     id: String,
-    url: String,
+    endpoint: Endpoint,
     topic: String,
     panic_once: bool,
+}
+
+/// Where a worker process meets the others.
+#[derive(Debug, Clone)]
+enum Endpoint {
+    /// A relay's URL (`--relay`); the key comes in the environment.
+    Relay(String),
+    /// NATS server URLs (`--nats-url`).
+    Nats(String),
 }
 
 /// The life of one worker process: the role's life cycle, then its own checks.
@@ -1107,20 +1209,28 @@ fn worker_main(args: WorkerArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let credentials = match std::env::var(SAS_KEY_ENV) {
-        Ok(key) => match Credentials::parse_key(&key) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("{}: {SAS_KEY_ENV}: {e}", args.id);
-                return ExitCode::FAILURE;
+    let fabric = match args.endpoint {
+        Endpoint::Relay(url) => {
+            let credentials = match std::env::var(SAS_KEY_ENV) {
+                Ok(key) => match Credentials::parse_key(&key) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("{}: {SAS_KEY_ENV}: {e}", args.id);
+                        return ExitCode::FAILURE;
+                    }
+                },
+                Err(_) => Credentials::None,
+            };
+            Fabric::Relay {
+                url,
+                credentials,
+                topic: args.topic,
             }
+        }
+        Endpoint::Nats(url) => Fabric::Nats {
+            url,
+            topic: args.topic,
         },
-        Err(_) => Credentials::None,
-    };
-    let fabric = Fabric::Relay {
-        url: args.url,
-        credentials,
-        topic: args.topic,
     };
     let controller = InstanceId::new(CONTROLLER).expect("a valid instance id");
     let span = info_span!(parent: None, "role", instance = %args.id);
@@ -1173,23 +1283,23 @@ enum Command {
     Loopback {
         workers: usize,
     },
-    /// The controller, with one process per worker over a relay.
-    Relay {
+    /// The controller, with one process per worker over a relay or NATS.
+    Processes {
         workers: usize,
-        source: RelaySource,
+        network: Network,
     },
     /// A worker process, started by the controller.
     Worker(WorkerArgs),
     Help,
 }
 
-/// Parses the flags by hand: `--workers N`, `--transport relay|loopback`, `--relay URL`,
-/// `--sas-key NAME=KEY`, `--help`, and the worker processes' own (`--role worker --id NAME
-/// --topic TOPIC --origin-us MICROS [--panic-once]`).
+/// Parses the flags by hand: `--workers N`, `--transport relay|nats|loopback`, `--relay URL`,
+/// `--sas-key NAME=KEY`, `--nats-url URL`, `--help`, and the worker processes' own (`--role
+/// worker --id NAME --relay URL|--nats-url URL --topic TOPIC --origin-us MICROS [--panic-once]`).
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(Command, Duration), String> {
     let mut workers = 3;
-    let mut loopback = false;
-    let (mut relay, mut key) = (None, None);
+    let mut transport = "relay";
+    let (mut relay, mut key, mut nats_url) = (None, None, None);
     let (mut worker, mut id, mut topic, mut panic_once) = (false, None, None, false);
     let mut origin = None;
     while let Some(arg) = args.next() {
@@ -1212,17 +1322,29 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(Command, Durati
                     _ => return Err(format!("--workers takes a number from 1 to 64, not {v:?}")),
                 };
             }
-            "--transport" => match value("--transport")?.as_str() {
-                "loopback" => loopback = true,
-                "relay" => loopback = false,
-                other => {
+            "--transport" => {
+                transport = match value("--transport")?.as_str() {
+                    "relay" => "relay",
+                    "nats" => "nats",
+                    "loopback" => "loopback",
+                    other => {
+                        return Err(format!(
+                            "unknown transport {other:?}: \"relay\" or \"nats\" (one process per \
+                             worker) or \"loopback\" (in-process)"
+                        ));
+                    }
+                }
+            }
+            "--relay" => relay = Some(value("--relay")?),
+            "--nats-url" => {
+                let v = value("--nats-url")?;
+                if NatsOptions::new(&v).servers.is_empty() {
                     return Err(format!(
-                        "unknown transport {other:?}: \"relay\" (one process per worker) or \
-                         \"loopback\" (in-process)"
+                        "--nats-url needs a URL (nats://host:port), not {v:?}"
                     ));
                 }
-            },
-            "--relay" => relay = Some(value("--relay")?),
+                nats_url = Some(v);
+            }
             "--sas-key" => {
                 let v = value("--sas-key")?;
                 Credentials::parse_key(&v).map_err(|e| format!("--sas-key: {e}"))?;
@@ -1250,29 +1372,38 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(Command, Durati
         );
     }
     if worker {
-        let (Some(id), Some(url), Some(topic)) = (id, relay, topic) else {
-            return Err("a worker process needs --id, --relay and --topic".into());
+        let endpoint = match (relay, nats_url) {
+            (Some(url), None) => Some(Endpoint::Relay(url)),
+            (None, Some(url)) => Some(Endpoint::Nats(url)),
+            _ => None,
+        };
+        let (Some(id), Some(endpoint), Some(topic)) = (id, endpoint, topic) else {
+            return Err("a worker process needs --id, --relay or --nats-url, and --topic".into());
         };
         let args = WorkerArgs {
             id,
-            url,
+            endpoint,
             topic,
             panic_once,
         };
         return Ok((Command::Worker(args), origin));
     }
-    if loopback {
-        if relay.is_some() || key.is_some() {
-            return Err("--relay and --sas-key need --transport relay".into());
-        }
-        return Ok((Command::Loopback { workers }, origin));
+    if transport != "relay" && (relay.is_some() || key.is_some()) {
+        return Err("--relay and --sas-key need --transport relay".into());
     }
-    let source = match (relay, key) {
-        (Some(url), key) => RelaySource::External { url, key },
-        (None, None) => RelaySource::Embedded,
-        (None, Some(_)) => return Err("--sas-key needs --relay".into()),
+    if transport != "nats" && nats_url.is_some() {
+        return Err("--nats-url needs --transport nats".into());
+    }
+    let network = match transport {
+        "loopback" => return Ok((Command::Loopback { workers }, origin)),
+        "nats" => Network::Nats(nats_url.unwrap_or_else(|| DEFAULT_NATS_URL.into())),
+        _ => Network::Relay(match (relay, key) {
+            (Some(url), key) => RelaySource::External { url, key },
+            (None, None) => RelaySource::Embedded,
+            (None, Some(_)) => return Err("--sas-key needs --relay".into()),
+        }),
     };
-    Ok((Command::Relay { workers, source }, origin))
+    Ok((Command::Processes { workers, network }, origin))
 }
 
 /// Log timestamps counted from the controller's start, in every process, so that the lines of
@@ -1299,9 +1430,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // The bus's own connection states and the relay's are left to RUST_LOG.
+    // The bus's own connection states, the relay's and the NATS client's are left to RUST_LOG.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,interrole=warn,interrole_relay_server=warn")
+        tracing_subscriber::EnvFilter::new(
+            "info,interrole=warn,interrole_relay_server=warn,interrole_nats=warn,async_nats=warn",
+        )
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -1315,7 +1448,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => return worker_main(args),
         Command::Help => unreachable!("handled above"),
         Command::Loopback { workers } => (workers, "loopback", None),
-        Command::Relay { workers, source } => (workers, "relay", Some(source)),
+        Command::Processes { workers, network } => (workers, network.name(), Some(network)),
     };
     let started = Instant::now();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -1329,7 +1462,7 @@ fn main() -> ExitCode {
         async {
             match run {
                 None => scenario_loopback(workers).await,
-                Some(source) => scenario_relay(workers, source, origin).await,
+                Some(network) => scenario_processes(workers, network, origin).await,
             }
         }
         .instrument(info_span!("controller")),

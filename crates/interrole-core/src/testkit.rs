@@ -171,6 +171,14 @@ impl Peer {
         }
     }
 
+    /// This peer, numbering its events after `previous`'s: the same instance reconnected, whose
+    /// sequence numbers keep increasing (as a bus's do) so that a transport that remembers them
+    /// (a relay that did not restart, a durable store) does not take new events for duplicates.
+    pub fn continuing(mut self, previous: &Peer) -> Self {
+        self.next_seq = self.next_seq.max(previous.next_seq);
+        self
+    }
+
     /// A new event from this peer, with the next sequence number.
     pub fn event(&mut self, n: u64, blob_len: usize) -> InterRoleEvent {
         let seq = self.next_seq;
@@ -381,7 +389,7 @@ pub async fn reconnect_after_far_end_restart(h: &dyn Harness) {
             "restart reported as a fatal error: {err}"
         );
     }
-    let mut a2 = Peer::open(&*ta, &topic, "kit-a").await;
+    let mut a2 = Peer::open(&*ta, &topic, "kit-a").await.continuing(&a);
     let b2 = Peer::open(&*tb, &topic, "kit-b").await;
     a2.send_many(10);
     a2.connection.flush().await.expect("flush");

@@ -23,6 +23,19 @@
 //! is away: what it misses while disconnected is found by the bus as a gap and repaired from the
 //! publisher's retention (see `docs/reliability.md`), or reported.
 //!
+//! # Durable mode (JetStream)
+//!
+//! With [`NatsOptions::durable`] set, events are published to a JetStream stream per topic
+//! (`INTERROLE_orders`: the prefix in capitals, then the topic, characters outside
+//! `A-Z a-z 0-9 - _` as `_`) holding the topic's multicast and directed subjects, with the
+//! message id `{sender}:{seq}` so that the stream drops duplicates within its duplicate window.
+//! An event is acknowledged to the bus only when the stream has stored it (on every replica). Each
+//! instance reads through two durable consumers (`{instance}-t` for multicast, `{instance}-i`
+//! for what is directed to it), acknowledging each event once the bus has it: an instance that is
+//! down, or whose process restarts, resumes where it left off and misses nothing the stream still
+//! holds ([`Durable::max_age`], [`Durable::max_bytes`]). A new instance starts with the events
+//! published after its consumers were created.
+//!
 //! # Reconnection
 //!
 //! The client does not reconnect on its own: when it loses its server it reports the connection
@@ -98,6 +111,44 @@ pub struct NatsTls {
     pub client_certificate: Option<(PathBuf, PathBuf)>,
 }
 
+/// The durable mode's stream settings (see the crate docs).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Durable {
+    /// Copies of the stream in a cluster (1, 3 or 5). Default 1.
+    pub replicas: usize,
+    /// Events older than this are dropped from the stream. Default 24 h.
+    pub max_age: Duration,
+    /// The most bytes the stream keeps (-1: no limit). Default -1.
+    pub max_bytes: i64,
+    /// Keep the stream in memory instead of files. Default false.
+    pub memory: bool,
+    /// How long the stream remembers message ids to drop duplicates. Default 2 min.
+    pub duplicate_window: Duration,
+}
+
+impl Default for Durable {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            max_age: Duration::from_secs(24 * 3600),
+            max_bytes: -1,
+            memory: false,
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Durable {
+    /// The default settings with `replicas` copies.
+    pub fn replicated(replicas: usize) -> Self {
+        Self {
+            replicas: replicas.max(1),
+            ..Self::default()
+        }
+    }
+}
+
 /// Where the NATS servers are and how to use them.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -116,6 +167,8 @@ pub struct NatsOptions {
     /// How often the client pings the server; a server that does not answer two pings in a
     /// row is considered lost. Default 2 s.
     pub ping_interval: Duration,
+    /// JetStream durable mode; `None` (the default) for core NATS.
+    pub durable: Option<Durable>,
 }
 
 impl NatsOptions {
@@ -133,7 +186,23 @@ impl NatsOptions {
             tls: NatsTls::default(),
             connect_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(2),
+            durable: None,
         }
+    }
+
+    /// These options in durable mode (JetStream).
+    pub fn with_durable(mut self, durable: Durable) -> Self {
+        self.durable = Some(durable);
+        self
+    }
+
+    /// The JetStream stream of `topic` in durable mode.
+    pub fn stream_name(&self, topic: &Topic) -> String {
+        format!(
+            "{}_{}",
+            sanitize(&self.prefix).to_ascii_uppercase(),
+            sanitize(topic.as_str())
+        )
     }
 
     /// These options with `prefix`.
@@ -163,6 +232,19 @@ impl NatsOptions {
     pub fn instance_subject(&self, topic: &Topic, instance: &InstanceId) -> String {
         format!("{}.i.{}.{}", self.prefix, topic.as_str(), instance.as_str())
     }
+}
+
+/// A name JetStream accepts: `A-Z a-z 0-9 - _`, anything else as `_`.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// The NATS transport.
@@ -321,27 +403,6 @@ impl Transport for NatsTransport {
             self.max_payload
                 .store(max_payload as u64, Ordering::Relaxed);
         }
-        let subscribe_error = |e: async_nats::SubscribeError| {
-            TransportError::new(
-                TransportErrorKind::ConnectionLost,
-                format!("subscribing: {e}"),
-            )
-        };
-        let multicast = client
-            .subscribe(self.options.topic_subject(&spec.topic))
-            .await
-            .map_err(subscribe_error)?;
-        let directed = client
-            .subscribe(self.options.instance_subject(&spec.topic, &spec.instance))
-            .await
-            .map_err(subscribe_error)?;
-        // The subscriptions are registered once the server has answered a flush.
-        client.flush().await.map_err(|e| {
-            TransportError::new(
-                TransportErrorKind::ConnectionLost,
-                format!("subscribing: {e}"),
-            )
-        })?;
         let shared = Arc::new(Shared {
             inbound,
             open: AtomicBool::new(true),
@@ -350,10 +411,53 @@ impl Transport for NatsTransport {
             queued: AtomicU64::new(0),
             written: watch::channel(0).0,
         });
+        let (reader, js) = match &self.options.durable {
+            None => {
+                let subscribe_error = |e: async_nats::SubscribeError| {
+                    TransportError::new(
+                        TransportErrorKind::ConnectionLost,
+                        format!("subscribing: {e}"),
+                    )
+                };
+                let multicast = client
+                    .subscribe(self.options.topic_subject(&spec.topic))
+                    .await
+                    .map_err(subscribe_error)?;
+                let directed = client
+                    .subscribe(self.options.instance_subject(&spec.topic, &spec.instance))
+                    .await
+                    .map_err(subscribe_error)?;
+                // The subscriptions are registered once the server has answered a flush.
+                client.flush().await.map_err(|e| {
+                    TransportError::new(
+                        TransportErrorKind::ConnectionLost,
+                        format!("subscribing: {e}"),
+                    )
+                })?;
+                (
+                    tokio::spawn(read_loop(multicast, directed, shared.clone())),
+                    None,
+                )
+            }
+            Some(durable) => {
+                let js = async_nats::jetstream::new(client.clone());
+                let (multicast, directed) =
+                    durable_consumers(&js, &self.options, durable, &spec).await?;
+                let own = spec.instance.clone();
+                (
+                    tokio::spawn(durable_read_loop(multicast, directed, own, shared.clone())),
+                    Some(js),
+                )
+            }
+        };
         let (tx, rx) = mpsc::unbounded_channel();
+        let writer = match js {
+            None => tokio::spawn(write_loop(client.clone(), rx, shared.clone())),
+            Some(js) => tokio::spawn(durable_write_loop(js, rx, shared.clone())),
+        };
         let tasks = vec![
-            tokio::spawn(write_loop(client.clone(), rx, shared.clone())),
-            tokio::spawn(read_loop(multicast, directed, shared.clone())),
+            writer,
+            reader,
             tokio::spawn(watch_loss(lost_rx, shared.clone())),
         ];
         tracing::debug!(instance = %spec.instance, topic = %spec.topic, "NATS connection open");
@@ -457,6 +561,179 @@ async fn read_loop(
                 tracing::warn!(subject = %message.subject, %error, "an undecodable envelope was dropped");
                 shared.inbound.missed(None, 1);
             }
+        }
+    }
+}
+
+type Pull =
+    async_nats::jetstream::consumer::Consumer<async_nats::jetstream::consumer::pull::Config>;
+
+/// Creates (or finds) the topic's stream and this instance's two durable consumers.
+async fn durable_consumers(
+    js: &async_nats::jetstream::Context,
+    options: &NatsOptions,
+    durable: &Durable,
+    spec: &OpenSpec,
+) -> Result<(Pull, Pull), TransportError> {
+    use async_nats::jetstream::{consumer, stream};
+    let name = options.stream_name(&spec.topic);
+    let topic_subject = options.topic_subject(&spec.topic);
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![
+                topic_subject.clone(),
+                format!("{}.i.{}.>", options.prefix, spec.topic.as_str()),
+            ],
+            storage: if durable.memory {
+                stream::StorageType::Memory
+            } else {
+                stream::StorageType::File
+            },
+            num_replicas: durable.replicas,
+            max_age: durable.max_age,
+            max_bytes: durable.max_bytes,
+            duplicate_window: durable.duplicate_window,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            let text = e.to_string();
+            let kind = if text.contains("no responders") || text.contains("not enabled") {
+                // JetStream is off on the server: configuration, not a passing fault.
+                TransportErrorKind::Protocol
+            } else {
+                TransportErrorKind::Unavailable
+            };
+            TransportError::new(
+                kind,
+                format!("JetStream stream {name}: {e} (is JetStream enabled on the server?)"),
+            )
+        })?;
+    let consumer = |suffix: &str, filter: String| {
+        let durable_name = format!("{}-{suffix}", sanitize(spec.instance.as_str()));
+        let stream = stream.clone();
+        async move {
+            stream
+                .get_or_create_consumer(
+                    &durable_name,
+                    consumer::pull::Config {
+                        durable_name: Some(durable_name.clone()),
+                        filter_subject: filter,
+                        deliver_policy: consumer::DeliverPolicy::New,
+                        ack_policy: consumer::AckPolicy::Explicit,
+                        max_ack_pending: 20_000,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| {
+                    TransportError::new(
+                        TransportErrorKind::Unavailable,
+                        format!("JetStream consumer {durable_name}: {e}"),
+                    )
+                })
+        }
+    };
+    let multicast = consumer("t", topic_subject).await?;
+    let directed = consumer("i", options.instance_subject(&spec.topic, &spec.instance)).await?;
+    Ok((multicast, directed))
+}
+
+/// Publishes to the stream in order; each event is acknowledged to the bus once stored.
+async fn durable_write_loop(
+    js: async_nats::jetstream::Context,
+    mut rx: mpsc::UnboundedReceiver<(String, u64, Bytes)>,
+    shared: Arc<Shared>,
+) {
+    let fail = |shared: &Shared, what: &str, e: &dyn fmt::Display| {
+        shared.fail(TransportError::new(
+            TransportErrorKind::ConnectionLost,
+            format!("{what}: {e}"),
+        ));
+    };
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let n = batch.len() as u64;
+        let mut pending = Vec::with_capacity(batch.len());
+        for (subject, seq, payload) in batch {
+            let mut headers = async_nats::HeaderMap::new();
+            // The stream drops a message id it has seen: (sender, seq) de-duplication.
+            let sender = InterRoleEvent::from_wire(payload.clone())
+                .map(|e| e.sender().to_string())
+                .unwrap_or_default();
+            headers.insert("Nats-Msg-Id", format!("{sender}:{seq}").as_str());
+            match js.publish_with_headers(subject, headers, payload).await {
+                Ok(ack) => pending.push((seq, ack)),
+                Err(e) => return fail(&shared, "publishing to JetStream", &e),
+            }
+        }
+        for (seq, ack) in pending {
+            match ack.await {
+                Ok(_) => {
+                    if !shared.ended.load(Ordering::Acquire) {
+                        shared.inbound.acknowledged(seq);
+                    }
+                }
+                Err(e) => return fail(&shared, "JetStream did not store an event", &e),
+            }
+        }
+        shared.written.send_modify(|w| *w += n);
+    }
+}
+
+/// Reads both durable consumers, hands events to the inbound, then acknowledges them.
+async fn durable_read_loop(multicast: Pull, directed: Pull, own: InstanceId, shared: Arc<Shared>) {
+    let open = |c: Pull| async move { c.messages().await };
+    let (mut m, mut d) = match tokio::try_join!(open(multicast), open(directed)) {
+        Ok(x) => x,
+        Err(e) => {
+            shared.fail(TransportError::new(
+                TransportErrorKind::ConnectionLost,
+                format!("reading the durable consumers: {e}"),
+            ));
+            return;
+        }
+    };
+    loop {
+        let next = tokio::select! {
+            x = m.next() => x,
+            x = d.next() => x,
+        };
+        let message = match next {
+            Some(Ok(message)) => message,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "durable consumer");
+                continue;
+            }
+            None => {
+                shared.fail(TransportError::new(
+                    TransportErrorKind::ConnectionLost,
+                    "a durable consumer ended",
+                ));
+                return;
+            }
+        };
+        if shared.ended.load(Ordering::Acquire) {
+            return;
+        }
+        match InterRoleEvent::from_wire(message.payload.clone()) {
+            // The stream holds this instance's own multicast events too: no echo.
+            Ok(event) if event.sender() == &own => {}
+            Ok(event) => shared.inbound.event(event),
+            Err(error) => {
+                tracing::warn!(subject = %message.subject, %error, "an undecodable envelope was dropped");
+                shared.inbound.missed(None, 1);
+            }
+        }
+        if let Err(e) = message.ack().await {
+            tracing::debug!(error = %e, "acknowledging a JetStream message");
         }
     }
 }

@@ -7,18 +7,23 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use interrole_core::Transport;
 use interrole_core::testkit::Harness;
-use interrole_nats::{NatsOptions, NatsTransport};
+use interrole_nats::{Durable, NatsOptions, NatsTransport};
 use tokio::sync::Mutex;
 
 struct NatsHarness {
     server: Mutex<common::NatsServer>,
     url: String,
+    durable: bool,
 }
 
 #[async_trait]
 impl Harness for NatsHarness {
     async fn transport(&self) -> Arc<dyn Transport> {
-        Arc::new(NatsTransport::new(NatsOptions::new(&self.url)))
+        let mut options = NatsOptions::new(&self.url);
+        if self.durable {
+            options = options.with_durable(Durable::default());
+        }
+        Arc::new(NatsTransport::new(options))
     }
 
     async fn restart_far_end(&self) -> bool {
@@ -30,19 +35,41 @@ impl Harness for NatsHarness {
 
 /// The kit's checks, each skipped (with a message) when nats-server is not installed.
 macro_rules! checks {
-    ($($check:ident),*) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() {
-                let Some(server) = common::NatsServer::start(stringify!($check)) else { return };
-                let harness = NatsHarness { url: server.url(), server: Mutex::new(server) };
-                interrole_core::testkit::$check(&harness).await;
-            }
-        )*
+    ($mode:ident, $durable:expr; $($check:ident),*) => {
+        mod $mode {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let name = concat!(stringify!($mode), "::", stringify!($check));
+                    let server = if $durable {
+                        common::NatsServer::start_js(name)
+                    } else {
+                        common::NatsServer::start(name)
+                    };
+                    let Some(server) = server else { return };
+                    let harness = NatsHarness {
+                        url: server.url(),
+                        server: Mutex::new(server),
+                        durable: $durable,
+                    };
+                    interrole_core::testkit::$check(&harness).await;
+                }
+            )*
+        }
     };
 }
 
-checks!(
+checks!(core, false;
+    multicast_reaches_every_listener_once,
+    per_sender_order,
+    directed_delivery,
+    closed_connection_receives_nothing,
+    reconnect_after_far_end_restart,
+    payload_limits
+);
+
+checks!(durable, true;
     multicast_reaches_every_listener_once,
     per_sender_order,
     directed_delivery,

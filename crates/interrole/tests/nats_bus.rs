@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use interrole::nats::NatsOptions;
+use interrole::nats::{Durable, NatsOptions};
 use interrole::{Bus, HostState, InstanceId, Observer, ObserverError, RetryPolicy};
 use serde::{Deserialize, Serialize};
 
@@ -175,6 +175,110 @@ async fn killing_the_node_a_bus_is_on_moves_it_and_nothing_is_lost() {
     assert_ne!(new_node, node);
     let s = b.reliable_stats().unwrap();
     eprintln!("b moved to node {new_node} after {moved_after:?}; {s:?}");
+    a.close().await;
+    b.close().await;
+}
+
+async fn durable_bus(urls: &str, topic: &str, id: &str, replicas: usize) -> Bus {
+    let bus = Bus::builder()
+        .instance(id)
+        .topic(topic)
+        .nats(NatsOptions::new(urls).with_durable(Durable::replicated(replicas)))
+        .retry(RetryPolicy::exponential(
+            Duration::from_millis(50),
+            2.0,
+            Duration::from_millis(500),
+        ))
+        .build()
+        .unwrap();
+    bus.host().unwrap().wait_opened(LONG).await.unwrap();
+    bus
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_subscriber_that_was_down_misses_nothing() {
+    let Some(server) =
+        common::NatsServer::start_js("a_durable_subscriber_that_was_down_misses_nothing")
+    else {
+        return;
+    };
+    let a = durable_bus(&server.url(), "durable", "a", 1).await;
+    // b subscribes once (its durable consumers are created), then goes away.
+    let b = durable_bus(&server.url(), "durable", "b", 1).await;
+    let sb = Arc::new(Seen::default());
+    let g = b.observe::<Tick, _>(sb.clone());
+    a.publish(Tick { n: 0 }).unwrap();
+    wait_until("the first event", || ticks(&sb) == [0]).await;
+    drop(g);
+    b.close().await;
+    // Published while b is down: stored by JetStream, acknowledged to a.
+    for n in 1..=200 {
+        a.publish(Tick { n }).unwrap();
+    }
+    wait_until("stored", || a.reliable_stats().unwrap().outbox_events == 0).await;
+    // b comes back (as a restarted process would) and resumes from its consumers.
+    let b2 = Bus::builder()
+        .instance("b")
+        .topic("durable")
+        .nats(NatsOptions::new(&server.url()).with_durable(Durable::default()))
+        .build()
+        .unwrap();
+    let sb2 = Arc::new(Seen::default());
+    let _g2 = b2.observe::<Tick, _>(sb2.clone());
+    b2.host().unwrap().wait_opened(LONG).await.unwrap();
+    wait_until("the 200 stored events", || ticks(&sb2).len() >= 200).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ticks(&sb2), (1..=200).collect::<Vec<_>>());
+    a.close().await;
+    b2.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_mode_loses_nothing_when_a_cluster_node_dies() {
+    let Some(mut cluster) =
+        common::NatsCluster::start_js("durable_mode_loses_nothing_when_a_cluster_node_dies", 3)
+    else {
+        return;
+    };
+    let urls = cluster.urls();
+    let first = urls.split(',').next().unwrap().to_string();
+    let a = durable_bus(&first, "replicated", "a", 3).await;
+    let b_urls = urls.split(',').skip(1).collect::<Vec<_>>().join(",");
+    let b = durable_bus(&b_urls, "replicated", "b", 3).await;
+    let sb = Arc::new(Seen::default());
+    let _gb = b.observe::<Tick, _>(sb.clone());
+    let node = cluster.node_of("b").expect("b is connected somewhere");
+    assert_ne!(node, 0);
+    let publisher = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            for n in 0..400u64 {
+                a.publish(Tick { n }).unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut states = b.host().unwrap().watch();
+    cluster.kill(node);
+    tokio::time::timeout(
+        LONG,
+        states.wait_for(|s| s.opened >= 2 && s.state == HostState::Opened),
+    )
+    .await
+    .expect("b did not move to another node")
+    .unwrap();
+    publisher.await.unwrap();
+    wait_until("all 400 at b", || ticks(&sb).len() >= 400).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ticks(&sb), (0..400).collect::<Vec<_>>());
+    assert!(
+        sb.errors.lock().unwrap().is_empty(),
+        "{:?}",
+        sb.errors.lock().unwrap()
+    );
+    let s = b.reliable_stats().unwrap();
+    eprintln!("durable: b moved off node {node}; {s:?}");
     a.close().await;
     b.close().await;
 }

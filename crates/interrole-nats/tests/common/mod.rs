@@ -10,6 +10,22 @@ use std::time::{Duration, Instant};
 pub struct NatsServer {
     pub addr: SocketAddr,
     child: Option<Child>,
+    /// JetStream's storage directory, when enabled.
+    store: Option<std::path::PathBuf>,
+}
+
+/// A fresh directory under the system's temporary directory.
+fn temp_dir(what: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "interrole-{what}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    dir
 }
 
 /// The server binary, if installed.
@@ -26,6 +42,15 @@ fn binary() -> Option<&'static str> {
 impl NatsServer {
     /// Starts a server, or says why the calling test skips (`None`).
     pub fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, false)
+    }
+
+    /// A server with JetStream, its storage in a fresh temporary directory.
+    pub fn start_js(test: &str) -> Option<Self> {
+        Self::start_with(test, true)
+    }
+
+    fn start_with(test: &str, js: bool) -> Option<Self> {
         if binary().is_none() {
             if std::env::var_os("CI").is_some() {
                 panic!(
@@ -37,13 +62,11 @@ impl NatsServer {
             );
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let mut server = Self {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             child: None,
+            store: js.then(|| temp_dir("nats-js")),
         };
         server.spawn();
         Some(server)
@@ -54,8 +77,12 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.addr.port().to_string()])
+        let mut command = Command::new("nats-server");
+        command.args(["-a", "127.0.0.1", "-p", &self.addr.port().to_string()]);
+        if let Some(dir) = &self.store {
+            command.arg("--js").arg("--sd").arg(dir);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -90,14 +117,29 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = &self.store {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
+/// A port free now and never handed out before in this process: tests run in parallel, and a
+/// port released by one probe must not go to two servers.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap();
+    let given = given.get_or_insert_with(HashSet::new);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// One node of a [`NatsCluster`].
@@ -111,12 +153,22 @@ pub struct Node {
 /// Three (or more) `nats-server` nodes routed to each other on 127.0.0.1.
 pub struct NatsCluster {
     pub nodes: Vec<Node>,
+    store: Option<std::path::PathBuf>,
 }
 
 impl NatsCluster {
     /// Starts `n` nodes and waits until each is routed to all the others; `None` (with a
     /// message) when nats-server is not installed, outside CI.
     pub fn start(test: &str, n: usize) -> Option<Self> {
+        Self::start_with(test, n, false)
+    }
+
+    /// A cluster with JetStream on every node (storage in a fresh temporary directory).
+    pub fn start_js(test: &str, n: usize) -> Option<Self> {
+        Self::start_with(test, n, true)
+    }
+
+    fn start_with(test: &str, n: usize, js: bool) -> Option<Self> {
         if binary().is_none() {
             if std::env::var_os("CI").is_some() {
                 panic!(
@@ -140,6 +192,7 @@ impl NatsCluster {
             .iter()
             .map(|n| format!("nats://127.0.0.1:{}", n.cluster))
             .collect();
+        let store = js.then(|| temp_dir("nats-cluster"));
         for (i, node) in nodes.iter_mut().enumerate() {
             let others: Vec<&str> = routes
                 .iter()
@@ -147,7 +200,14 @@ impl NatsCluster {
                 .filter(|(j, _)| *j != i)
                 .map(|(_, r)| r.as_str())
                 .collect();
-            let child = Command::new("nats-server")
+            let mut command = Command::new("nats-server");
+            if let Some(dir) = &store {
+                command
+                    .arg("--js")
+                    .arg("--sd")
+                    .arg(dir.join(format!("node-{i}")));
+            }
+            let child = command
                 .args([
                     "-a",
                     "127.0.0.1",
@@ -170,7 +230,7 @@ impl NatsCluster {
                 .expect("nats-server starts");
             node.child = Some(child);
         }
-        let cluster = Self { nodes };
+        let cluster = Self { nodes, store };
         let deadline = Instant::now() + Duration::from_secs(20);
         for node in &cluster.nodes {
             loop {
@@ -225,6 +285,9 @@ impl Drop for NatsCluster {
     fn drop(&mut self) {
         for i in 0..self.nodes.len() {
             self.kill(i);
+        }
+        if let Some(dir) = &self.store {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
