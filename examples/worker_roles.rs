@@ -54,6 +54,7 @@ use interrole::nats::NatsOptions;
 use interrole::relay::Credentials;
 use interrole::{
     Bus, InstanceId, InterRoleEvent, Loopback, Observable, Observer, ObserverError, Subscription,
+    TransportErrorKind,
 };
 use interrole_relay_server::{Config, KeyConfig, Server};
 use serde::{Deserialize, Serialize};
@@ -349,19 +350,20 @@ impl Fabric {
         };
         if let Some(host) = bus.host() {
             if let Err(e) = host.wait_opened(PROCESS_STEP_TIMEOUT).await {
-                // Keep the last connection error: a timeout alone does not say what is wrong.
-                let cause = host
-                    .status()
-                    .error
-                    .map_or(e.to_string(), |c| format!("{e}; {c}"));
+                // A timeout alone does not say what is wrong: add the last connection error.
+                let last = host.status().error;
                 bus.close().await;
-                return Err(match self {
-                    Self::Nats { url, .. } => format!(
-                        "cannot reach the NATS server at {url} ({cause}); start one first, e.g. \
-                         `nats-server -p {}`",
+                let timed_out = e.kind() == TransportErrorKind::Timeout;
+                return Err(match (self, last) {
+                    (Self::Nats { url, .. }, last) if timed_out => format!(
+                        "cannot reach the NATS server at {url} in {PROCESS_STEP_TIMEOUT:?} ({}); \
+                         is nats-server running? start it with `nats-server -p {}`",
+                        last.map_or_else(|| e.to_string(), |l| l.to_string()),
                         nats_port(url)
                     ),
-                    _ => cause,
+                    (Self::Nats { url, .. }, _) => format!("cannot use NATS at {url}: {e}"),
+                    (_, Some(last)) if timed_out => format!("{e} (last error: {last})"),
+                    _ => e.to_string(),
                 }
                 .into());
             }

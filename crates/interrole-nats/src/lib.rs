@@ -440,6 +440,16 @@ impl Transport for NatsTransport {
                 )
             }
             Some(durable) => {
+                let info = client.server_info();
+                if !info.jetstream {
+                    return Err(TransportError::new(
+                        TransportErrorKind::Protocol,
+                        format!(
+                            "durable mode needs JetStream, which is not enabled on the NATS server {} ({}:{}): start it with --js",
+                            info.server_name, info.host, info.port
+                        ),
+                    ));
+                }
                 let js = async_nats::jetstream::new(client.clone());
                 let (multicast, directed) =
                     durable_consumers(&js, &self.options, durable, &spec).await?;

@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use interrole::nats::{Durable, NatsOptions};
+use interrole::nats::{Durable, NatsAuth, NatsOptions};
 use interrole::{Bus, HostState, InstanceId, Observer, ObserverError, RetryPolicy};
 use serde::{Deserialize, Serialize};
 
@@ -281,4 +281,49 @@ async fn durable_mode_loses_nothing_when_a_cluster_node_dies() {
     eprintln!("durable: b moved off node {node}; {s:?}");
     a.close().await;
     b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_and_a_server_without_jetstream_are_fatal_and_said() {
+    let name = "bad_credentials_and_a_server_without_jetstream_are_fatal_and_said";
+    let Some(server) = common::NatsServer::start_args(name, &["--user", "svc", "--pass", "right"])
+    else {
+        return;
+    };
+    let wrong = NatsOptions::new(&server.url()).with_auth(NatsAuth::UserPassword {
+        user: "svc".into(),
+        password: "wrong".into(),
+    });
+    let bus = Bus::builder()
+        .instance("x")
+        .topic("t")
+        .nats(wrong)
+        .build()
+        .unwrap();
+    let host = bus.host().unwrap();
+    let err = host.wait_opened(LONG).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        interrole::TransportErrorKind::Unauthorized,
+        "{err}"
+    );
+    assert_eq!((host.state(), host.status().faults), (HostState::Closed, 0));
+
+    // The right password, but durable mode on a server without JetStream.
+    let right = NatsOptions::new(&server.url())
+        .with_auth(NatsAuth::UserPassword {
+            user: "svc".into(),
+            password: "right".into(),
+        })
+        .with_durable(Durable::default());
+    let bus = Bus::builder()
+        .instance("y")
+        .topic("t")
+        .nats(right)
+        .build()
+        .unwrap();
+    let host = bus.host().unwrap();
+    let err = host.wait_opened(LONG).await.unwrap_err();
+    assert!(!err.is_transient(), "{err} {:?}", host.status());
+    assert!(err.to_string().contains("JetStream"), "{err}");
 }

@@ -12,6 +12,8 @@ pub struct NatsServer {
     child: Option<Child>,
     /// JetStream's storage directory, when enabled.
     store: Option<std::path::PathBuf>,
+    /// More arguments for the server.
+    extra: Vec<String>,
 }
 
 /// A fresh directory under the system's temporary directory.
@@ -50,7 +52,18 @@ impl NatsServer {
         Self::start_with(test, true)
     }
 
+    /// A server started with more arguments (`--user u --pass p`, say).
+    pub fn start_args(test: &str, extra: &[&str]) -> Option<Self> {
+        let mut s = Self::start_with_extra(test, false, extra)?;
+        s.extra = extra.iter().map(|a| a.to_string()).collect();
+        Some(s)
+    }
+
     fn start_with(test: &str, js: bool) -> Option<Self> {
+        Self::start_with_extra(test, js, &[])
+    }
+
+    fn start_with_extra(test: &str, js: bool, extra: &[&str]) -> Option<Self> {
         if binary().is_none() {
             if std::env::var_os("CI").is_some() {
                 panic!(
@@ -67,6 +80,7 @@ impl NatsServer {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             child: None,
             store: js.then(|| temp_dir("nats-js")),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn();
         Some(server)
@@ -82,6 +96,7 @@ impl NatsServer {
         if let Some(dir) = &self.store {
             command.arg("--js").arg("--sd").arg(dir);
         }
+        command.args(&self.extra);
         let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
