@@ -9,6 +9,8 @@
 //! - [`codec`]: encoding and decoding an envelope with a 256-byte payload.
 //! - [`relay`]: load on the relay server in a child process (multicast throughput and latency,
 //!   idle subscribers at scale), for `compare multicast` and `compare scale`.
+//! - [`nats`]: the same multicast load on a `nats-server` in a child process, with async-nats
+//!   clients, for the NATS rows of `compare multicast`.
 //! - [`measure`]: a small `Instant`-based harness (warm-up, repetitions, median) for `compare`.
 
 use serde::{Deserialize, Serialize};
@@ -433,6 +435,7 @@ pub mod codec {
     }
 }
 
+pub mod nats;
 pub mod relay;
 
 /// A small harness for `compare`: warm-up, repetitions, median.

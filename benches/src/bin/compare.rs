@@ -9,7 +9,8 @@
 //! ```
 //!
 //! `multicast` and `scale` start the relay server in a child process (this executable's hidden
-//! `relay-server` subcommand) on 127.0.0.1 and kill it at the end.
+//! `relay-server` subcommand) on 127.0.0.1 and kill it at the end; `multicast` then does the same
+//! with `nats-server` (skipped, and said so, when it is not installed).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use benches::fanout::InterroleFanout;
 use benches::fanout::{Fanout, System};
 use benches::heavy::{self, heavy_fanout};
 use benches::measure::{calls_for, median, ns_per_call};
+use benches::nats::{NatsProcess, nats_multicast_run};
 use benches::relay::{self, Pace, RelayProcess};
 use benches::{FANOUT_SIZES, TARGET_N, TARGET_RATIO_VS_TOKIO, TARGET_SPEEDUP_PER_CORE};
 use interrole::Dispatch;
@@ -38,7 +40,7 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "multicast",
-        about: "relay (child process): 1 publisher, 20 subscribers; max throughput, paced latency",
+        about: "relay, then NATS (child processes): 1 publisher, 20 subscribers; max throughput, paced latency",
         run: multicast,
     },
     Command {
@@ -335,42 +337,105 @@ fn start_relay() -> Result<RelayProcess, Box<dyn std::error::Error + Send + Sync
     Ok(server)
 }
 
+/// Target: relay deliveries/s at least this times NATS's (max-throughput run).
+const TARGET_THROUGHPUT_VS_NATS: f64 = 1.0;
+/// Target: relay p99 latency at most this times NATS's (paced run).
+const TARGET_P99_VS_NATS: f64 = 1.0;
+
+/// The max-throughput and the paced run of one system.
+struct Multicast {
+    system: &'static str,
+    max: relay::RunResult,
+    paced: relay::RunResult,
+}
+
+fn max_pace() -> Pace {
+    Pace::Max {
+        events: relay::THROUGHPUT_EVENTS,
+        max: relay::THROUGHPUT_MAX,
+    }
+}
+
+fn paced_pace() -> Pace {
+    Pace::Paced {
+        rate: relay::LATENCY_RATE,
+        run: relay::LATENCY_RUN,
+    }
+}
+
 fn multicast_inner() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     print_machine(interrole::pool_threads());
     let subs = relay::MULTICAST_SUBSCRIBERS;
-    // Dropped (killed) on every way out of this function.
-    let server = start_relay()?;
     println!(
         "1 publisher, {subs} subscribers, opaque {}-byte envelopes (send timestamp in the first 8 bytes)",
         relay::ENVELOPE_BYTES
     );
-    println!();
     let rt = relay::runtime()?;
-    let max = rt.block_on(relay::multicast_run(
-        server.addr(),
-        "bench/throughput",
-        subs,
-        Pace::Max {
-            events: relay::THROUGHPUT_EVENTS,
-            max: relay::THROUGHPUT_MAX,
-        },
-        false,
-    ))?;
-    let paced = rt.block_on(relay::multicast_run(
-        server.addr(),
-        "bench/latency",
-        subs,
-        Pace::Paced {
-            rate: relay::LATENCY_RATE,
-            run: relay::LATENCY_RUN,
-        },
-        true,
-    ))?;
+    let mut systems = Vec::new();
+    {
+        // Dropped (killed) on every way out of this block.
+        let server = start_relay()?;
+        let max = rt.block_on(relay::multicast_run(
+            server.addr(),
+            "bench/throughput",
+            subs,
+            max_pace(),
+            false,
+        ))?;
+        let paced = rt.block_on(relay::multicast_run(
+            server.addr(),
+            "bench/latency",
+            subs,
+            paced_pace(),
+            true,
+        ))?;
+        systems.push(Multicast {
+            system: "relay",
+            max,
+            paced,
+        });
+    }
+    // The relay is gone before NATS starts: the two never share the CPU.
+    match NatsProcess::spawn()? {
+        Some(server) => {
+            println!(
+                "nats: pid {} on {} ({}, child process, default configuration); load: 2 tokio workers, async-nats",
+                server.pid(),
+                server.url(),
+                server.version()
+            );
+            let url = server.url();
+            let max = rt.block_on(nats_multicast_run(
+                &url,
+                "bench.throughput",
+                subs,
+                max_pace(),
+                false,
+            ))?;
+            let paced = rt.block_on(nats_multicast_run(
+                &url,
+                "bench.latency",
+                subs,
+                paced_pace(),
+                true,
+            ))?;
+            systems.push(Multicast {
+                system: "nats",
+                max,
+                paced,
+            });
+        }
+        None => println!(
+            "nats: {} not found on PATH: the NATS side was skipped",
+            benches::nats::NATS_SERVER
+        ),
+    }
     drop(rt);
-    drop(server);
+    println!();
 
     println!(
-        "{:<34} | {:>9} | {:>10} | {:>8} | {:>12} | {:>8} | {:>8} | {:>8} | {:>5} | {:>6}",
+        "{:<6} | {:<34} | {:>9} | {:>10} | {:>8} | {:>12} | {:>8} | {:>8} | {:>8} | {:>5} | {:>6}",
+        "system",
         "run",
         "published",
         "delivered",
@@ -382,21 +447,13 @@ fn multicast_inner() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         "lost",
         "missed"
     );
-    println!("{}", "-".repeat(130));
-    let rows = [
-        (
-            format!("max throughput (<= {} events)", relay::THROUGHPUT_EVENTS),
-            &max,
-        ),
-        (
-            format!(
-                "paced {} ev/s for {} s",
-                relay::LATENCY_RATE,
-                relay::LATENCY_RUN.as_secs()
-            ),
-            &paced,
-        ),
-    ];
+    println!("{}", "-".repeat(139));
+    let max_name = format!("max throughput (<= {} events)", relay::THROUGHPUT_EVENTS);
+    let paced_name = format!(
+        "paced {} ev/s for {} s",
+        relay::LATENCY_RATE,
+        relay::LATENCY_RUN.as_secs()
+    );
     // Latencies are recorded in the paced run only.
     let lat = |r: &relay::RunResult, q: f64| {
         if r.latencies_ns.is_empty() {
@@ -405,24 +462,30 @@ fn multicast_inner() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             format!("{:.1}", r.latency_us(q))
         }
     };
-    for (name, r) in rows {
-        println!(
-            "{name:<34} | {:>9} | {:>10} | {:>8.3} | {:>12.0} | {:>8} | {:>8} | {:>8} | {:>5} | {:>6}",
-            r.published,
-            r.delivered(),
-            r.elapsed.as_secs_f64(),
-            r.throughput(),
-            lat(r, 0.5),
-            lat(r, 0.99),
-            lat(r, 0.999),
-            r.lost(),
-            r.missed,
-        );
+    for m in &systems {
+        for (name, r) in [(&max_name, &m.max), (&paced_name, &m.paced)] {
+            println!(
+                "{:<6} | {name:<34} | {:>9} | {:>10} | {:>8.3} | {:>12.0} | {:>8} | {:>8} | {:>8} | {:>5} | {:>6}",
+                m.system,
+                r.published,
+                r.delivered(),
+                r.elapsed.as_secs_f64(),
+                r.throughput(),
+                lat(r, 0.5),
+                lat(r, 0.99),
+                lat(r, 0.999),
+                r.lost(),
+                r.missed,
+            );
+        }
     }
     println!();
     println!(
-        "max throughput: batches of up to {} PUBLISH frames per message, the publisher at most {} events ahead of the slowest subscriber;",
-        relay::BATCH,
+        "max throughput: batches of up to {} events (relay: PUBLISH frames per WebSocket message; nats: publishes, then a flush),",
+        relay::BATCH
+    );
+    println!(
+        "  the publisher at most {} events ahead of the slowest subscriber (relay: and of the ACKs);",
         relay::WINDOW
     );
     println!(
@@ -431,20 +494,49 @@ fn multicast_inner() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     println!(
         "latency: receive time - send time (one Instant clock, this process), every delivery to every subscriber"
     );
-    for (name, r) in [("max throughput", &max), ("paced", &paced)] {
-        if r.rejected > 0 {
-            println!("{name}: {} PUBLISH frames rejected", r.rejected);
+    println!(
+        "nats: one async-nats client per subscriber and one for the publisher, core NATS (no acknowledgements; missed is always 0)"
+    );
+    for m in &systems {
+        for (name, r) in [("max throughput", &m.max), ("paced", &m.paced)] {
+            if r.rejected > 0 {
+                println!(
+                    "{} {name}: {} PUBLISH frames rejected",
+                    m.system, r.rejected
+                );
+            }
         }
     }
-    let lost = max.lost() + paced.lost();
+    let ratios = match &systems[..] {
+        [relay, nats] => {
+            let throughput = relay.max.throughput() / nats.max.throughput();
+            let p99 = relay.paced.latency_us(0.99) / nats.paced.latency_us(0.99);
+            println!();
+            println!(
+                "target: relay deliveries/s >= {TARGET_THROUGHPUT_VS_NATS} x NATS's: ratio {throughput:.3} -> {}",
+                verdict(throughput >= TARGET_THROUGHPUT_VS_NATS)
+            );
+            println!(
+                "target: relay p99 <= {TARGET_P99_VS_NATS} x NATS's: ratio {p99:.3} -> {}",
+                verdict(p99 <= TARGET_P99_VS_NATS)
+            );
+            Some((throughput, p99))
+        }
+        _ => None,
+    };
+    let relay = &systems[0];
+    let lost = relay.max.lost() + relay.paced.lost();
     println!();
     println!(
         "multicast subscribers={subs} throughput_eps={:.0} p50_us={:.1} p99_us={:.1} p999_us={:.1} lost={lost}",
-        max.throughput(),
-        paced.latency_us(0.5),
-        paced.latency_us(0.99),
-        paced.latency_us(0.999),
+        relay.max.throughput(),
+        relay.paced.latency_us(0.5),
+        relay.paced.latency_us(0.99),
+        relay.paced.latency_us(0.999),
     );
+    if let Some((throughput, p99)) = ratios {
+        println!("relay_vs_nats throughput_ratio={throughput:.3} p99_ratio={p99:.3}");
+    }
     Ok(())
 }
 

@@ -18,8 +18,9 @@
 //!
 //! Each connection is one NATS client (`no_echo`: a bus never hears itself). Events are
 //! published in order on the client's single connection, and NATS keeps per-publisher order to
-//! each subscriber. An event is acknowledged to the bus (`Inbound::acknowledged`) once a flush
-//! round trip has confirmed that the server has it. Core NATS keeps nothing for a subscriber that
+//! each subscriber. An event is acknowledged to the bus (`Inbound::acknowledged`) once a round
+//! trip to the server has confirmed that the server has it; a connection is open once a round
+//! trip has confirmed its subscriptions. Core NATS keeps nothing for a subscriber that
 //! is away: what it misses while disconnected is found by the bus as a gap and repaired from the
 //! publisher's retention (see `docs/reliability.md`), or reported.
 //!
@@ -427,12 +428,9 @@ impl Transport for NatsTransport {
                     .subscribe(self.options.instance_subject(&spec.topic, &spec.instance))
                     .await
                     .map_err(subscribe_error)?;
-                // The subscriptions are registered once the server has answered a flush.
-                client.flush().await.map_err(|e| {
-                    TransportError::new(
-                        TransportErrorKind::ConnectionLost,
-                        format!("subscribing: {e}"),
-                    )
+                // The subscriptions are registered once the server has answered a round trip.
+                round_trip(&client).await.map_err(|e| {
+                    TransportError::new(e.kind(), format!("subscribing: {}", e.message()))
                 })?;
                 (
                     tokio::spawn(read_loop(multicast, directed, shared.clone())),
@@ -504,7 +502,31 @@ impl Shared {
     }
 }
 
-/// Publishes in order; after each batch, a flush round trip acknowledges it to the bus.
+/// A round trip to the server: a request to a subject nobody serves, which the server answers
+/// with "no responders" once it has processed everything this client sent before. (The client's
+/// `flush` only writes the socket.)
+async fn round_trip(client: &async_nats::Client) -> Result<(), TransportError> {
+    use async_nats::RequestErrorKind;
+    let request = client.request(client.new_inbox(), Bytes::new());
+    match tokio::time::timeout(Duration::from_secs(10), request).await {
+        Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => Ok(()),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if e.kind() == RequestErrorKind::TimedOut => Err(TransportError::new(
+            TransportErrorKind::Timeout,
+            "the NATS server did not answer a round trip in time",
+        )),
+        Ok(Err(e)) => Err(TransportError::new(
+            TransportErrorKind::ConnectionLost,
+            format!("a round trip to the NATS server: {e}"),
+        )),
+        Err(_) => Err(TransportError::new(
+            TransportErrorKind::Timeout,
+            "the NATS server did not answer a round trip in 10 s",
+        )),
+    }
+}
+
+/// Publishes in order; after each batch, a round trip to the server acknowledges it to the bus.
 async fn write_loop(
     client: async_nats::Client,
     mut rx: mpsc::UnboundedReceiver<(String, u64, Bytes)>,
@@ -530,11 +552,8 @@ async fn write_loop(
             }
             last = seq;
         }
-        if let Err(e) = client.flush().await {
-            shared.fail(TransportError::new(
-                TransportErrorKind::ConnectionLost,
-                format!("flushing: {e}"),
-            ));
+        if let Err(e) = round_trip(&client).await {
+            shared.fail(e);
             return;
         }
         shared.written.send_modify(|w| *w += n);

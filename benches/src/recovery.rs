@@ -1,0 +1,375 @@
+//! Recovery measurements for `compare recovery`: how long until events flow again after the far
+//! end dies.
+//!
+//! - **Relay**: [`SUBSCRIBERS`] subscriber buses and a publisher bus (this process, the default
+//!   retry policy) on a relay process; the relay is killed with SIGKILL and started again on the
+//!   same port; measured: from the restart until every bus is connected again, and until every
+//!   subscriber has received a probe published after the restart.
+//! - **NATS**: a three-node `nats-server` cluster; the subscribers on node 1 (listing nodes 1 and
+//!   2), the publisher on node 0; node 1 is killed; measured: from the kill until every subscriber
+//!   is connected again, and until every subscriber has received a probe published after the
+//!   kill.
+//!
+//! The publisher sends a probe every millisecond throughout.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use interrole::nats::NatsOptions;
+use interrole::relay::Credentials;
+use interrole::{Bus, RetryPolicy};
+use serde::{Deserialize, Serialize};
+
+use crate::relay::{KEY, KEY_NAME, RelayProcess};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Subscriber buses per measurement.
+pub const SUBSCRIBERS: usize = 20;
+/// Kills per system.
+pub const KILLS: usize = 5;
+
+/// A probe: its publication time, microseconds since the run's start.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Probe(pub u64);
+interrole::impl_event!(Probe = "bench.recovery.probe");
+
+/// One kill: how long until every bus was connected again, and until every subscriber had a
+/// probe published after the fault.
+#[derive(Debug, Clone, Copy)]
+pub struct Recovery {
+    /// Until every bus (the publisher's included) was connected again.
+    pub reconnected: Duration,
+    /// Until every subscriber had received a probe published after the fault.
+    pub flowing: Duration,
+}
+
+struct Subscribers {
+    buses: Vec<Bus>,
+    /// Per subscriber, the publication time (µs since `epoch`) of the latest probe received.
+    latest: Arc<Vec<AtomicU64>>,
+    _guards: Vec<interrole::Subscription>,
+}
+
+fn subscribe(buses: Vec<Bus>) -> Subscribers {
+    let latest: Arc<Vec<AtomicU64>> = Arc::new((0..buses.len()).map(|_| AtomicU64::new(0)).collect());
+    let guards = buses
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let latest = latest.clone();
+            b.subscribe::<Probe, _>(move |p| {
+                latest[i].fetch_max(p.0, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    Subscribers {
+        buses,
+        latest,
+        _guards: guards,
+    }
+}
+
+/// Publishes a probe every millisecond until dropped.
+fn probe_loop(publisher: Bus, epoch: Instant) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        loop {
+            tick.tick().await;
+            let _ = publisher.publish(Probe(epoch.elapsed().as_micros() as u64));
+        }
+    })
+}
+
+async fn wait_recovered(
+    all: &[Bus],
+    subs: &Subscribers,
+    opened_before: &[u64],
+    fault_at: Instant,
+    epoch: Instant,
+) -> Result<Recovery, Error> {
+    let after = fault_at.duration_since(epoch).as_micros() as u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut reconnected = None;
+    loop {
+        let back = all.iter().zip(opened_before).all(|(b, before)| {
+            b.host().is_some_and(|h| {
+                let s = h.status();
+                s.opened > *before && s.state == interrole::HostState::Opened
+            })
+        });
+        if back && reconnected.is_none() {
+            reconnected = Some(fault_at.elapsed());
+        }
+        let flowing = subs
+            .latest
+            .iter()
+            .all(|l| l.load(Ordering::Relaxed) > after);
+        if let (Some(r), true) = (reconnected, flowing) {
+            return Ok(Recovery {
+                reconnected: r,
+                flowing: fault_at.elapsed(),
+            });
+        }
+        if Instant::now() > deadline {
+            return Err("no recovery within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+}
+
+fn opened(all: &[Bus]) -> Vec<u64> {
+    all.iter()
+        .map(|b| b.host().map_or(0, |h| h.status().opened))
+        .collect()
+}
+
+async fn all_opened(all: &[Bus]) -> Result<(), Error> {
+    for b in all {
+        b.host()
+            .ok_or("no host")?
+            .wait_opened(Duration::from_secs(30))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Relay restarts with the default retry policy; one [`Recovery`] per kill.
+///
+/// # Errors
+/// The relay could not be started, or a bus did not recover within a minute.
+pub async fn relay_recovery(kills: usize) -> Result<Vec<Recovery>, Error> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut relay = Some(RelayProcess::spawn_at(&listen)?);
+    let url = format!("ws://{listen}");
+    let topic = format!("bench-recovery-{}", std::process::id());
+    let bus = |id: String| {
+        Bus::builder()
+            .instance(id)
+            .topic(topic.clone())
+            .relay(&url, Credentials::key(KEY_NAME, KEY))
+            .retry(RetryPolicy::default())
+            .build()
+    };
+    let publisher = bus("publisher".into())?;
+    let subs = subscribe(
+        (0..SUBSCRIBERS)
+            .map(|i| bus(format!("sub-{i}")))
+            .collect::<Result<Vec<_>, _>>()?,
+    );
+    let mut all = subs.buses.clone();
+    all.push(publisher.clone());
+    all_opened(&all).await?;
+    for b in &all {
+        b.register::<Probe>()?;
+    }
+    let epoch = Instant::now();
+    let probes = probe_loop(publisher.clone(), epoch);
+    let mut out = Vec::new();
+    for _ in 0..kills {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let before = opened(&all);
+        if let Some(r) = relay.take() {
+            r.kill();
+        }
+        let mut restarted = None;
+        for _ in 0..100 {
+            match RelayProcess::spawn_at(&listen) {
+                Ok(r) => {
+                    restarted = Some(r);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        relay = Some(restarted.ok_or("the relay did not start again")?);
+        let restarted_at = Instant::now();
+        out.push(wait_recovered(&all, &subs, &before, restarted_at, epoch).await?);
+    }
+    probes.abort();
+    for b in &all {
+        b.close().await;
+    }
+    drop(relay);
+    Ok(out)
+}
+
+/// A node of a local `nats-server` cluster.
+struct Node {
+    client: u16,
+    child: Option<Child>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_ports(n: usize) -> Result<Vec<u16>, Error> {
+    // Held open together, so that no two are the same.
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+fn start_cluster(n: usize) -> Result<Vec<Node>, Error> {
+    let ports = free_ports(2 * n)?;
+    let (clients, routes) = ports.split_at(n);
+    let route_urls: Vec<String> = routes
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect();
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let others: Vec<&str> = route_urls
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, r)| r.as_str())
+            .collect();
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &clients[i].to_string()])
+            .args(["-n", &format!("bench-{i}"), "--cluster_name", "bench"])
+            .args(["--cluster", &route_urls[i], "--routes", &others.join(",")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        nodes.push(Node {
+            client: clients[i],
+            child: Some(child),
+        });
+    }
+    for node in &nodes {
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", node.client)).is_err() {
+            if t.elapsed() > Duration::from_secs(10) {
+                return Err("nats-server did not start".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // Routes form within a moment of the nodes listening.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(nodes)
+}
+
+/// Whether `nats-server` is installed.
+pub fn nats_installed() -> bool {
+    Command::new("nats-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// NATS node kills in a three-node cluster (a fresh cluster per kill); one [`Recovery`] each.
+///
+/// # Errors
+/// nats-server could not be started, or a bus did not recover within a minute.
+pub async fn nats_recovery(kills: usize) -> Result<Vec<Recovery>, Error> {
+    let mut out = Vec::new();
+    for k in 0..kills {
+        let mut nodes = start_cluster(3)?;
+        let url = |i: usize| format!("nats://127.0.0.1:{}", nodes[i].client);
+        let topic = format!("bench-recovery-{}-{k}", std::process::id());
+        let bus = |id: String, urls: String| {
+            Bus::builder()
+                .instance(id)
+                .topic(topic.clone())
+                .nats(NatsOptions::new(&urls))
+                .retry(RetryPolicy::default())
+                .build()
+        };
+        let publisher = bus("publisher".into(), url(0))?;
+        // Node 1 first: the subscribers start there (a new connection tries the listed
+        // servers in a random order, so a few may start on node 2).
+        let subs = subscribe(
+            (0..SUBSCRIBERS)
+                .map(|i| bus(format!("sub-{i}"), format!("{},{}", url(1), url(2))))
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+        let mut all = subs.buses.clone();
+        all.push(publisher.clone());
+        all_opened(&all).await?;
+        for b in &all {
+            b.register::<Probe>()?;
+        }
+        let epoch = Instant::now();
+        let probes = probe_loop(publisher.clone(), epoch);
+        // Interest crosses the routes: wait until every subscriber hears the probes.
+        let t = Instant::now();
+        while subs.latest.iter().any(|l| l.load(Ordering::Relaxed) == 0) {
+            if t.elapsed() > Duration::from_secs(10) {
+                return Err("probes did not reach every subscriber".into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let before = opened(&subs.buses);
+        if let Some(mut c) = nodes[1].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let killed_at = Instant::now();
+        // Only the buses that were on node 1 reconnect; the others count as connected.
+        let r = wait_nats(&subs.buses, &subs, &before, killed_at, epoch).await?;
+        out.push(r);
+        probes.abort();
+        for b in &all {
+            b.close().await;
+        }
+        drop(nodes);
+    }
+    Ok(out)
+}
+
+/// As [`wait_recovered`], for buses some of which never lost their node: those count as
+/// connected throughout.
+async fn wait_nats(
+    buses: &[Bus],
+    subs: &Subscribers,
+    before: &[u64],
+    fault_at: Instant,
+    epoch: Instant,
+) -> Result<Recovery, Error> {
+    let after = fault_at.duration_since(epoch).as_micros() as u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut reconnected = None;
+    loop {
+        let back = buses.iter().zip(before).all(|(b, before)| {
+            b.host().is_some_and(|h| {
+                let s = h.status();
+                s.state == interrole::HostState::Opened && (s.faults == 0 || s.opened > *before)
+            })
+        });
+        if back && reconnected.is_none() {
+            reconnected = Some(fault_at.elapsed());
+        }
+        let flowing = subs
+            .latest
+            .iter()
+            .all(|l| l.load(Ordering::Relaxed) > after);
+        if let (Some(r), true) = (reconnected, flowing) {
+            return Ok(Recovery {
+                reconnected: r,
+                flowing: fault_at.elapsed(),
+            });
+        }
+        if Instant::now() > deadline {
+            return Err("no recovery within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+}
