@@ -494,9 +494,11 @@ fn multicast_inner() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     println!(
         "latency: receive time - send time (one Instant clock, this process), every delivery to every subscriber"
     );
-    println!(
-        "nats: one async-nats client per subscriber and one for the publisher, core NATS (no acknowledgements; missed is always 0)"
-    );
+    if systems.len() > 1 {
+        println!(
+            "nats: one async-nats client per subscriber and one for the publisher, core NATS (no acknowledgements; missed is always 0)"
+        );
+    }
     for m in &systems {
         for (name, r) in [("max throughput", &m.max), ("paced", &m.paced)] {
             if r.rejected > 0 {

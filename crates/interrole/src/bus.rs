@@ -321,6 +321,8 @@ impl BusBuilder {
                 match control {
                     Control::Nak(n) => bus.send_with(n, Some(to), None, |_| {}),
                     Control::Repair(r) => bus.send_with(r, Some(to), None, |_| {}),
+                    // To every other instance, and not to this bus's own observers.
+                    Control::Heartbeat(h) => bus.send_remote(h),
                 }
                 .map(|_| ())
             }));
@@ -342,23 +344,6 @@ impl BusBuilder {
                         match transport.open(spec, receiver).await {
                             Ok(conn) => match weak.upgrade() {
                                 Some(inner) if !inner.closed.load(Ordering::Acquire) => {
-                                    if let Link::Reliable(r) = &inner.link {
-                                        let weak = Arc::downgrade(&inner);
-                                        r.set_control(Box::new(move |to, control| {
-                                            let inner =
-                                                weak.upgrade().ok_or(PublishError::Closed)?;
-                                            let bus = Bus { inner };
-                                            match control {
-                                                Control::Nak(n) => {
-                                                    bus.send_with(n, Some(to), None, |_| {})
-                                                }
-                                                Control::Repair(r) => {
-                                                    bus.send_with(r, Some(to), None, |_| {})
-                                                }
-                                            }
-                                            .map(|_| ())
-                                        }));
-                                    }
                                     if let Link::Direct(slot) = &inner.link {
                                         let _ = slot.set(conn);
                                     }
@@ -524,6 +509,11 @@ impl Bus {
         self.send(event, None)
     }
 
+    /// Publishes `event` to the other instances only (the reliability layer's heartbeats).
+    fn send_remote<E: Event>(&self, event: E) -> Result<EventId, PublishError> {
+        self.send_inner(event, None, None, false, |_| {})
+    }
+
     /// Sends `event` to one instance only: its observers of the type get it, no one else's. To
     /// this bus's own instance, it is delivered locally.
     ///
@@ -558,6 +548,17 @@ impl Bus {
         reply_to: Option<u64>,
         on_numbered: impl FnOnce(u64),
     ) -> Result<EventId, PublishError> {
+        self.send_inner(event, target, reply_to, true, on_numbered)
+    }
+
+    fn send_inner<E: Event>(
+        &self,
+        event: E,
+        target: Option<&InstanceId>,
+        reply_to: Option<u64>,
+        locally: bool,
+        on_numbered: impl FnOnce(u64),
+    ) -> Result<EventId, PublishError> {
         let inner = &*self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(PublishError::Closed);
@@ -570,7 +571,7 @@ impl Bus {
             ));
         }
         let to_self = target.is_some_and(|t| *t == inner.instance);
-        let local = target.is_none() || to_self;
+        let local = locally && (target.is_none() || to_self);
         let remote_target = if to_self { None } else { target };
         publish_group(&inner.hub.inner, local, || {
             let mut seq = inner.seq.lock();
@@ -602,7 +603,10 @@ impl Bus {
                 }
             }
             seq.last += 1;
-            seq.published += 1;
+            if !E::TYPE_TAG.starts_with("interrole.reliable.") {
+                // The reliability layer's own events (repairs, heartbeats) are not counted.
+                seq.published += 1;
+            }
             match target {
                 None => seq.multicast = n,
                 Some(t) => {

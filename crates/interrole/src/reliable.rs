@@ -319,6 +319,18 @@ pub(crate) struct Nak {
 }
 interrole_core::impl_event!(Nak = "interrole.reliable.nak");
 
+/// A sender's position, multicast when it has published since its last heartbeat (and every
+/// few seconds while idle): a loss at the end of a stream shows as a gap before it, which is
+/// then repaired or reported like any other. Never delivered to observers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Heartbeat;
+interrole_core::impl_event!(Heartbeat = "interrole.reliable.heartbeat");
+
+/// How often a sender that has published announces its position.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
+/// How often an idle sender announces it anyway.
+const HEARTBEAT_IDLE: Duration = Duration::from_secs(5);
+
 /// A sender's answer to a [`Nak`]: the envelopes it still retains, as they were first sent,
 /// and how many of the asked positions it no longer has.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -490,6 +502,7 @@ impl Sequencer {
 pub(crate) enum Control {
     Nak(Nak),
     Repair(Repair),
+    Heartbeat(Heartbeat),
 }
 
 /// Sends a [`Control`] event directed to an instance, numbered by the bus.
@@ -518,6 +531,10 @@ pub(crate) struct Reliable {
     hints: AtomicU64,
     naks_sent: AtomicU64,
     repaired: AtomicU64,
+    /// Whether a multicast event was published since the last heartbeat.
+    published: std::sync::atomic::AtomicBool,
+    /// Whether anything was ever published (idle heartbeats only then).
+    ever_published: std::sync::atomic::AtomicBool,
     /// This bus's incarnation (its first sequence number).
     epoch: u64,
     control: std::sync::OnceLock<ControlSender>,
@@ -567,6 +584,8 @@ impl Reliable {
             hints: AtomicU64::new(0),
             naks_sent: AtomicU64::new(0),
             repaired: AtomicU64::new(0),
+            published: std::sync::atomic::AtomicBool::new(false),
+            ever_published: std::sync::atomic::AtomicBool::new(false),
             epoch,
             control: std::sync::OnceLock::new(),
         })
@@ -664,6 +683,9 @@ impl Reliable {
                 Err(e) => return Err(PublishError::Transport(e)),
             }
         }
+        if target.is_none() && event.type_tag().as_str() != <Heartbeat as Event>::TYPE_TAG {
+            self.published.store(true, Ordering::Relaxed);
+        }
         link.entries.push_back(Entry {
             seq: event.seq(),
             target: target.cloned(),
@@ -756,6 +778,8 @@ impl Reliable {
                         Ok(nak) => self.answer_nak(e.sender(), nak),
                         Err(error) => tracing::warn!(%error, "an undecodable repair request"),
                     },
+                    // It has done its work by arriving: the stream positions saw it.
+                    <Heartbeat as Event>::TYPE_TAG => {}
                     <Repair as Event>::TYPE_TAG => match e.try_payload::<Repair>() {
                         Ok(repair) => {
                             if repair.unavailable > 0 {
@@ -887,7 +911,8 @@ impl Reliable {
         };
         let mut close = self.close.subscribe();
         let mut ever_opened = false;
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        let mut last_heartbeat = Instant::now();
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         'outer: loop {
             if *close.borrow() {
@@ -957,7 +982,10 @@ impl Reliable {
                         None => break 'outer,
                     },
                     _ = close.wait_for(|c| *c) => break 'outer,
-                    _ = tick.tick() => self.expire_gaps(),
+                    _ = tick.tick() => {
+                        self.expire_gaps();
+                        self.heartbeat(&mut last_heartbeat);
+                    }
                 }
             };
             {
@@ -981,6 +1009,26 @@ impl Reliable {
         self.sequencer.lock().expire(&self.config, &mut out);
         if !out.deliver.is_empty() || !out.missed.is_empty() || !out.naks.is_empty() {
             self.finish(out);
+        }
+    }
+
+    /// Announces this sender's position when it has published since the last announcement, or
+    /// has been idle for [`HEARTBEAT_IDLE`] after publishing.
+    fn heartbeat(&self, last: &mut Instant) {
+        let fresh = self.published.swap(false, Ordering::Relaxed);
+        if fresh {
+            self.ever_published.store(true, Ordering::Relaxed);
+        }
+        let idle = self.ever_published.load(Ordering::Relaxed) && last.elapsed() >= HEARTBEAT_IDLE;
+        if !(fresh || idle) {
+            return;
+        }
+        *last = Instant::now();
+        if let Some(send) = self.control.get() {
+            // (The target is not used for heartbeats: they are multicast.)
+            if let Err(error) = send(&self.instance, Control::Heartbeat(Heartbeat)) {
+                tracing::debug!(%error, "a heartbeat could not be sent");
+            }
         }
     }
 
