@@ -11,6 +11,8 @@
 //!   idle subscribers at scale), for `compare multicast` and `compare scale`.
 //! - [`nats`]: the same multicast load on a `nats-server` in a child process, with async-nats
 //!   clients, for the NATS rows of `compare multicast`.
+//! - [`recovery`]: how long until events flow again after the relay restarts or a NATS node
+//!   dies, for `compare recovery`.
 //! - [`measure`]: a small `Instant`-based harness (warm-up, repetitions, median) for `compare`.
 
 use serde::{Deserialize, Serialize};
@@ -436,6 +438,7 @@ pub mod codec {
 }
 
 pub mod nats;
+pub mod recovery;
 pub mod relay;
 
 /// A small harness for `compare`: warm-up, repetitions, median.

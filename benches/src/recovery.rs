@@ -5,10 +5,10 @@
 //!   retry policy) on a relay process; the relay is killed with SIGKILL and started again on the
 //!   same port; measured: from the restart until every bus is connected again, and until every
 //!   subscriber has received a probe published after the restart.
-//! - **NATS**: a three-node `nats-server` cluster; the subscribers on node 1 (listing nodes 1 and
-//!   2), the publisher on node 0; node 1 is killed; measured: from the kill until every subscriber
-//!   is connected again, and until every subscriber has received a probe published after the
-//!   kill.
+//! - **NATS**: a three-node `nats-server` cluster; the publisher on node 0, the subscribers
+//!   listing nodes 1 and 2 (so about half start on node 1); node 1 is killed; measured: from the
+//!   kill until every subscriber that was on node 1 is connected again, and until every
+//!   subscriber has received a probe published after the kill. A fresh cluster per kill.
 //!
 //! The publisher sends a probe every millisecond throughout.
 
@@ -55,7 +55,8 @@ struct Subscribers {
 }
 
 fn subscribe(buses: Vec<Bus>) -> Subscribers {
-    let latest: Arc<Vec<AtomicU64>> = Arc::new((0..buses.len()).map(|_| AtomicU64::new(0)).collect());
+    let latest: Arc<Vec<AtomicU64>> =
+        Arc::new((0..buses.len()).map(|_| AtomicU64::new(0)).collect());
     let guards = buses
         .iter()
         .enumerate()
@@ -115,7 +116,23 @@ async fn wait_recovered(
             });
         }
         if Instant::now() > deadline {
-            return Err("no recovery within 60 s".into());
+            let states: Vec<String> = all
+                .iter()
+                .map(|b| {
+                    b.host().map_or("-".into(), |h| {
+                        format!("{:?}/{}", h.state(), h.status().opened)
+                    })
+                })
+                .collect();
+            let latest: Vec<u64> = subs
+                .latest
+                .iter()
+                .map(|l| l.load(Ordering::Relaxed))
+                .collect();
+            return Err(format!(
+                "no recovery within 60 s (after {after} µs): states {states:?} before {opened_before:?} latest {latest:?}"
+            )
+            .into());
         }
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
@@ -201,6 +218,7 @@ pub async fn relay_recovery(kills: usize) -> Result<Vec<Recovery>, Error> {
 /// A node of a local `nats-server` cluster.
 struct Node {
     client: u16,
+    monitor: u16,
     child: Option<Child>,
 }
 
@@ -225,8 +243,9 @@ fn free_ports(n: usize) -> Result<Vec<u16>, Error> {
 }
 
 fn start_cluster(n: usize) -> Result<Vec<Node>, Error> {
-    let ports = free_ports(2 * n)?;
-    let (clients, routes) = ports.split_at(n);
+    let ports = free_ports(3 * n)?;
+    let (clients, rest) = ports.split_at(n);
+    let (routes, monitors) = rest.split_at(n);
     let route_urls: Vec<String> = routes
         .iter()
         .map(|p| format!("nats://127.0.0.1:{p}"))
@@ -241,6 +260,7 @@ fn start_cluster(n: usize) -> Result<Vec<Node>, Error> {
             .collect();
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &clients[i].to_string()])
+            .args(["-m", &monitors[i].to_string()])
             .args(["-n", &format!("bench-{i}"), "--cluster_name", "bench"])
             .args(["--cluster", &route_urls[i], "--routes", &others.join(",")])
             .stdout(Stdio::null())
@@ -248,6 +268,7 @@ fn start_cluster(n: usize) -> Result<Vec<Node>, Error> {
             .spawn()?;
         nodes.push(Node {
             client: clients[i],
+            monitor: monitors[i],
             child: Some(child),
         });
     }
@@ -318,13 +339,18 @@ pub async fn nats_recovery(kills: usize) -> Result<Vec<Recovery>, Error> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let before = opened(&subs.buses);
+        // The subscribers connected to node 1, by their client names (the instance ids).
+        let connz = http_get(nodes[1].monitor, "/connz").unwrap_or_default();
+        let on_node: Vec<bool> = (0..SUBSCRIBERS)
+            .map(|i| connz.contains(&format!("\"name\":\"sub-{i}\"")))
+            .collect();
         if let Some(mut c) = nodes[1].child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
         let killed_at = Instant::now();
         // Only the buses that were on node 1 reconnect; the others count as connected.
-        let r = wait_nats(&subs.buses, &subs, &before, killed_at, epoch).await?;
+        let r = wait_nats(&subs.buses, &on_node, &subs, &before, killed_at, epoch).await?;
         out.push(r);
         probes.abort();
         for b in &all {
@@ -339,6 +365,7 @@ pub async fn nats_recovery(kills: usize) -> Result<Vec<Recovery>, Error> {
 /// connected throughout.
 async fn wait_nats(
     buses: &[Bus],
+    on_node: &[bool],
     subs: &Subscribers,
     before: &[u64],
     fault_at: Instant,
@@ -348,12 +375,16 @@ async fn wait_nats(
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut reconnected = None;
     loop {
-        let back = buses.iter().zip(before).all(|(b, before)| {
-            b.host().is_some_and(|h| {
-                let s = h.status();
-                s.state == interrole::HostState::Opened && (s.faults == 0 || s.opened > *before)
-            })
-        });
+        let back = buses
+            .iter()
+            .zip(before)
+            .zip(on_node)
+            .all(|((b, before), moved)| {
+                b.host().is_some_and(|h| {
+                    let s = h.status();
+                    s.state == interrole::HostState::Opened && (!moved || s.opened > *before)
+                })
+            });
         if back && reconnected.is_none() {
             reconnected = Some(fault_at.elapsed());
         }
@@ -372,4 +403,16 @@ async fn wait_nats(
         }
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
+}
+
+/// A plain HTTP GET on 127.0.0.1:`port` (the NATS monitoring endpoint); the body without
+/// spaces and newlines.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.replace([' ', '\n'], ""))
 }

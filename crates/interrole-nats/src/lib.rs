@@ -260,6 +260,17 @@ pub struct NatsTransport {
     options: Arc<NatsOptions>,
     /// The largest payload the servers accept, learned from the first connection.
     max_payload: Arc<AtomicU64>,
+    /// Which server the next connection tries first.
+    next_server: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Where a new transport starts in its server list: different for each transport of a process
+/// and across processes, so that clients spread over a cluster's nodes.
+fn spread() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+        .wrapping_add(std::process::id() as usize)
 }
 
 /// The payload limit assumed before a server said its own (the NATS default).
@@ -271,6 +282,7 @@ impl NatsTransport {
         Self {
             options: Arc::new(options),
             max_payload: Arc::new(AtomicU64::new(DEFAULT_MAX_PAYLOAD as u64)),
+            next_server: Arc::new(std::sync::atomic::AtomicUsize::new(spread())),
         }
     }
 
@@ -279,11 +291,12 @@ impl NatsTransport {
         &self.options
     }
 
-    async fn connect(
+    /// The client's options, reporting connection loss on `lost`.
+    async fn connect_options(
         &self,
         name: &str,
         lost: mpsc::UnboundedSender<TransportError>,
-    ) -> Result<async_nats::Client, TransportError> {
+    ) -> Result<ConnectOptions, TransportError> {
         let o = &self.options;
         let mut c = match &o.auth {
             NatsAuth::None => ConnectOptions::new(),
@@ -352,6 +365,17 @@ impl NatsTransport {
                     }
                 }
             });
+        Ok(c)
+    }
+
+    /// Connects to one of the servers: each in turn, from a different one each time, until one
+    /// answers (a dead node of a cluster costs an attempt, not a retry delay).
+    async fn connect(
+        &self,
+        name: &str,
+        lost: mpsc::UnboundedSender<TransportError>,
+    ) -> Result<async_nats::Client, TransportError> {
+        let o = &self.options;
         let servers: Vec<async_nats::ServerAddr> = o
             .servers
             .iter()
@@ -364,7 +388,29 @@ impl NatsTransport {
                 })
             })
             .collect::<Result<_, _>>()?;
-        c.connect(servers).await.map_err(|e| {
+        if servers.is_empty() {
+            return Err(TransportError::new(
+                TransportErrorKind::Protocol,
+                "no NATS server address given",
+            ));
+        }
+        let first = self.next_server.fetch_add(1, Ordering::Relaxed) % servers.len();
+        let mut last = None;
+        for k in 0..servers.len() {
+            let server = servers[(first + k) % servers.len()].clone();
+            let c = self.connect_options(name, lost.clone()).await?;
+            match c.connect(server).await.map_err(|e| self.connect_error(e)) {
+                Ok(client) => return Ok(client),
+                Err(e) if e.is_transient() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one server was tried"))
+    }
+
+    fn connect_error(&self, e: async_nats::ConnectError) -> TransportError {
+        let o = &self.options;
+        {
             let kind = match e.kind() {
                 ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
                     TransportErrorKind::Unauthorized
@@ -378,7 +424,7 @@ impl NatsTransport {
                 kind,
                 format!("connecting to NATS ({}): {e}", o.servers.join(",")),
             )
-        })
+        }
     }
 }
 

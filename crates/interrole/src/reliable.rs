@@ -343,7 +343,9 @@ pub(crate) struct Repair {
 interrole_core::impl_event!(Repair = "interrole.reliable.repair");
 
 /// How long a gap waits for in-flight events before the sender is asked to repair it.
-const NAK_DELAY: Duration = Duration::from_millis(100);
+const NAK_DELAY: Duration = Duration::from_millis(20);
+/// How often open gaps are checked (repair requests, timeouts).
+const GAP_CHECK: Duration = Duration::from_millis(20);
 /// How long before asking again.
 const NAK_RETRY: Duration = Duration::from_secs(1);
 /// The most envelope bytes in one repair event.
@@ -911,7 +913,7 @@ impl Reliable {
         };
         let mut close = self.close.subscribe();
         let mut ever_opened = false;
-        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        let mut tick = tokio::time::interval(GAP_CHECK);
         let mut last_heartbeat = Instant::now();
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         'outer: loop {
@@ -1015,6 +1017,9 @@ impl Reliable {
     /// Announces this sender's position when it has published since the last announcement, or
     /// has been idle for [`HEARTBEAT_IDLE`] after publishing.
     fn heartbeat(&self, last: &mut Instant) {
+        if last.elapsed() < HEARTBEAT_EVERY {
+            return;
+        }
         let fresh = self.published.swap(false, Ordering::Relaxed);
         if fresh {
             self.ever_published.store(true, Ordering::Relaxed);

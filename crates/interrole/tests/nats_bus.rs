@@ -261,8 +261,9 @@ async fn durable_mode_loses_nothing_when_a_cluster_node_dies() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut states = b.host().unwrap().watch();
     cluster.kill(node);
+    // A JetStream cluster that lost a node may elect a new meta leader first: seconds.
     tokio::time::timeout(
-        LONG,
+        Duration::from_secs(90),
         states.wait_for(|s| s.opened >= 2 && s.state == HostState::Opened),
     )
     .await
