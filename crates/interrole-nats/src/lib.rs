@@ -112,6 +112,27 @@ pub struct NatsTls {
     pub client_certificate: Option<(PathBuf, PathBuf)>,
 }
 
+impl NatsTls {
+    /// TLS required, trusting the certificates of the PEM file `roots` (and the system's).
+    pub fn trusting(roots: impl Into<PathBuf>) -> Self {
+        Self {
+            required: true,
+            root_certificates: Some(roots.into()),
+            client_certificate: None,
+        }
+    }
+
+    /// These settings, presenting `cert` and `key` (PEM files) for mutual TLS.
+    pub fn with_client_certificate(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        self.client_certificate = Some((cert.into(), key.into()));
+        self
+    }
+}
+
 /// The durable mode's stream settings (see the crate docs).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -418,6 +439,8 @@ impl NatsTransport {
                 ConnectErrorKind::ServerParse => TransportErrorKind::Protocol,
                 ConnectErrorKind::Tls => TransportErrorKind::Protocol,
                 ConnectErrorKind::TimedOut => TransportErrorKind::Timeout,
+                // A certificate that does not verify will not verify on retry either.
+                _ if e.to_string().contains("certificate") => TransportErrorKind::Protocol,
                 _ => TransportErrorKind::ConnectionLost,
             };
             TransportError::new(

@@ -408,7 +408,9 @@ async fn everything_works_over_tls() {
     let untrusted =
         Relay::connect_to(&format!("wss://{addr}"), Credentials::key(ROOT.0, ROOT.1)).unwrap();
     let e = HcListener::bind(untrusted, "hyco").await.unwrap_err();
-    assert!(e.is_transient(), "{e}");
+    // A certificate that does not verify will not verify on retry: fatal, and said.
+    assert!(!e.is_transient(), "{e}");
+    assert!(e.to_string().contains("certificate"), "{e}");
     echoing.abort();
     server.shutdown().await;
 }

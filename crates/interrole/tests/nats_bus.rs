@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use interrole::nats::{Durable, NatsAuth, NatsOptions};
+use interrole::nats::{Durable, NatsAuth, NatsOptions, NatsTls};
 use interrole::{Bus, HostState, InstanceId, Observer, ObserverError, RetryPolicy};
 use serde::{Deserialize, Serialize};
 
@@ -327,4 +327,120 @@ async fn bad_credentials_and_a_server_without_jetstream_are_fatal_and_said() {
     let err = host.wait_opened(LONG).await.unwrap_err();
     assert!(!err.is_transient(), "{err} {:?}", host.status());
     assert!(err.to_string().contains("JetStream"), "{err}");
+}
+
+/// A self-signed end-entity certificate for 127.0.0.1, made with the openssl command.
+fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-days", "1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl makes the test certificate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_a_token() {
+    let dir = std::env::temp_dir().join(format!("interrole-nats-tls-{}", std::process::id()));
+    let (cert, key) = self_signed(&dir);
+    let (c, k) = (
+        cert.to_string_lossy().to_string(),
+        key.to_string_lossy().to_string(),
+    );
+    let Some(server) = common::NatsServer::start_args(
+        "tls_and_a_token",
+        &[
+            "--tls",
+            "--tlscert",
+            &c,
+            "--tlskey",
+            &k,
+            "--auth",
+            "s3cret-token",
+        ],
+    ) else {
+        return;
+    };
+    let url = format!("tls://{}", server.addr);
+    let options = || {
+        NatsOptions::new(&url)
+            .with_tls(NatsTls::trusting(&cert))
+            .with_auth(NatsAuth::Token("s3cret-token".into()))
+    };
+    let build = |id: &str, o: NatsOptions| {
+        Bus::builder()
+            .instance(id)
+            .topic("tls")
+            .nats(o)
+            .retry(RetryPolicy::exponential(
+                Duration::from_millis(50),
+                2.0,
+                Duration::from_millis(500),
+            ))
+            .build()
+            .unwrap()
+    };
+    let a = build("a", options());
+    let b = build("b", options());
+    for bus in [&a, &b] {
+        bus.host().unwrap().wait_opened(LONG).await.unwrap();
+    }
+    let sb = Arc::new(Seen::default());
+    let _gb = b.observe::<Tick, _>(sb.clone());
+    for n in 0..50 {
+        a.publish(Tick { n }).unwrap();
+    }
+    wait_until("50 over TLS", || ticks(&sb).len() >= 50).await;
+    assert_eq!(ticks(&sb), (0..50).collect::<Vec<_>>());
+    // Without the certificate's trust, or with a wrong token, the connection is refused.
+    let untrusted = build(
+        "c",
+        NatsOptions::new(&url).with_auth(NatsAuth::Token("s3cret-token".into())),
+    );
+    let err = untrusted
+        .host()
+        .unwrap()
+        .wait_opened(LONG)
+        .await
+        .unwrap_err();
+    assert!(
+        !err.is_transient(),
+        "an untrusted certificate is not worth retrying: {err}"
+    );
+    assert!(err.to_string().contains("certificate"), "{err}");
+    let wrong = build(
+        "d",
+        NatsOptions::new(&url)
+            .with_tls(NatsTls::trusting(&cert))
+            .with_auth(NatsAuth::Token("wrong".into())),
+    );
+    let err = wrong.host().unwrap().wait_opened(LONG).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        interrole::TransportErrorKind::Unauthorized,
+        "{err}"
+    );
+    a.close().await;
+    b.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -384,11 +384,14 @@ impl Relay {
                 })?;
                 let connector = tokio_rustls::TlsConnector::from(tls.config);
                 Box::new(connector.connect(name, tcp).await.map_err(|e| {
-                    TransportError::new(
-                        TransportErrorKind::ConnectionLost,
-                        format!("TLS handshake with {}: {e}", self.endpoint),
-                    )
-                    .with_source(e)
+                    // rustls reports a refused certificate as invalid data: not transient.
+                    let kind = if e.kind() == std::io::ErrorKind::InvalidData {
+                        TransportErrorKind::Protocol
+                    } else {
+                        TransportErrorKind::ConnectionLost
+                    };
+                    TransportError::new(kind, format!("TLS handshake with {}: {e}", self.endpoint))
+                        .with_source(e)
                 })?)
             } else {
                 Box::new(tcp)
