@@ -85,59 +85,6 @@ fn probe_loop(publisher: Bus, epoch: Instant) -> tokio::task::JoinHandle<()> {
     })
 }
 
-async fn wait_recovered(
-    all: &[Bus],
-    subs: &Subscribers,
-    opened_before: &[u64],
-    fault_at: Instant,
-    epoch: Instant,
-) -> Result<Recovery, Error> {
-    let after = fault_at.duration_since(epoch).as_micros() as u64;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut reconnected = None;
-    loop {
-        let back = all.iter().zip(opened_before).all(|(b, before)| {
-            b.host().is_some_and(|h| {
-                let s = h.status();
-                s.opened > *before && s.state == interrole::HostState::Opened
-            })
-        });
-        if back && reconnected.is_none() {
-            reconnected = Some(fault_at.elapsed());
-        }
-        let flowing = subs
-            .latest
-            .iter()
-            .all(|l| l.load(Ordering::Relaxed) > after);
-        if let (Some(r), true) = (reconnected, flowing) {
-            return Ok(Recovery {
-                reconnected: r,
-                flowing: fault_at.elapsed(),
-            });
-        }
-        if Instant::now() > deadline {
-            let states: Vec<String> = all
-                .iter()
-                .map(|b| {
-                    b.host().map_or("-".into(), |h| {
-                        format!("{:?}/{}", h.state(), h.status().opened)
-                    })
-                })
-                .collect();
-            let latest: Vec<u64> = subs
-                .latest
-                .iter()
-                .map(|l| l.load(Ordering::Relaxed))
-                .collect();
-            return Err(format!(
-                "no recovery within 60 s (after {after} µs): states {states:?} before {opened_before:?} latest {latest:?}"
-            )
-            .into());
-        }
-        tokio::time::sleep(Duration::from_micros(500)).await;
-    }
-}
-
 fn opened(all: &[Bus]) -> Vec<u64> {
     all.iter()
         .map(|b| b.host().map_or(0, |h| h.status().opened))
@@ -205,7 +152,9 @@ pub async fn relay_recovery(kills: usize) -> Result<Vec<Recovery>, Error> {
         }
         relay = Some(restarted.ok_or("the relay did not start again")?);
         let restarted_at = Instant::now();
-        out.push(wait_recovered(&all, &subs, &before, restarted_at, epoch).await?);
+        // Every bus lost the relay.
+        let lost = vec![true; all.len()];
+        out.push(wait_recovered(&all, &lost, &subs, &before, restarted_at, epoch).await?);
     }
     probes.abort();
     for b in &all {
@@ -350,7 +299,7 @@ pub async fn nats_recovery(kills: usize) -> Result<Vec<Recovery>, Error> {
         }
         let killed_at = Instant::now();
         // Only the buses that were on node 1 reconnect; the others count as connected.
-        let r = wait_nats(&subs.buses, &on_node, &subs, &before, killed_at, epoch).await?;
+        let r = wait_recovered(&subs.buses, &on_node, &subs, &before, killed_at, epoch).await?;
         out.push(r);
         probes.abort();
         for b in &all {
@@ -361,11 +310,11 @@ pub async fn nats_recovery(kills: usize) -> Result<Vec<Recovery>, Error> {
     Ok(out)
 }
 
-/// As [`wait_recovered`], for buses some of which never lost their node: those count as
-/// connected throughout.
-async fn wait_nats(
+/// Waits until every bus that lost its server (`lost[i]`) is connected again, and every
+/// subscriber has a probe published after `fault_at`; the others count as connected throughout.
+async fn wait_recovered(
     buses: &[Bus],
-    on_node: &[bool],
+    lost: &[bool],
     subs: &Subscribers,
     before: &[u64],
     fault_at: Instant,
@@ -378,7 +327,7 @@ async fn wait_nats(
         let back = buses
             .iter()
             .zip(before)
-            .zip(on_node)
+            .zip(lost)
             .all(|((b, before), moved)| {
                 b.host().is_some_and(|h| {
                     let s = h.status();

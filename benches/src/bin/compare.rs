@@ -392,7 +392,7 @@ fn recovery_inner() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
     println!();
     println!(
-        "relay: measured from the restart (200 ms after nothing listens); NATS: from the kill. \
+        "relay: measured from when the new relay process listens; NATS: from the kill. \
          reconnected = every bus connected again; events flow = every subscriber has a probe published after that moment"
     );
     println!();
