@@ -530,7 +530,12 @@ impl Transport for NatsTransport {
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = match js {
             None => tokio::spawn(write_loop(client.clone(), rx, shared.clone())),
-            Some(js) => tokio::spawn(durable_write_loop(js, rx, shared.clone())),
+            Some(js) => tokio::spawn(durable_write_loop(
+                js,
+                spec.instance.clone(),
+                rx,
+                shared.clone(),
+            )),
         };
         let tasks = vec![
             writer,
@@ -741,6 +746,8 @@ async fn durable_consumers(
 /// Publishes to the stream in order; each event is acknowledged to the bus once stored.
 async fn durable_write_loop(
     js: async_nats::jetstream::Context,
+    // Every event a connection sends is its own instance's.
+    sender: InstanceId,
     mut rx: mpsc::UnboundedReceiver<(String, u64, Bytes)>,
     shared: Arc<Shared>,
 ) {
@@ -763,9 +770,6 @@ async fn durable_write_loop(
         for (subject, seq, payload) in batch {
             let mut headers = async_nats::HeaderMap::new();
             // The stream drops a message id it has seen: (sender, seq) de-duplication.
-            let sender = InterRoleEvent::from_wire(payload.clone())
-                .map(|e| e.sender().to_string())
-                .unwrap_or_default();
             headers.insert("Nats-Msg-Id", format!("{sender}:{seq}").as_str());
             match js.publish_with_headers(subject, headers, payload).await {
                 Ok(ack) => pending.push((seq, ack)),

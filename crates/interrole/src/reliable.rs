@@ -292,6 +292,8 @@ struct SenderState {
 #[derive(Default)]
 struct Sequencer {
     senders: HashMap<InstanceId, SenderState>,
+    /// Whether some lane may have a gap open: when not, the periodic check skips the scan.
+    gaps_open: bool,
 }
 
 /// What the sequencer decided about arrivals: deliver these, report those gaps.
@@ -384,6 +386,7 @@ impl Sequencer {
             return;
         }
         if pos.n > next {
+            self.gaps_open = true;
             lane.gap_since.get_or_insert_with(Instant::now);
             lane.held.insert(pos.n, event);
             if lane.held.len() > config.max_held {
@@ -439,7 +442,11 @@ impl Sequencer {
     /// Asks for the repair of open gaps, and gives up those older than the timeout or that the
     /// sender cannot repair.
     fn expire(&mut self, config: &Reliability, out: &mut Outcome) {
+        if !self.gaps_open {
+            return;
+        }
         let now = Instant::now();
+        let mut open = false;
         for (sender, state) in &mut self.senders {
             for (directed, lane) in [(false, &mut state.multicast), (true, &mut state.directed)] {
                 if let (Some(since), Some(next), Some(&first)) =
@@ -475,8 +482,10 @@ impl Sequencer {
                     }
                 }
                 lane.doomed = false;
+                open |= lane.gap_since.is_some();
             }
         }
+        self.gaps_open = open;
     }
 
     fn held(&self) -> usize {

@@ -60,19 +60,24 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 async fn bus(urls: &str, topic: &str, id: &str) -> Bus {
+    bus_on(NatsOptions::new(urls), topic, id).await
+}
+
+/// A connected bus with `options` and a fast retry policy.
+async fn bus_on(options: NatsOptions, topic: &str, id: &str) -> Bus {
     let bus = Bus::builder()
         .instance(id)
         .topic(topic)
-        .nats(NatsOptions::new(urls))
-        .retry(RetryPolicy::exponential(
-            Duration::from_millis(50),
-            2.0,
-            Duration::from_millis(500),
-        ))
+        .nats(options)
+        .retry(fast_retry())
         .build()
         .unwrap();
     bus.host().unwrap().wait_opened(LONG).await.unwrap();
     bus
+}
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy::exponential(Duration::from_millis(50), 2.0, Duration::from_millis(500))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,19 +185,8 @@ async fn killing_the_node_a_bus_is_on_moves_it_and_nothing_is_lost() {
 }
 
 async fn durable_bus(urls: &str, topic: &str, id: &str, replicas: usize) -> Bus {
-    let bus = Bus::builder()
-        .instance(id)
-        .topic(topic)
-        .nats(NatsOptions::new(urls).with_durable(Durable::replicated(replicas)))
-        .retry(RetryPolicy::exponential(
-            Duration::from_millis(50),
-            2.0,
-            Duration::from_millis(500),
-        ))
-        .build()
-        .unwrap();
-    bus.host().unwrap().wait_opened(LONG).await.unwrap();
-    bus
+    let options = NatsOptions::new(urls).with_durable(Durable::replicated(replicas));
+    bus_on(options, topic, id).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,11 +386,7 @@ async fn tls_and_a_token() {
             .instance(id)
             .topic("tls")
             .nats(o)
-            .retry(RetryPolicy::exponential(
-                Duration::from_millis(50),
-                2.0,
-                Duration::from_millis(500),
-            ))
+            .retry(fast_retry())
             .build()
             .unwrap()
     };
