@@ -1,8 +1,8 @@
-//! NATS load measurements for `compare multicast`, the same shape as [`relay::multicast_run`]
-//! on a `nats-server` in a child process ([`NatsProcess`]): one publisher and N subscribers, each
-//! its own async-nats client on 127.0.0.1, with the same opaque 256-byte envelopes (the send
-//! time in the first 8 bytes, nanoseconds since an `Instant` of this process, little-endian) as
-//! the payload of plain core NATS messages on one subject.
+//! NATS load measurements for `compare multicast` and `compare sweep`, the same shape as
+//! [`relay::multicast_run`] on a `nats-server` in a child process ([`NatsProcess`]): one
+//! publisher and N subscribers, each its own async-nats client on 127.0.0.1, with the same opaque
+//! 256-byte envelopes (the send time in the first 8 bytes, nanoseconds since an `Instant` of this
+//! process, little-endian) as the payload of plain core NATS messages on one subject.
 //!
 //! The publisher calls `Client::publish` once per event and `Client::flush` after each batch of
 //! up to [`relay::BATCH`] events; each subscriber reads its `Subscriber` stream. The pacing, the

@@ -1,7 +1,7 @@
-//! Relay load measurements for `compare multicast` and `compare scale`: the relay server runs in a
-//! separate process ([`RelayProcess`], the hidden `compare relay-server` subcommand, see
-//! [`serve`]) and this process drives it over WebSockets on 127.0.0.1 with the multicast frames
-//! of `docs/protocol.md`.
+//! Relay load measurements for `compare multicast`, `compare sweep` and `compare scale`: the relay
+//! server runs in a separate process ([`RelayProcess`], the hidden `compare relay-server`
+//! subcommand, see [`serve`]) and this process drives it over WebSockets on 127.0.0.1 with the
+//! multicast frames of `docs/protocol.md`.
 //!
 //! Envelopes are opaque 256-byte blobs (not an `InterRoleEvent` encoding; the relay never
 //! decodes them): the first 8 bytes carry the send time, nanoseconds since an `Instant` taken
@@ -43,6 +43,12 @@ pub const BATCH: usize = 64;
 /// How far the publisher may run ahead of the slowest subscriber, in events (below the relay's
 /// default subscriber queue of 4096, so that the drop-oldest policy never applies).
 pub const WINDOW: u64 = 2048;
+/// Subscriber counts of `compare sweep`, one max-throughput run each.
+pub const SWEEP_SUBSCRIBERS: [usize; 7] = [1, 2, 5, 10, 20, 50, 100];
+/// Events of each max-throughput run of `compare sweep` at most (bounded by [`SWEEP_MAX`] too).
+pub const SWEEP_EVENTS: u64 = 1_000_000;
+/// The longest each max-throughput run of `compare sweep` publishes.
+pub const SWEEP_MAX: Duration = Duration::from_secs(3);
 /// The paced rate of the latency run, events per second.
 pub const LATENCY_RATE: u64 = 20_000;
 /// How long the latency run publishes.

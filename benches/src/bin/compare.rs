@@ -5,16 +5,20 @@
 //! ```text
 //! cargo run --release -p benches --bin compare -- fanout
 //! cargo run --release -p benches --bin compare -- multicast
+//! cargo run --release -p benches --bin compare -- sweep --csv target/sweep.csv
 //! cargo run --release -p benches --bin compare -- scale
 //! cargo run --release -p benches --bin compare -- recovery
 //! ```
 //!
 //! `multicast` and `scale` start the relay server in a child process (this executable's hidden
 //! `relay-server` subcommand) on 127.0.0.1 and kill it at the end; `multicast` then does the same
-//! with `nats-server` (skipped, and said so, when it is not installed).
+//! with `nats-server` (skipped, and said so, when it is not installed). `sweep` does the same for
+//! each subscriber count of [`relay::SWEEP_SUBSCRIBERS`] (max throughput only) and writes a CSV.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use benches::fanout::InterroleFanout;
 use benches::fanout::{Fanout, System};
@@ -29,7 +33,15 @@ use interrole::Dispatch;
 struct Command {
     name: &'static str,
     about: &'static str,
-    run: fn() -> ExitCode,
+    run: Run,
+}
+
+/// What a subcommand runs.
+enum Run {
+    /// A command that takes no arguments after its name.
+    Bare(fn() -> ExitCode),
+    /// A command given the arguments after its name (it checks them itself).
+    Args(fn(&[String]) -> ExitCode),
 }
 
 /// Every subcommand.
@@ -37,22 +49,27 @@ const COMMANDS: &[Command] = &[
     Command {
         name: "fanout",
         about: "cheap fan-out vs tokio broadcast and crossbeam; heavy observers, parallel vs sequential",
-        run: fanout,
+        run: Run::Bare(fanout),
     },
     Command {
         name: "multicast",
         about: "relay, then NATS (child processes): 1 publisher, 20 subscribers; max throughput, paced latency",
-        run: multicast,
+        run: Run::Bare(multicast),
+    },
+    Command {
+        name: "sweep",
+        about: "relay, then NATS: 1 publisher, 1 to 100 subscribers, max throughput each; [--csv PATH]",
+        run: Run::Args(sweep),
     },
     Command {
         name: "scale",
         about: "relay (child process): 10,000 idle subscribers; memory each, publish-to-last latency",
-        run: scale,
+        run: Run::Bare(scale),
     },
     Command {
         name: "recovery",
         about: "relay killed and restarted; a NATS cluster node killed: until every bus is back and events flow",
-        run: recovery,
+        run: Run::Bare(recovery),
     },
 ];
 
@@ -80,7 +97,14 @@ fn main() -> ExitCode {
             }
         },
         Some(name) => match COMMANDS.iter().find(|c| c.name == name) {
-            Some(command) if args.len() == 1 => (command.run)(),
+            Some(Command {
+                run: Run::Args(run),
+                ..
+            }) => run(&args[1..]),
+            Some(Command {
+                run: Run::Bare(run),
+                ..
+            }) if args.len() == 1 => run(),
             Some(_) => {
                 eprintln!("compare {name}: unexpected arguments {:?}\n", &args[1..]);
                 eprint!("{}", usage());
@@ -613,6 +637,233 @@ fn multicast_inner() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     if let Some((throughput, p99)) = ratios {
         println!("relay_vs_nats throughput_ratio={throughput:.3} p99_ratio={p99:.3}");
     }
+    Ok(())
+}
+
+/// Where `compare sweep` writes its CSV without `--csv PATH`.
+const SWEEP_CSV: &str = "target/sweep.csv";
+
+fn sweep(args: &[String]) -> ExitCode {
+    let csv = match args {
+        [] => PathBuf::from(SWEEP_CSV),
+        [flag, path] if flag == "--csv" => PathBuf::from(path),
+        _ => {
+            eprintln!("compare sweep: unexpected arguments {args:?} (expected: [--csv PATH])\n");
+            eprint!("{}", usage());
+            return ExitCode::from(2);
+        }
+    };
+    report("sweep", sweep_inner(&csv))
+}
+
+/// One max-throughput run of `compare sweep`.
+struct SweepPoint {
+    subscribers: usize,
+    system: &'static str,
+    run: relay::RunResult,
+}
+
+impl SweepPoint {
+    /// Events published per second (first send to last delivery).
+    fn events_per_s(&self) -> f64 {
+        self.run.published as f64 / self.run.elapsed.as_secs_f64()
+    }
+}
+
+fn sweep_pace() -> Pace {
+    Pace::Max {
+        events: relay::SWEEP_EVENTS,
+        max: relay::SWEEP_MAX,
+    }
+}
+
+/// Prints `label` then each subscriber count as its run ends, on one line.
+fn sweep_progress(label: &str, n: Option<usize>) {
+    match n {
+        None => print!("{label}: subscribers"),
+        Some(n) => print!(" {n}"),
+    }
+    let _ = std::io::stdout().flush();
+}
+
+fn sweep_inner(csv: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    print_machine(interrole::pool_threads());
+    println!(
+        "1 publisher, {:?} subscribers, opaque {}-byte envelopes; max throughput only, \
+         up to {} events or {} s per run; every delivery's latency recorded",
+        relay::SWEEP_SUBSCRIBERS,
+        relay::ENVELOPE_BYTES,
+        relay::SWEEP_EVENTS,
+        relay::SWEEP_MAX.as_secs()
+    );
+    let started = Instant::now();
+    let rt = relay::runtime()?;
+    let mut points = Vec::new();
+    let mut systems = vec!["relay"];
+    {
+        // One relay process for every subscriber count, a fresh path each; killed on every way
+        // out of this block.
+        let server = start_relay()?;
+        sweep_progress("relay", None);
+        for n in relay::SWEEP_SUBSCRIBERS {
+            let run = rt.block_on(relay::multicast_run(
+                server.addr(),
+                &format!("bench/sweep-{n}"),
+                n,
+                sweep_pace(),
+                true,
+            ))?;
+            sweep_progress("relay", Some(n));
+            points.push(SweepPoint {
+                subscribers: n,
+                system: "relay",
+                run,
+            });
+        }
+        println!();
+    }
+    // The relay is gone before NATS starts: the two never share the CPU.
+    match NatsProcess::spawn()? {
+        Some(server) => {
+            println!(
+                "nats: pid {} on {} ({}, child process, default configuration); load: 2 tokio workers, async-nats",
+                server.pid(),
+                server.url(),
+                server.version()
+            );
+            let url = server.url();
+            sweep_progress("nats", None);
+            for n in relay::SWEEP_SUBSCRIBERS {
+                let run = rt.block_on(nats_multicast_run(
+                    &url,
+                    &format!("bench.sweep.{n}"),
+                    n,
+                    sweep_pace(),
+                    true,
+                ))?;
+                sweep_progress("nats", Some(n));
+                points.push(SweepPoint {
+                    subscribers: n,
+                    system: "nats",
+                    run,
+                });
+            }
+            println!();
+            systems.push("nats");
+        }
+        None => println!(
+            "nats: {} not found on PATH: the NATS side was skipped",
+            benches::nats::NATS_SERVER
+        ),
+    }
+    drop(rt);
+    let took = started.elapsed();
+    // By subscriber count, the relay first (a stable sort keeps the measuring order).
+    points.sort_by_key(|p| p.subscribers);
+    println!();
+
+    println!(
+        "{:>4} | {:<6} | {:>9} | {:>10} | {:>8} | {:>12} | {:>10} | {:>8} | {:>8} | {:>5} | {:>6}",
+        "subs",
+        "system",
+        "published",
+        "delivered",
+        "seconds",
+        "deliveries/s",
+        "events/s",
+        "p50 us",
+        "p99 us",
+        "lost",
+        "missed"
+    );
+    println!("{}", "-".repeat(117));
+    for p in &points {
+        let r = &p.run;
+        println!(
+            "{:>4} | {:<6} | {:>9} | {:>10} | {:>8.3} | {:>12.0} | {:>10.0} | {:>8.1} | {:>8.1} | {:>5} | {:>6}",
+            p.subscribers,
+            p.system,
+            r.published,
+            r.delivered(),
+            r.elapsed.as_secs_f64(),
+            r.throughput(),
+            p.events_per_s(),
+            r.latency_us(0.5),
+            r.latency_us(0.99),
+            r.lost(),
+            r.missed,
+        );
+    }
+    println!();
+    println!(
+        "each run: batches of up to {} events, the publisher at most {} events ahead of the slowest subscriber \
+         (relay: and of the ACKs);",
+        relay::BATCH,
+        relay::WINDOW
+    );
+    println!(
+        "  seconds = first send to last delivery; deliveries/s = events received over all subscribers per second;"
+    );
+    println!(
+        "  events/s = events published per second; latency = receive time - send time of every delivery, under that load"
+    );
+    for p in &points {
+        if p.run.rejected > 0 {
+            println!(
+                "{} {} subscribers: {} PUBLISH frames rejected",
+                p.system, p.subscribers, p.run.rejected
+            );
+        }
+    }
+    if systems.len() > 1 {
+        let ratios: Vec<String> = relay::SWEEP_SUBSCRIBERS
+            .iter()
+            .filter_map(|&n| {
+                let of = |system| {
+                    points
+                        .iter()
+                        .find(|p| p.subscribers == n && p.system == system)
+                        .map(|p| p.run.throughput())
+                };
+                Some(format!("{n}: {:.2}", of("relay")? / of("nats")?))
+            })
+            .collect();
+        println!(
+            "relay / nats deliveries/s by subscribers: {}",
+            ratios.join(", ")
+        );
+    }
+
+    if let Some(dir) = csv.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut out =
+        String::from("subscribers,system,deliveries_per_s,events_per_s,p50_us,p99_us,lost\n");
+    for p in &points {
+        out.push_str(&format!(
+            "{},{},{:.0},{:.0},{:.1},{:.1},{}\n",
+            p.subscribers,
+            p.system,
+            p.run.throughput(),
+            p.events_per_s(),
+            p.run.latency_us(0.5),
+            p.run.latency_us(0.99),
+            p.run.lost()
+        ));
+    }
+    std::fs::write(csv, out).map_err(|e| format!("writing {}: {e}", csv.display()))?;
+    println!(
+        "sweep took {:.1} s; CSV written to {}",
+        took.as_secs_f64(),
+        csv.display()
+    );
+    println!();
+    println!(
+        "sweep points={} systems={} csv={}",
+        relay::SWEEP_SUBSCRIBERS.len(),
+        systems.join(","),
+        csv.display()
+    );
     Ok(())
 }
 
