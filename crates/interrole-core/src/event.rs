@@ -39,7 +39,7 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
 
     /// The tag as a [`TypeTag`].
     fn type_tag() -> TypeTag {
-        TypeTag::from_static(Self::TYPE_TAG)
+        const { TypeTag::from_static(Self::TYPE_TAG) }
     }
 }
 
