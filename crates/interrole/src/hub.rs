@@ -31,12 +31,13 @@ use interrole_core::{InterRoleEvent, TypeTag};
 use rayon::prelude::*;
 
 use crate::observer::{Observable, Observer, ObserverError};
-use crate::registry::{Key, Part, Registry, Route, Slot};
+use crate::registry::{Key, Lane, Registry, Slot};
 use crate::subscription::Subscription;
 use crate::sync::Arc;
 
 pub(crate) type DynObserver = dyn Observer<InterRoleEvent>;
-pub(crate) type HubSlot = Slot<DynObserver>;
+pub(crate) type HubSlot = Slot<TypeTag, DynObserver>;
+type HubLane = Lane<TypeTag, DynObserver>;
 type HubRegistry = Registry<TypeTag, DynObserver>;
 
 impl Key for TypeTag {
@@ -261,9 +262,8 @@ impl Hub {
     pub fn has_observers_for(&self, tag: &str) -> bool {
         self.inner
             .registry
-            .snapshot()
             .find(TypeTag::fingerprint_of(tag), |k| k.as_str() == tag)
-            .is_some()
+            .is_some_and(|lane| lane.has_observers())
     }
 }
 
@@ -299,51 +299,54 @@ impl HubInner {
         self.registry.remove(id);
     }
 
-    /// Delivers to one route; returns what the observers published meanwhile.
+    /// Delivers to the observers of the event's type, then to those of every event; returns
+    /// what the observers published meanwhile.
     fn run(self: &Arc<Self>, event: &InterRoleEvent) -> Vec<Group> {
-        let routes = self.registry.snapshot();
-        let route = routes.route(event.type_tag());
-        let observers = route.len();
-        if observers == 0 {
+        let keyed = self
+            .registry
+            .lane(event.type_tag())
+            .filter(|l| l.has_observers());
+        let keyless = Some(self.registry.keyless()).filter(|l| l.has_observers());
+        // The lane that paces sampling and keeps the estimate: the keyed one, else the keyless.
+        let Some(primary) = keyed.or(keyless) else {
             self.counters.dispatched.fetch_add(1, Ordering::Relaxed);
             return Vec::new();
-        }
-        let measure = route.tick(MEASURE_EVERY);
+        };
+        let measure = primary.tick(MEASURE_EVERY);
         let parallel = match self.config.mode {
             Dispatch::Sequential => false,
             Dispatch::Parallel => true,
             Dispatch::Adaptive => {
-                route.estimate_ns() >= self.config.parallel_threshold.as_nanos() as u64
+                primary.estimate_ns() >= self.config.parallel_threshold.as_nanos() as u64
             }
-        } && observers >= 2
+        } && keyed.map_or(0, |l| l.len()) + keyless.map_or(0, |l| l.len()) >= 2
             && pool_threads() >= 2;
         let started = measure.then(Instant::now);
         let children = if parallel {
             self.counters.parallel.fetch_add(1, Ordering::Relaxed);
-            self.run_parallel(route, event)
+            self.run_parallel(keyed, keyless, event)
         } else {
             let saved = enter();
-            if let Some(part) = route.keyed() {
-                self.run_part(part, event, 1);
+            if let Some(lane) = keyed {
+                self.run_lane(lane, event, 1);
             }
-            let keyless = route.keyless();
-            if !keyless.slots().is_empty() {
-                self.run_part(keyless, event, u64::from(route.keyed().is_none()));
+            if let Some(lane) = keyless {
+                self.run_lane(lane, event, u64::from(keyed.is_none()));
             }
             leave(saved)
         };
         if let Some(started) = started {
-            route.record_cost(started.elapsed().as_nanos() as u64);
+            primary.record_cost(started.elapsed().as_nanos() as u64);
         }
         children
     }
 
     /// Calls the observers of one lane, one after the other, under the lane's gate.
     #[inline]
-    fn run_part(&self, part: &Part<DynObserver>, event: &InterRoleEvent, dispatched: u64) {
-        let lane = part.lane().lock();
+    fn run_lane(&self, lane: &HubLane, event: &InterRoleEvent, dispatched: u64) {
+        let lane = lane.lock();
         let mut delivered = 0;
-        for slot in part.slots() {
+        for slot in lane.slots() {
             delivered += u64::from(self.invoke(slot, event));
         }
         lane.count(dispatched, delivered);
@@ -351,18 +354,19 @@ impl HubInner {
 
     fn run_parallel(
         self: &Arc<Self>,
-        route: &Route<DynObserver>,
+        keyed: Option<&HubLane>,
+        keyless: Option<&HubLane>,
         event: &InterRoleEvent,
     ) -> Vec<Group> {
         // Both lanes are held for the whole parallel region: each observer is called once, on
         // some pool thread, and no other dispatch reaches these observers meanwhile.
-        let keyed = route.keyed().map(|p| (p.lane().lock(), p.slots()));
-        let keyless = route.keyless();
-        let keyless_gate = (!keyless.slots().is_empty()).then(|| keyless.lane().lock());
+        let keyed = keyed.map(|l| l.lock());
+        let keyless = keyless.map(|l| l.lock());
+        let keyed_len = keyed.as_ref().map_or(0, |l| l.slots().len());
         let slots: Vec<&HubSlot> = keyed
             .iter()
-            .flat_map(|(_, s)| s.iter())
-            .chain(keyless.slots())
+            .chain(keyless.iter())
+            .flat_map(|l| l.slots())
             .map(|s| &**s)
             .collect();
         let work = || {
@@ -383,17 +387,16 @@ impl HubInner {
             }
             _ => work(),
         };
-        let keyed_len = keyed.as_ref().map_or(0, |(_, s)| s.len());
         let mut delivered = [0u64; 2];
         let mut children = Vec::new();
         for (i, (d, mut c)) in results.into_iter().enumerate() {
             delivered[usize::from(i >= keyed_len)] += u64::from(d);
             children.append(&mut c);
         }
-        if let Some((lane, _)) = &keyed {
+        if let Some(lane) = &keyed {
             lane.count(1, delivered[0]);
         }
-        if let Some(lane) = &keyless_gate {
+        if let Some(lane) = &keyless {
             lane.count(u64::from(keyed.is_none()), delivered[1]);
         }
         children
