@@ -2,19 +2,20 @@
 //!
 //! # How a dispatch runs
 //!
-//! 1. The publisher takes the current routing snapshot (an `Arc`, cloned under a read lock held
-//!    for the clone only) and looks up the event's type tag: the route lists the observers of that
-//!    type and the observers of every event. Publishing costs in proportion to the observers that
-//!    match, not to all observers.
-//! 2. Each observer is called through its slot's gate (see `registry.rs`): never two calls at once
+//! 1. The publisher finds the lane of the event's type tag (see `registry.rs`): a lookup by the
+//!    tag's precomputed fingerprint in a table that only grows, with no lock and no reference
+//!    count. A lane holds the observers of one type; the observers of every event are another
+//!    lane. Publishing costs in proportion to the observers that match, not to all observers.
+//! 2. Each lane is dispatched under its gate, taken once per dispatch: never two calls at once
 //!    on one observer, and nothing after its guard is dropped. Each call runs under
 //!    `catch_unwind`; a panic goes to that observer's own `on_error`.
 //! 3. Sequential or parallel: entering a rayon pool from outside costs some 15–24 µs while an
 //!    observer call costs a few nanoseconds, so the hub calls observers one after the other unless
-//!    the measured cost of the route (sampled: the first calls, then one in 64) exceeds the
-//!    parallel threshold (50 µs by default) and the route has at least two observers. On a tokio
-//!    multi-thread worker, the parallel region runs inside `block_in_place`, so the runtime moves
-//!    its other tasks elsewhere instead of stalling behind it.
+//!    the measured cost of the dispatch (sampled: the first dispatches after the lane changed,
+//!    then one in 64, timed as a whole) exceeds the parallel threshold (50 µs by default) and
+//!    there are at least two observers. On a tokio multi-thread worker, the parallel region runs
+//!    inside `block_in_place`, so the runtime moves its other tasks elsewhere instead of stalling
+//!    behind it.
 //! 4. A publish made from inside an observer call (on any bus of the process) is queued on that
 //!    thread and delivered once the current event has reached all its observers, depth-first:
 //!    the events an observer's call publishes come right after the event that caused them, before
@@ -47,9 +48,9 @@ impl Key for TypeTag {
     }
 }
 
-/// A route's observer calls are timed on its first dispatches, then on one dispatch in this many.
-/// Timing costs two clock reads per observer call (some 20–50 ns each), several times what a
-/// cheap observer call costs, so it is kept rare; a route whose observers turn heavy is still
+/// A lane's dispatches are timed (as a whole: two clock reads) on its first dispatches after its
+/// observers changed, then on one dispatch in this many. A clock read costs some 20–50 ns, more
+/// than a cheap observer call, so timing is kept rare; observers that turn heavy are still
 /// noticed within this many dispatches.
 const MEASURE_EVERY: u64 = 64;
 

@@ -1,10 +1,10 @@
 //! The synchronization primitives the registry core is written against, so that the same source
 //! can be model-checked with loom (`tests/loom_registry.rs` provides loom-backed equivalents).
 
+pub(crate) use parking_lot::MutexGuard;
 pub(crate) use std::sync::Arc;
 pub(crate) use std::sync::OnceLock;
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-pub(crate) use parking_lot::MutexGuard;
 
 /// A mutex whose `lock` cannot fail (parking_lot: no poisoning).
 #[derive(Debug, Default)]
