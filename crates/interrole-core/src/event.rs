@@ -39,7 +39,7 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
 
     /// The tag as a [`TypeTag`].
     fn type_tag() -> TypeTag {
-        TypeTag::from_static(Self::TYPE_TAG)
+        const { TypeTag::from_static(Self::TYPE_TAG) }
     }
 }
 
@@ -63,7 +63,34 @@ macro_rules! impl_event {
 /// result.
 #[derive(Clone)]
 pub struct InterRoleEvent {
-    body: Arc<dyn Body>,
+    body: Arc<Envelope<dyn Any + Send + Sync>>,
+}
+
+/// One envelope: the header and the wire form at fixed places (no virtual call to reach them),
+/// then the payload. For a local event the payload is the value itself, so a typed look is one
+/// `TypeId` comparison; for an event off the wire it is a [`Remote`].
+struct Envelope<P: ?Sized> {
+    header: Header,
+    wire: OnceLock<Result<Bytes, CodecError>>,
+    /// Encodes a local payload (the value's `Serialize`); `None` for a remote one.
+    encode: Option<EncodeFn>,
+    payload: P,
+}
+
+type EncodeFn = fn(&(dyn Any + Send + Sync), &mut Vec<u8>) -> Result<(), CodecError>;
+
+/// Encodes a local payload of type `T`.
+fn encode_local<T: Event>(
+    value: &(dyn Any + Send + Sync),
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    match value.downcast_ref::<T>() {
+        Some(value) => codec::encode_value_into(value, out),
+        None => Err(CodecError::new(
+            CodecErrorKind::Encode,
+            "a local payload is not of its envelope's type",
+        )),
+    }
 }
 
 struct Header {
@@ -101,65 +128,10 @@ impl StreamPos {
     }
 }
 
-trait Body: Send + Sync {
-    fn header(&self) -> &Header;
-    /// The value when it is at hand without decoding (local events).
-    fn local(&self) -> Option<&(dyn Any + Send + Sync)>;
-    /// The payload bytes when the envelope came off the wire.
-    fn remote(&self) -> Option<&Remote>;
-    fn wire(&self) -> &OnceLock<Result<Bytes, CodecError>>;
-    fn encode_payload(&self, out: &mut Vec<u8>) -> Result<(), CodecError>;
-}
-
-struct Local<T> {
-    header: Header,
-    value: T,
-    wire: OnceLock<Result<Bytes, CodecError>>,
-}
-
-impl<T: Event> Body for Local<T> {
-    fn header(&self) -> &Header {
-        &self.header
-    }
-    fn local(&self) -> Option<&(dyn Any + Send + Sync)> {
-        Some(&self.value)
-    }
-    fn remote(&self) -> Option<&Remote> {
-        None
-    }
-    fn wire(&self) -> &OnceLock<Result<Bytes, CodecError>> {
-        &self.wire
-    }
-    fn encode_payload(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
-        codec::encode_value_into(&self.value, out)
-    }
-}
-
+/// The payload of an envelope read off the wire.
 struct Remote {
-    header: Header,
-    /// The whole envelope as received.
-    wire: OnceLock<Result<Bytes, CodecError>>,
     payload: Bytes,
     decoded: OnceLock<Result<Box<dyn Any + Send + Sync>, CodecError>>,
-}
-
-impl Body for Remote {
-    fn header(&self) -> &Header {
-        &self.header
-    }
-    fn local(&self) -> Option<&(dyn Any + Send + Sync)> {
-        None
-    }
-    fn remote(&self) -> Option<&Remote> {
-        Some(self)
-    }
-    fn wire(&self) -> &OnceLock<Result<Bytes, CodecError>> {
-        &self.wire
-    }
-    fn encode_payload(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
-        out.extend_from_slice(&self.payload);
-        Ok(())
-    }
 }
 
 /// Why a typed look at a payload found nothing.
@@ -229,7 +201,7 @@ impl InterRoleEvent {
         reply_to: Option<u64>,
     ) -> Self {
         Self {
-            body: Arc::new(Local {
+            body: Arc::new(Envelope {
                 header: Header {
                     id,
                     type_tag: T::type_tag(),
@@ -237,51 +209,52 @@ impl InterRoleEvent {
                     stream,
                     reply_to: reply_to.unwrap_or(0),
                 },
-                value,
                 wire: OnceLock::new(),
+                encode: Some(encode_local::<T>),
+                payload: value,
             }),
         }
     }
 
     /// Where the event stands in its sender's streams.
     pub fn stream(&self) -> StreamPos {
-        self.body.header().stream
+        self.body.header.stream
     }
 
     /// For a reply, the sequence number of the request it answers.
     pub fn reply_to(&self) -> Option<u64> {
-        Some(self.body.header().reply_to).filter(|&s| s != 0)
+        Some(self.body.header.reply_to).filter(|&s| s != 0)
     }
 
     /// The event's id: sender and sequence number.
     pub fn id(&self) -> &EventId {
-        &self.body.header().id
+        &self.body.header.id
     }
 
     /// The instance that published the event.
     pub fn sender(&self) -> &InstanceId {
-        &self.body.header().id.sender
+        &self.body.header.id.sender
     }
 
     /// The sender's sequence number of this event.
     pub fn seq(&self) -> u64 {
-        self.body.header().id.seq
+        self.body.header.id.seq
     }
 
     /// The payload's type tag.
     pub fn type_tag(&self) -> &TypeTag {
-        &self.body.header().type_tag
+        &self.body.header.type_tag
     }
 
     /// When the sender published the event (its clock, microsecond precision).
     pub fn timestamp(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_micros(self.body.header().timestamp_micros)
+        UNIX_EPOCH + Duration::from_micros(self.body.header.timestamp_micros)
     }
 
     /// Whether the event was published in this process (its payload is the value itself) rather
     /// than read off the wire.
     pub fn is_local(&self) -> bool {
-        self.body.local().is_some()
+        self.body.encode.is_some()
     }
 
     /// The payload as a `T`, or `None` when the event carries another type or does not decode.
@@ -297,10 +270,10 @@ impl InterRoleEvent {
     /// The decoding is done once per envelope and its result kept, so later calls cost a lookup.
     pub fn try_payload<T: Event>(&self) -> Result<&T, PayloadError> {
         // The common case first: a local event of the very type asked for.
-        if let Some(value) = self.body.local().and_then(|v| v.downcast_ref::<T>()) {
+        if let Some(value) = self.body.payload.downcast_ref::<T>() {
             return Ok(value);
         }
-        let header = self.body.header();
+        let header = &self.body.header;
         let wrong = || PayloadError::WrongType {
             expected: T::TYPE_TAG,
             actual: header.type_tag.clone(),
@@ -308,11 +281,10 @@ impl InterRoleEvent {
         if header.type_tag.as_str() != T::TYPE_TAG {
             return Err(wrong());
         }
-        if self.body.local().is_some() {
+        let Some(remote) = self.remote() else {
             // Same tag, another type: two types claim one tag.
             return Err(wrong());
-        }
-        let remote = self.body.remote().expect("an envelope is local or remote");
+        };
         let decoded = remote.decoded.get_or_init(|| {
             codec::decode_value::<T>(&remote.payload)
                 .map(|v| Box::new(v) as Box<dyn Any + Send + Sync>)
@@ -328,7 +300,11 @@ impl InterRoleEvent {
 
     /// The payload's encoded bytes when the envelope came off the wire, without decoding them.
     pub fn raw_payload(&self) -> Option<&Bytes> {
-        self.body.remote().map(|r| &r.payload)
+        self.remote().map(|r| &r.payload)
+    }
+
+    fn remote(&self) -> Option<&Remote> {
+        self.body.payload.downcast_ref::<Remote>()
     }
 
     /// The envelope in its wire form (see [`codec`](crate::codec)), encoded on the first call and
@@ -338,9 +314,9 @@ impl InterRoleEvent {
     /// [`CodecErrorKind::Encode`] when the payload's `Serialize` implementation fails.
     pub fn to_wire(&self) -> Result<Bytes, CodecError> {
         self.body
-            .wire()
+            .wire
             .get_or_init(|| {
-                let h = self.body.header();
+                let h = &self.body.header;
                 let mut out = Vec::with_capacity(64);
                 out.push(ENVELOPE_VERSION);
                 codec::encode_value_into(
@@ -356,7 +332,11 @@ impl InterRoleEvent {
                     },
                     &mut out,
                 )?;
-                self.body.encode_payload(&mut out)?;
+                match (self.body.encode, self.remote()) {
+                    (Some(encode), _) => encode(&self.body.payload, &mut out)?,
+                    (None, Some(remote)) => out.extend_from_slice(&remote.payload),
+                    (None, None) => unreachable!("an envelope is local or remote"),
+                }
                 Ok(Bytes::from(out))
             })
             .clone()
@@ -393,7 +373,7 @@ impl InterRoleEvent {
         }
         let payload = bytes.slice(1 + used..);
         Ok(Self {
-            body: Arc::new(Remote {
+            body: Arc::new(Envelope {
                 header: Header {
                     id: EventId {
                         sender,
@@ -409,8 +389,11 @@ impl InterRoleEvent {
                     reply_to: header.reply_to,
                 },
                 wire: OnceLock::from(Ok(bytes)),
-                payload,
-                decoded: OnceLock::new(),
+                encode: None,
+                payload: Remote {
+                    payload,
+                    decoded: OnceLock::new(),
+                },
             }),
         })
     }
@@ -423,7 +406,7 @@ impl InterRoleEvent {
 
 impl fmt::Debug for InterRoleEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let h = self.body.header();
+        let h = &self.body.header;
         f.debug_struct("InterRoleEvent")
             .field("id", &format_args!("{}", h.id))
             .field("type_tag", &h.type_tag)

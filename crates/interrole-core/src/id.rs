@@ -182,7 +182,10 @@ impl fmt::Display for Topic {
 /// in every build of every process. Tags declared in code are `'static` and cost nothing to copy;
 /// tags read off the wire are shared strings.
 #[derive(Clone)]
-pub struct TypeTag(TagRepr);
+pub struct TypeTag {
+    repr: TagRepr,
+    fingerprint: u64,
+}
 
 #[derive(Clone)]
 enum TagRepr {
@@ -194,7 +197,10 @@ impl TypeTag {
     /// A tag declared in code. It is not checked here: [`TypeTag::check`] is, when the event type
     /// is first registered with a bus.
     pub const fn from_static(tag: &'static str) -> Self {
-        Self(TagRepr::Static(tag))
+        Self {
+            repr: TagRepr::Static(tag),
+            fingerprint: Self::fingerprint_of(tag),
+        }
     }
 
     /// Checks and wraps a tag read at run time (off the wire, from configuration).
@@ -204,7 +210,30 @@ impl TypeTag {
     pub fn new(tag: impl AsRef<str>) -> Result<Self, InvalidName> {
         let tag = tag.as_ref();
         Self::check(tag)?;
-        Ok(Self(TagRepr::Shared(tag.into())))
+        Ok(Self {
+            repr: TagRepr::Shared(tag.into()),
+            fingerprint: Self::fingerprint_of(tag),
+        })
+    }
+
+    /// A 64-bit hash of the tag (FNV-1a), computed once when the tag is made: what routing
+    /// looks tags up by, so that a publish does not hash the text again. Equal tags have equal
+    /// fingerprints; different tags almost always differ, and lookups compare the text too.
+    pub const fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    /// The [`fingerprint`](TypeTag::fingerprint) a tag with this text has.
+    pub const fn fingerprint_of(tag: &str) -> u64 {
+        let bytes = tag.as_bytes();
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut i = 0;
+        while i < bytes.len() {
+            hash ^= bytes[i] as u64;
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+            i += 1;
+        }
+        hash
     }
 
     /// Checks that `tag` is acceptable as a type tag (the rules of [`InstanceId`]).
@@ -217,7 +246,7 @@ impl TypeTag {
 
     /// The tag as text.
     pub fn as_str(&self) -> &str {
-        match &self.0 {
+        match &self.repr {
             TagRepr::Static(s) => s,
             TagRepr::Shared(s) => s,
         }
@@ -225,14 +254,44 @@ impl TypeTag {
 }
 
 impl PartialEq for TypeTag {
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
-        if let (TagRepr::Static(a), TagRepr::Static(b)) = (&self.0, &other.0) {
+        if let (TagRepr::Static(a), TagRepr::Static(b)) = (&self.repr, &other.repr) {
             if std::ptr::eq(*a, *b) {
                 return true;
             }
         }
-        self.as_str() == other.as_str()
+        self.fingerprint == other.fingerprint && same_bytes(self.as_str(), other.as_str())
     }
+}
+
+/// Compares two short strings eight bytes at a time, inline: tags are compared on every publish
+/// (the same tag from two places in the code need not be one address), and a call to `memcmp`
+/// costs more than the comparison itself.
+#[inline]
+fn same_bytes(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let word = |c: &[u8], at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&c[at..at + 8]);
+        u64::from_ne_bytes(w)
+    };
+    let len = a.len();
+    if len < 8 {
+        return a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+    }
+    let mut at = 0;
+    while at + 8 <= len {
+        if word(a, at) != word(b, at) {
+            return false;
+        }
+        at += 8;
+    }
+    // The last, partial word: the last eight bytes, overlapping what was compared.
+    at == len || word(a, len - 8) == word(b, len - 8)
 }
 
 impl Eq for TypeTag {}
@@ -321,6 +380,9 @@ mod tests {
             s.finish()
         };
         assert_eq!(h(&a), h(&b));
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint(), TypeTag::fingerprint_of("x.y"));
+        assert_ne!(a.fingerprint(), TypeTag::from_static("x.z").fingerprint());
         assert!(TypeTag::new("x y").is_err());
     }
 

@@ -2,19 +2,20 @@
 //!
 //! # How a dispatch runs
 //!
-//! 1. The publisher takes the current routing snapshot (an `Arc`, cloned under a read lock held
-//!    for the clone only) and looks up the event's type tag: the route lists the observers of that
-//!    type and the observers of every event. Publishing costs in proportion to the observers that
-//!    match, not to all observers.
-//! 2. Each observer is called through its slot's gate (see `registry.rs`): never two calls at once
+//! 1. The publisher finds the lane of the event's type tag (see `registry.rs`): a lookup by the
+//!    tag's precomputed fingerprint in a table that only grows, with no lock and no reference
+//!    count. A lane holds the observers of one type; the observers of every event are another
+//!    lane. Publishing costs in proportion to the observers that match, not to all observers.
+//! 2. Each lane is dispatched under its gate, taken once per dispatch: never two calls at once
 //!    on one observer, and nothing after its guard is dropped. Each call runs under
 //!    `catch_unwind`; a panic goes to that observer's own `on_error`.
 //! 3. Sequential or parallel: entering a rayon pool from outside costs some 15–24 µs while an
 //!    observer call costs a few nanoseconds, so the hub calls observers one after the other unless
-//!    the measured cost of the route (sampled: the first calls, then one in 64) exceeds the
-//!    parallel threshold (50 µs by default) and the route has at least two observers. On a tokio
-//!    multi-thread worker, the parallel region runs inside `block_in_place`, so the runtime moves
-//!    its other tasks elsewhere instead of stalling behind it.
+//!    the measured cost of the dispatch (sampled: the first dispatches after the lane changed,
+//!    then one in 64, timed as a whole) exceeds the parallel threshold (50 µs by default) and
+//!    there are at least two observers. On a tokio multi-thread worker, the parallel region runs
+//!    inside `block_in_place`, so the runtime moves its other tasks elsewhere instead of stalling
+//!    behind it.
 //! 4. A publish made from inside an observer call (on any bus of the process) is queued on that
 //!    thread and delivered once the current event has reached all its observers, depth-first:
 //!    the events an observer's call publishes come right after the event that caused them, before
@@ -22,7 +23,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,17 +32,25 @@ use interrole_core::{InterRoleEvent, TypeTag};
 use rayon::prelude::*;
 
 use crate::observer::{Observable, Observer, ObserverError};
-use crate::registry::{Registry, Route, Slot};
+use crate::registry::{Key, Lane, Registry, Slot};
 use crate::subscription::Subscription;
 use crate::sync::Arc;
 
 pub(crate) type DynObserver = dyn Observer<InterRoleEvent>;
-pub(crate) type HubSlot = Slot<DynObserver>;
-type HubRegistry = Registry<TypeTag, DynObserver, BuildHasherDefault<FnvHasher>>;
+pub(crate) type HubSlot = Slot<TypeTag, DynObserver>;
+type HubLane = Lane<TypeTag, DynObserver>;
+type HubRegistry = Registry<TypeTag, DynObserver>;
 
-/// A route's observer calls are timed on its first dispatches, then on one dispatch in this many.
-/// Timing costs two clock reads per observer call (some 20–50 ns each), several times what a
-/// cheap observer call costs, so it is kept rare; a route whose observers turn heavy is still
+impl Key for TypeTag {
+    #[inline]
+    fn fingerprint(&self) -> u64 {
+        TypeTag::fingerprint(self)
+    }
+}
+
+/// A lane's dispatches are timed (as a whole: two clock reads) on its first dispatches after its
+/// observers changed, then on one dispatch in this many. A clock read costs some 20–50 ns, more
+/// than a cheap observer call, so timing is kept rare; observers that turn heavy are still
 /// noticed within this many dispatches.
 const MEASURE_EVERY: u64 = 64;
 
@@ -99,8 +107,8 @@ pub struct HubStats {
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    /// Events that found no observer (the others are counted by the lanes they went through).
     pub(crate) dispatched: AtomicU64,
-    pub(crate) delivered: AtomicU64,
     pub(crate) parallel: AtomicU64,
     pub(crate) panics: AtomicU64,
     pub(crate) lagged: AtomicU64,
@@ -218,15 +226,13 @@ impl Hub {
 
     /// Tells every observer, whatever its type, about `error` through its `on_error` (one call
     /// at a time per observer, as for events). Used for what concerns them all, such as events
-    /// lost on the way to this process.
+    /// lost on the way to this process. Called from inside an observer call, it is queued like a
+    /// publish.
     pub fn report(&self, error: ObserverError) {
         if self.is_closed() {
             return;
         }
-        for slot in self.inner.registry.all() {
-            let e = error.clone();
-            slot.deliver(|observer| run_guarded("on_error", || observer.on_error(e)));
-        }
+        dispatch(&self.inner, Item::Report(error));
     }
 
     /// Whether [`Hub::complete`] was called.
@@ -237,9 +243,15 @@ impl Hub {
     /// The hub's counters.
     pub fn stats(&self) -> HubStats {
         let c = &self.inner.counters;
+        let (mut dispatched, mut delivered) = (c.dispatched.load(Ordering::Relaxed), 0);
+        for lane in self.inner.registry.lanes() {
+            let (d, n) = lane.counts();
+            dispatched += d;
+            delivered += n;
+        }
         HubStats {
-            dispatched: c.dispatched.load(Ordering::Relaxed),
-            delivered: c.delivered.load(Ordering::Relaxed),
+            dispatched,
+            delivered,
             parallel_dispatches: c.parallel.load(Ordering::Relaxed),
             panics: c.panics.load(Ordering::Relaxed),
             lagged: c.lagged.load(Ordering::Relaxed),
@@ -249,7 +261,10 @@ impl Hub {
 
     /// Whether some observer is registered for `tag` specifically.
     pub fn has_observers_for(&self, tag: &str) -> bool {
-        self.inner.registry.snapshot().has_key(tag)
+        self.inner
+            .registry
+            .find(TypeTag::fingerprint_of(tag), |k| k.as_str() == tag)
+            .is_some_and(|lane| lane.has_observers())
     }
 }
 
@@ -285,58 +300,83 @@ impl HubInner {
         self.registry.remove(id);
     }
 
-    /// Delivers to one route; returns what the observers published meanwhile.
+    /// Delivers to the observers of the event's type, then to those of every event; returns
+    /// what the observers published meanwhile.
     fn run(self: &Arc<Self>, event: &InterRoleEvent) -> Vec<Group> {
-        let routes = self.registry.snapshot();
-        let route = routes.route(event.type_tag().as_str());
-        self.counters.dispatched.fetch_add(1, Ordering::Relaxed);
-        let slots = route.slots();
-        if slots.is_empty() {
+        let keyed = self
+            .registry
+            .lane(event.type_tag())
+            .filter(|l| l.has_observers());
+        let keyless = Some(self.registry.keyless()).filter(|l| l.has_observers());
+        // The lane that paces sampling and keeps the estimate: the keyed one, else the keyless.
+        let Some(primary) = keyed.or(keyless) else {
+            self.counters.dispatched.fetch_add(1, Ordering::Relaxed);
             return Vec::new();
-        }
-        let measure = route.tick(MEASURE_EVERY);
+        };
+        let measure = primary.tick(MEASURE_EVERY);
         let parallel = match self.config.mode {
             Dispatch::Sequential => false,
             Dispatch::Parallel => true,
             Dispatch::Adaptive => {
-                route.estimate_ns() >= self.config.parallel_threshold.as_nanos() as u64
+                primary.estimate_ns() >= self.config.parallel_threshold.as_nanos() as u64
             }
-        } && slots.len() >= 2
+        } && keyed.map_or(0, |l| l.len()) + keyless.map_or(0, |l| l.len()) >= 2
             && pool_threads() >= 2;
+        let started = measure.then(Instant::now);
         let children = if parallel {
             self.counters.parallel.fetch_add(1, Ordering::Relaxed);
-            self.run_parallel(route, event, measure)
+            self.run_parallel(keyed, keyless, event)
         } else {
             let saved = enter();
-            let mut delivered = 0;
-            for slot in slots {
-                delivered += u64::from(self.invoke(slot, event, measure));
+            if let Some(lane) = keyed {
+                self.run_lane(lane, event, 1);
             }
-            self.counters
-                .delivered
-                .fetch_add(delivered, Ordering::Relaxed);
+            if let Some(lane) = keyless {
+                self.run_lane(lane, event, u64::from(keyed.is_none()));
+            }
             leave(saved)
         };
-        if measure {
-            route.refresh_estimate();
+        if let Some(started) = started {
+            primary.record_cost(started.elapsed().as_nanos() as u64);
         }
         children
     }
 
+    /// Calls the observers of one lane, one after the other, under the lane's gate.
+    #[inline]
+    fn run_lane(&self, lane: &HubLane, event: &InterRoleEvent, dispatched: u64) {
+        let lane = lane.lock();
+        let mut delivered = 0;
+        for slot in lane.slots() {
+            delivered += u64::from(self.invoke(slot, event));
+        }
+        lane.count(dispatched, delivered);
+    }
+
     fn run_parallel(
         self: &Arc<Self>,
-        route: &Route<DynObserver>,
+        keyed: Option<&HubLane>,
+        keyless: Option<&HubLane>,
         event: &InterRoleEvent,
-        measure: bool,
     ) -> Vec<Group> {
+        // Both lanes are held for the whole parallel region: each observer is called once, on
+        // some pool thread, and no other dispatch reaches these observers meanwhile.
+        let keyed = keyed.map(|l| l.lock());
+        let keyless = keyless.map(|l| l.lock());
+        let keyed_len = keyed.as_ref().map_or(0, |l| l.slots().len());
+        let slots: Vec<&HubSlot> = keyed
+            .iter()
+            .chain(keyless.iter())
+            .flat_map(|l| l.slots())
+            .map(|s| &**s)
+            .collect();
         let work = || {
             pool().install(|| {
-                route
-                    .slots()
+                slots
                     .par_iter()
                     .map(|slot| {
                         let saved = enter();
-                        let delivered = self.invoke(slot, event, measure);
+                        let delivered = self.invoke(slot, event);
                         (delivered, leave(saved))
                     })
                     .collect::<Vec<_>>()
@@ -348,34 +388,29 @@ impl HubInner {
             }
             _ => work(),
         };
-        let mut delivered = 0;
+        let mut delivered = [0u64; 2];
         let mut children = Vec::new();
-        for (d, mut c) in results {
-            delivered += u64::from(d);
+        for (i, (d, mut c)) in results.into_iter().enumerate() {
+            delivered[usize::from(i >= keyed_len)] += u64::from(d);
             children.append(&mut c);
         }
-        self.counters
-            .delivered
-            .fetch_add(delivered, Ordering::Relaxed);
+        if let Some(lane) = &keyed {
+            lane.count(1, delivered[0]);
+        }
+        if let Some(lane) = &keyless {
+            lane.count(u64::from(keyed.is_none()), delivered[1]);
+        }
         children
     }
 
-    /// Calls one observer with one event. Returns whether `on_next` was called.
+    /// Calls one observer with one event; the caller holds the observer's lane. Returns whether
+    /// `on_next` was called.
     ///
-    /// The common call (not timed, no panic) stays small; timing and the panic path are out of
-    /// line.
+    /// The common call (no panic) stays small; the panic path is out of line.
     #[inline]
-    fn invoke(&self, slot: &HubSlot, event: &InterRoleEvent, measure: bool) -> bool {
-        slot.deliver(|observer| {
-            let result = if measure {
-                let started = Instant::now();
-                let result = catch_unwind(AssertUnwindSafe(|| observer.on_next(event)));
-                slot.record_cost(started.elapsed().as_nanos() as u64);
-                result
-            } else {
-                catch_unwind(AssertUnwindSafe(|| observer.on_next(event)))
-            };
-            if let Err(payload) = result {
+    fn invoke(&self, slot: &HubSlot, event: &InterRoleEvent) -> bool {
+        slot.call_held(|observer| {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| observer.on_next(event))) {
                 self.panicked(slot, observer, event, payload);
             }
         })
@@ -403,6 +438,13 @@ impl HubInner {
         );
         run_guarded("on_error", || observer.on_error(error));
         drop_payload(payload);
+    }
+
+    fn report_now(&self, error: ObserverError) {
+        for slot in self.registry.all() {
+            let e = error.clone();
+            slot.deliver(|observer| run_guarded("on_error", || observer.on_error(e)));
+        }
     }
 
     fn complete_now(&self) {
@@ -433,6 +475,7 @@ pub(crate) fn drop_payload(payload: Box<dyn std::any::Any + Send>) {
 
 pub(crate) enum Item {
     Event(InterRoleEvent),
+    Report(ObserverError),
     Complete,
 }
 
@@ -560,10 +603,10 @@ pub(crate) fn publish_group<T, E>(
 fn run_item(hub: &Arc<HubInner>, item: Item) -> Vec<Group> {
     match item {
         Item::Event(event) => hub.run(&event),
-        Item::Complete => {
-            hub.complete_now();
-            Vec::new()
-        }
+        // Like `on_next`, `on_error` and `on_completed` run with the lane held: what they publish
+        // is queued, and delivered once they return.
+        Item::Report(error) => capture(|| hub.report_now(error)).1,
+        Item::Complete => capture(|| hub.complete_now()).1,
     }
 }
 
@@ -614,40 +657,4 @@ fn pool() -> &'static rayon::ThreadPool {
 pub fn pool_threads() -> usize {
     static THREADS: OnceLock<usize> = OnceLock::new();
     *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
-/// FNV-1a: type tags are short and trusted-length, so a simple hash beats SipHash here.
-#[derive(Default)]
-pub(crate) struct FnvHasher(u64);
-
-impl Hasher for FnvHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fnv_distinguishes_tags() {
-        use std::hash::BuildHasher;
-        let b = BuildHasherDefault::<FnvHasher>::default();
-        let h = |s: &str| b.hash_one(s);
-        assert_ne!(h("a.b"), h("a.c"));
-        assert_eq!(h("a.b"), h("a.b"));
-    }
 }
