@@ -181,9 +181,10 @@ struct WireHeader {
 }
 
 fn now_micros() -> u64 {
+    // Seconds and sub-second micros in u64: `as_micros` goes through u128.
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
+        .map_or(0, |d| d.as_secs() * 1_000_000 + u64::from(d.subsec_micros()))
 }
 
 impl InterRoleEvent {
@@ -268,11 +269,25 @@ impl InterRoleEvent {
     /// [`PayloadError::WrongType`] when the event's tag is not `T`'s;
     /// [`PayloadError::Undecodable`] when the payload came off the wire and is not a valid `T`.
     /// The decoding is done once per envelope and its result kept, so later calls cost a lookup.
+    #[inline]
     pub fn try_payload<T: Event>(&self) -> Result<&T, PayloadError> {
-        // The common case first: a local event of the very type asked for.
-        if let Some(value) = self.body.payload.downcast_ref::<T>() {
-            return Ok(value);
+        // The common case first, inline: a local event of the very type asked for.
+        match self.local_payload::<T>() {
+            Some(value) => Ok(value),
+            None => self.try_payload_slow(),
         }
+    }
+
+    /// The payload as a `T` when the event was published in this process with a `T`: no
+    /// decoding, one type comparison. `None` for an event off the wire or of another type (see
+    /// [`InterRoleEvent::try_payload`], which decodes).
+    #[inline]
+    pub fn local_payload<T: Event>(&self) -> Option<&T> {
+        self.body.payload.downcast_ref::<T>()
+    }
+
+    #[inline(never)]
+    fn try_payload_slow<T: Event>(&self) -> Result<&T, PayloadError> {
         let header = &self.body.header;
         let wrong = || PayloadError::WrongType {
             expected: T::TYPE_TAG,

@@ -603,7 +603,7 @@ impl Bus {
                 }
             }
             seq.last += 1;
-            if !E::TYPE_TAG.starts_with("interrole.reliable.") {
+            if !const { is_reliability_tag(E::TYPE_TAG) } {
                 // The reliability layer's own events (repairs, heartbeats) are not counted.
                 seq.published += 1;
             }
@@ -961,4 +961,21 @@ impl fmt::Debug for Bus {
             .field("closed", &self.is_closed())
             .finish()
     }
+}
+
+/// Whether `tag` is one of the reliability layer's own (`interrole.reliable.*`), which are not
+/// counted as published. Evaluated at compile time, once per event type.
+const fn is_reliability_tag(tag: &str) -> bool {
+    let (tag, prefix) = (tag.as_bytes(), b"interrole.reliable.");
+    if tag.len() < prefix.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < prefix.len() {
+        if tag[i] != prefix[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }

@@ -32,13 +32,14 @@ use interrole_core::{InterRoleEvent, TypeTag};
 use rayon::prelude::*;
 
 use crate::observer::{Observable, Observer, ObserverError};
-use crate::registry::{Key, Lane, Registry, Slot};
+use crate::registry::{Entry, Key, Lane, Registry, Slot};
 use crate::subscription::Subscription;
 use crate::sync::Arc;
 
 pub(crate) type DynObserver = dyn Observer<InterRoleEvent>;
 pub(crate) type HubSlot = Slot<TypeTag, DynObserver>;
 type HubLane = Lane<TypeTag, DynObserver>;
+type HubEntry = Entry<TypeTag, DynObserver>;
 type HubRegistry = Registry<TypeTag, DynObserver>;
 
 impl Key for TypeTag {
@@ -347,8 +348,8 @@ impl HubInner {
     fn run_lane(&self, lane: &HubLane, event: &InterRoleEvent, dispatched: u64) {
         let lane = lane.lock();
         let mut delivered = 0;
-        for slot in lane.slots() {
-            delivered += u64::from(self.invoke(slot, event));
+        for entry in lane.entries() {
+            delivered += u64::from(self.invoke(entry, event));
         }
         lane.count(dispatched, delivered);
     }
@@ -363,20 +364,19 @@ impl HubInner {
         // some pool thread, and no other dispatch reaches these observers meanwhile.
         let keyed = keyed.map(|l| l.lock());
         let keyless = keyless.map(|l| l.lock());
-        let keyed_len = keyed.as_ref().map_or(0, |l| l.slots().len());
-        let slots: Vec<&HubSlot> = keyed
+        let keyed_len = keyed.as_ref().map_or(0, |l| l.entries().len());
+        let entries: Vec<&HubEntry> = keyed
             .iter()
             .chain(keyless.iter())
-            .flat_map(|l| l.slots())
-            .map(|s| &**s)
+            .flat_map(|l| l.entries())
             .collect();
         let work = || {
             pool().install(|| {
-                slots
+                entries
                     .par_iter()
-                    .map(|slot| {
+                    .map(|entry| {
                         let saved = enter();
-                        let delivered = self.invoke(slot, event);
+                        let delivered = self.invoke(entry, event);
                         (delivered, leave(saved))
                     })
                     .collect::<Vec<_>>()
@@ -408,13 +408,14 @@ impl HubInner {
     ///
     /// The common call (no panic) stays small; the panic path is out of line.
     #[inline]
-    fn invoke(&self, slot: &HubSlot, event: &InterRoleEvent) -> bool {
-        slot.call_held(|observer| {
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| observer.on_next(event))) {
-                self.panicked(slot, observer, event, payload);
-            }
-        })
-        .is_some()
+    fn invoke(&self, entry: &HubEntry, event: &InterRoleEvent) -> bool {
+        entry
+            .call(|observer| {
+                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| observer.on_next(event))) {
+                    self.panicked(entry.slot(), observer, event, payload);
+                }
+            })
+            .is_some()
     }
 
     /// An observer's `on_next` panicked: count it, log it, and tell the observer.

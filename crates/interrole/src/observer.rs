@@ -164,13 +164,27 @@ impl<E, O: ?Sized> Typed<E, O> {
     }
 }
 
-impl<E: Event, O: Observer<E> + ?Sized> Observer<InterRoleEvent> for Typed<E, O> {
-    fn on_next(&self, event: &InterRoleEvent) {
+impl<E: Event, O: Observer<E> + ?Sized> Typed<E, O> {
+    /// An event off the wire (decoded once, then kept), or one whose payload is not an `E`.
+    #[cold]
+    #[inline(never)]
+    fn on_next_decoding(&self, event: &InterRoleEvent) {
         match event.try_payload::<E>() {
             Ok(value) => self.inner.on_next(value),
             Err(error) => self
                 .inner
                 .on_error(ObserverError::from_payload(event, error)),
+        }
+    }
+}
+
+impl<E: Event, O: Observer<E> + ?Sized> Observer<InterRoleEvent> for Typed<E, O> {
+    #[inline]
+    fn on_next(&self, event: &InterRoleEvent) {
+        // The common case inline: an event published in this process, of type `E`.
+        match event.local_payload::<E>() {
+            Some(value) => self.inner.on_next(value),
+            None => self.on_next_decoding(event),
         }
     }
     fn on_error(&self, error: ObserverError) {

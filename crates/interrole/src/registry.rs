@@ -39,14 +39,51 @@ pub(crate) trait Key: Hash + Eq + Clone {
 
 type SlotList<K, O> = Vec<Arc<Slot<K, O>>>;
 
+/// One observer in a lane's list: the observer itself next to its slot, so that a dispatch
+/// reaches the observer without going through the slot first.
+pub(crate) struct Entry<K, O: ?Sized> {
+    observer: Arc<O>,
+    slot: Arc<Slot<K, O>>,
+}
+
+impl<K, O: ?Sized> Entry<K, O> {
+    fn of(slot: &Arc<Slot<K, O>>) -> Self {
+        Self {
+            observer: slot.observer.clone(),
+            slot: slot.clone(),
+        }
+    }
+
+    /// Calls `f` with the observer, unless its slot is no longer active. The caller holds the
+    /// lane ([`Lane::lock`]).
+    #[inline]
+    pub(crate) fn call<R>(&self, f: impl FnOnce(&O) -> R) -> Option<R> {
+        if !self.slot.active.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(f(&self.observer))
+    }
+
+    /// The observer's slot.
+    pub(crate) fn slot(&self) -> &Slot<K, O> {
+        &self.slot
+    }
+}
+
+type LaneList<K, O> = Vec<Entry<K, O>>;
+
+fn lane_list<K, O: ?Sized>(slots: &[Arc<Slot<K, O>>]) -> LaneList<K, O> {
+    slots.iter().map(Entry::of).collect()
+}
+
 /// The observers of one key, or the keyless ones, behind one gate, with counters kept under it.
 pub(crate) struct Lane<K, O: ?Sized> {
     key: Option<K>,
     fingerprint: u64,
     /// The gate, and the observers it protects.
-    slots: Mutex<SlotList<K, O>>,
+    slots: Mutex<LaneList<K, O>>,
     /// A newer list, handed over by a change made while the gate was held.
-    pending: Mutex<Option<SlotList<K, O>>>,
+    pending: Mutex<Option<LaneList<K, O>>>,
     /// Whether `pending` holds a list (set and cleared with `pending` locked).
     dirty: AtomicBool,
     /// How many observers the newest list has: a dispatch skips an empty lane without its gate.
@@ -105,7 +142,7 @@ impl<K, O: ?Sized> Lane<K, O> {
 
     /// Hands the lane a new list of observers: installed at once when the gate is free, else by
     /// the gate's holder before it lets go, or by the next taker before it calls anyone.
-    fn hand_over(&self, list: SlotList<K, O>) {
+    fn hand_over(&self, list: LaneList<K, O>) {
         self.observers.store(list.len() as u64, Ordering::Release);
         {
             let mut pending = self.pending.lock();
@@ -166,8 +203,8 @@ impl<K, O: ?Sized> Lane<K, O> {
 /// the replaced lists (outside the gate: dropping an observer runs user code).
 pub(crate) struct LaneGuard<'a, K, O: ?Sized> {
     lane: &'a Lane<K, O>,
-    slots: Option<MutexGuard<'a, SlotList<K, O>>>,
-    garbage: Vec<SlotList<K, O>>,
+    slots: Option<MutexGuard<'a, LaneList<K, O>>>,
+    garbage: Vec<LaneList<K, O>>,
 }
 
 impl<K, O: ?Sized> LaneGuard<'_, K, O> {
@@ -196,7 +233,7 @@ impl<K, O: ?Sized> LaneGuard<'_, K, O> {
 
     /// The lane's observers, in subscription order.
     #[inline]
-    pub(crate) fn slots(&self) -> &[Arc<Slot<K, O>>] {
+    pub(crate) fn entries(&self) -> &[Entry<K, O>] {
         self.slots.as_deref().map_or(&[], Vec::as_slice)
     }
 
@@ -442,7 +479,7 @@ impl<K: Key, O: ?Sized> Registry<K, O> {
             }
             None => {
                 state.keyless.push(slot.clone());
-                lane.hand_over(state.keyless.clone());
+                lane.hand_over(lane_list(&state.keyless));
             }
         }
         Ok(slot)
@@ -458,7 +495,7 @@ impl<K: Key, O: ?Sized> Registry<K, O> {
         }
         if let Some(i) = state.keyless.iter().position(|s| s.id == id) {
             state.keyless.remove(i);
-            self.keyless.hand_over(state.keyless.clone());
+            self.keyless.hand_over(lane_list(&state.keyless));
             return true;
         }
         false
@@ -514,11 +551,11 @@ impl<K, O: ?Sized> Drop for Registry<K, O> {
 }
 
 /// The observers of `key`, in subscription order.
-fn keyed_list<K: Key, O: ?Sized>(state: &State<K, O>, key: &K) -> SlotList<K, O> {
+fn keyed_list<K: Key, O: ?Sized>(state: &State<K, O>, key: &K) -> LaneList<K, O> {
     state
         .keyed
         .iter()
         .filter(|(k, _)| k == key)
-        .map(|(_, s)| s.clone())
+        .map(|(_, s)| Entry::of(s))
         .collect()
 }

@@ -315,6 +315,46 @@ fn subscribing_from_inside_a_callback_takes_effect_for_later_events() {
 }
 
 /// A publish from a handler is queued and delivered after the current dispatch, depth-first.
+/// A report made from inside an observer call (as the reliability layer may) waits for the
+/// dispatch to end instead of deadlocking on the lane that call holds, then reaches every
+/// observer, the reporting one included.
+#[test]
+fn a_report_from_inside_a_callback_is_delivered_after_the_dispatch() {
+    struct Reporter {
+        hub: interrole::Hub,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+    impl Observer<Num> for Reporter {
+        fn on_next(&self, value: &Num) {
+            self.log.lock().unwrap().push(format!("next {}", value.0));
+            self.hub.report(ObserverError::Missed {
+                sender: Some(interrole::InstanceId::new("gone").unwrap()),
+                count: value.0,
+            });
+            self.log.lock().unwrap().push(format!("reported {}", value.0));
+        }
+        fn on_error(&self, error: ObserverError) {
+            self.log.lock().unwrap().push(format!("error {error}"));
+        }
+    }
+    let bus = bus();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let other = Arc::new(Recording::default());
+    let _a = bus.observe::<Num, _>(Reporter {
+        hub: bus.hub().clone(),
+        log: log.clone(),
+    });
+    let _b = bus.observe_arc::<Num>(other.clone());
+    bus.publish(Num(3)).unwrap();
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.len(), 3, "{log:?}");
+    assert_eq!(log[0], "next 3");
+    assert_eq!(log[1], "reported 3");
+    assert!(log[2].starts_with("error"), "{log:?}");
+    assert_eq!(*other.next.lock().unwrap(), vec![3]);
+    assert_eq!(other.errors.lock().unwrap().len(), 1);
+}
+
 #[test]
 fn publishing_from_a_callback_is_queued_depth_first() {
     for mode in [Dispatch::Sequential, Dispatch::Parallel] {

@@ -69,8 +69,8 @@ type Reg = Registry<u8, Obs>;
 
 impl Key for u8 {
     fn fingerprint(&self) -> u64 {
-        // Every key collides: lookups must tell keys apart by comparing them.
-        0
+        // Keys collide in threes: lookups must tell keys apart by comparing them.
+        u64::from(*self / 3)
     }
 }
 
@@ -90,8 +90,8 @@ fn publish(reg: &Reg, key: u8) -> usize {
     for lane in keyed.into_iter().chain(keyless) {
         let lane = lane.lock();
         let mut n = 0;
-        for slot in lane.slots() {
-            if slot.call_held(|o| o.call()).is_some() {
+        for entry in lane.entries() {
+            if entry.call(|o| o.call()).is_some() {
                 n += 1;
             }
         }
@@ -218,5 +218,33 @@ fn concurrent_subscribes_all_land() {
         assert_eq!(reg.lane(&3).map(|l| l.len()), Some(2));
         assert_eq!(publish(&reg, 3), 2);
         assert_eq!(reg.len(), 2);
+    });
+}
+
+/// The lookup table grows past its first size (16 entries, half used) and its second (64), with
+/// colliding fingerprints, and every key still finds its own lane and only its own observers.
+/// One thread: a single execution.
+#[test]
+fn many_keys_each_find_their_own_lane() {
+    const KEYS: u8 = 40;
+    let mut builder = loom::model::Builder::new();
+    builder.max_branches = 100_000;
+    builder.check(|| {
+        let reg = Reg::new();
+        let observers: Vec<_> = (0..KEYS)
+            .map(|k| {
+                let obs = Arc::new(Obs::default());
+                let slot = reg.insert(Some(k), obs.clone()).unwrap();
+                (slot, obs)
+            })
+            .collect();
+        for k in 0..KEYS {
+            assert_eq!(publish(&reg, k), 1, "key {k}");
+        }
+        assert_eq!(publish(&reg, 250), 0);
+        for (k, (_, obs)) in observers.iter().enumerate() {
+            assert_eq!(obs.calls.load(Ordering::SeqCst), 1, "key {k}");
+        }
+        assert_eq!(reg.lanes().len(), usize::from(KEYS) + 1);
     });
 }
