@@ -28,7 +28,8 @@ pub const FANOUT_SIZES: [usize; 4] = [1, 4, 16, 64];
 /// The fan-out size at which the target ratio is checked.
 pub const TARGET_N: usize = 16;
 
-/// Target: interrole's cost per delivery at most this times tokio broadcast's at [`TARGET_N`].
+/// Target: the hub's cost per delivery at most this times tokio broadcast's at [`TARGET_N`] (also
+/// printed for the whole `Bus::publish`).
 pub const TARGET_RATIO_VS_TOKIO: f64 = 0.5;
 
 /// Target: the parallel speed-up on heavy observers at least this times the cores available.

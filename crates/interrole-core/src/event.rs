@@ -38,6 +38,9 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     const TYPE_TAG: &'static str;
 
     /// The tag as a [`TypeTag`].
+    ///
+    /// [`impl_event!`] overrides this to hand out copies of one `static` tag, so that every copy
+    /// points at the same text and routing compares tags by address.
     fn type_tag() -> TypeTag {
         const { TypeTag::from_static(Self::TYPE_TAG) }
     }
@@ -49,6 +52,11 @@ macro_rules! impl_event {
     ($ty:ty = $tag:expr) => {
         impl $crate::Event for $ty {
             const TYPE_TAG: &'static str = $tag;
+
+            fn type_tag() -> $crate::TypeTag {
+                static TAG: $crate::TypeTag = $crate::TypeTag::from_static($tag);
+                TAG.clone()
+            }
         }
     };
 }
@@ -182,9 +190,9 @@ struct WireHeader {
 
 fn now_micros() -> u64 {
     // Seconds and sub-second micros in u64: `as_micros` goes through u128.
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() * 1_000_000 + u64::from(d.subsec_micros()))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
+        d.as_secs() * 1_000_000 + u64::from(d.subsec_micros())
+    })
 }
 
 impl InterRoleEvent {

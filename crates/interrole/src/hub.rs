@@ -211,7 +211,13 @@ impl Hub {
         if self.is_closed() {
             return Err(HubClosed);
         }
-        dispatch(&self.inner, Item::Event(event));
+        if in_callback() {
+            push(vec![(self.inner.clone(), Item::Event(event))]);
+        } else {
+            let children = self.inner.run(&event);
+            drop(event);
+            drain(children);
+        }
         Ok(())
     }
 
@@ -321,21 +327,52 @@ impl HubInner {
             Dispatch::Adaptive => {
                 primary.estimate_ns() >= self.config.parallel_threshold.as_nanos() as u64
             }
-        } && keyed.map_or(0, |l| l.len()) + keyless.map_or(0, |l| l.len()) >= 2
+        };
+        if measure || parallel {
+            return self.run_timed_or_parallel(primary, keyed, keyless, event, measure, parallel);
+        }
+        self.run_sequential(keyed, keyless, event)
+    }
+
+    /// The common dispatch, kept small: one lane after the other, on this thread.
+    #[inline]
+    fn run_sequential(
+        &self,
+        keyed: Option<&HubLane>,
+        keyless: Option<&HubLane>,
+        event: &InterRoleEvent,
+    ) -> Vec<Group> {
+        let mark = enter();
+        if let Some(lane) = keyed {
+            self.run_lane(lane, event, 1);
+        }
+        if let Some(lane) = keyless {
+            self.run_lane(lane, event, u64::from(keyed.is_none()));
+        }
+        leave(mark)
+    }
+
+    /// A dispatch that is timed (one in [`MEASURE_EVERY`]) or may go parallel: out of line, so
+    /// that the common one stays small.
+    #[inline(never)]
+    fn run_timed_or_parallel(
+        self: &Arc<Self>,
+        primary: &HubLane,
+        keyed: Option<&HubLane>,
+        keyless: Option<&HubLane>,
+        event: &InterRoleEvent,
+        measure: bool,
+        parallel: bool,
+    ) -> Vec<Group> {
+        let parallel = parallel
+            && keyed.map_or(0, |l| l.len()) + keyless.map_or(0, |l| l.len()) >= 2
             && pool_threads() >= 2;
         let started = measure.then(Instant::now);
         let children = if parallel {
             self.counters.parallel.fetch_add(1, Ordering::Relaxed);
             self.run_parallel(keyed, keyless, event)
         } else {
-            let saved = enter();
-            if let Some(lane) = keyed {
-                self.run_lane(lane, event, 1);
-            }
-            if let Some(lane) = keyless {
-                self.run_lane(lane, event, u64::from(keyed.is_none()));
-            }
-            leave(saved)
+            self.run_sequential(keyed, keyless, event)
         };
         if let Some(started) = started {
             primary.record_cost(started.elapsed().as_nanos() as u64);
@@ -486,46 +523,69 @@ pub(crate) type Queued = (Arc<HubInner>, Item);
 /// several hubs, and they all run before anything that any of them causes.
 pub(crate) type Group = Vec<Queued>;
 
-/// This thread's re-entrancy state; one thread-local, so entering and leaving a call touch
-/// thread-local storage once each.
-struct Reentry {
+/// This thread's re-entrancy state. Entering and leaving a call touch only `Depth`, a
+/// thread-local with no destructor (so reaching it is a plain load); the queue, whose `Vec`
+/// needs one, is touched only when something was queued.
+struct Depth {
     /// How many observer calls (or deferred sections) this thread is inside.
     depth: Cell<u32>,
-    /// What was published on this thread while `depth > 0`, in order, one group per publish.
-    queue: RefCell<Vec<Group>>,
+    /// The queue's length.
+    queued: Cell<usize>,
 }
 
+/// A position in this thread's queue, taken on entering a call: what the call queues comes after.
+#[derive(Clone, Copy)]
+struct Mark(usize);
+
 thread_local! {
-    static REENTRY: Reentry = const {
-        Reentry {
+    static DEPTH: Depth = const {
+        Depth {
             depth: Cell::new(0),
-            queue: RefCell::new(Vec::new()),
+            queued: Cell::new(0),
         }
     };
+    /// What was published on this thread while inside a call, in order, one group per publish.
+    static QUEUE: RefCell<Vec<Group>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Whether this thread is inside an observer call of some hub (or a deferred section).
+#[inline]
 pub(crate) fn in_callback() -> bool {
-    REENTRY.with(|r| r.depth.get() > 0)
+    DEPTH.with(|d| d.depth.get() > 0)
 }
 
-fn enter() -> Vec<Group> {
-    REENTRY.with(|r| {
-        r.depth.set(r.depth.get() + 1);
-        std::mem::take(&mut *r.queue.borrow_mut())
+#[inline]
+fn enter() -> Mark {
+    DEPTH.with(|d| {
+        d.depth.set(d.depth.get() + 1);
+        Mark(d.queued.get())
     })
 }
 
-fn leave(saved: Vec<Group>) -> Vec<Group> {
-    REENTRY.with(|r| {
-        r.depth.set(r.depth.get() - 1);
-        std::mem::replace(&mut *r.queue.borrow_mut(), saved)
-    })
+/// Leaves a call; returns what was queued since `mark`.
+#[inline]
+fn leave(mark: Mark) -> Vec<Group> {
+    let queued = DEPTH.with(|d| {
+        d.depth.set(d.depth.get() - 1);
+        d.queued.get()
+    });
+    if queued == mark.0 {
+        return Vec::new();
+    }
+    let caused = QUEUE.with(|q| q.borrow_mut().split_off(mark.0));
+    DEPTH.with(|d| d.queued.set(mark.0));
+    caused
+}
+
+/// Queues one group on this thread (inside a call).
+fn push(group: Group) {
+    QUEUE.with(|q| q.borrow_mut().push(group));
+    DEPTH.with(|d| d.queued.set(d.queued.get() + 1));
 }
 
 fn dispatch(hub: &Arc<HubInner>, item: Item) {
     if in_callback() {
-        REENTRY.with(|r| r.queue.borrow_mut().push(vec![(hub.clone(), item)]));
+        push(vec![(hub.clone(), item)]);
         return;
     }
     let children = run_item(hub, item);
@@ -561,7 +621,7 @@ pub(crate) fn release(mut produced: Vec<Group>) {
         return;
     }
     if in_callback() {
-        REENTRY.with(|r| r.queue.borrow_mut().push(group));
+        push(group);
     } else {
         drain(run_group(group));
     }
@@ -627,10 +687,15 @@ fn run_group(group: Group) -> Vec<Group> {
 
 /// Delivers queued publishes depth-first: every dispatch of one publish runs, then what they
 /// caused, before the publishes queued after it.
+#[inline]
 fn drain(groups: Vec<Group>) {
-    if groups.is_empty() {
-        return;
+    if !groups.is_empty() {
+        drain_some(groups);
     }
+}
+
+#[inline(never)]
+fn drain_some(groups: Vec<Group>) {
     let mut stack = groups;
     stack.reverse();
     while let Some(group) = stack.pop() {

@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
-use super::sync::{Arc, AtomicBool, AtomicU64, Mutex, MutexGuard, OnceLock, Ordering};
+use super::sync::{Arc, AtomicBool, AtomicU64, Gate, GateGuard, Mutex, OnceLock, Ordering};
 
 /// What observers are keyed by: cheap to compare, with a hash computed once (for type tags,
 /// when the tag was made), so that a publish does not hash the key again.
@@ -81,7 +81,7 @@ pub(crate) struct Lane<K, O: ?Sized> {
     key: Option<K>,
     fingerprint: u64,
     /// The gate, and the observers it protects.
-    slots: Mutex<LaneList<K, O>>,
+    slots: Gate<LaneList<K, O>>,
     /// A newer list, handed over by a change made while the gate was held.
     pending: Mutex<Option<LaneList<K, O>>>,
     /// Whether `pending` holds a list (set and cleared with `pending` locked).
@@ -105,7 +105,7 @@ impl<K, O: ?Sized> Lane<K, O> {
         Self {
             key,
             fingerprint,
-            slots: Mutex::new(Vec::new()),
+            slots: Gate::new(Vec::new()),
             pending: Mutex::new(None),
             dirty: AtomicBool::new(false),
             observers: AtomicU64::new(0),
@@ -134,7 +134,7 @@ impl<K, O: ?Sized> Lane<K, O> {
         let mut guard = LaneGuard {
             lane: self,
             slots: Some(self.slots.lock()),
-            garbage: Vec::new(),
+            garbage: None,
         };
         guard.install();
         guard
@@ -154,7 +154,7 @@ impl<K, O: ?Sized> Lane<K, O> {
             drop(LaneGuard {
                 lane: self,
                 slots: Some(slots),
-                garbage: Vec::new(),
+                garbage: None,
             });
         }
     }
@@ -203,8 +203,10 @@ impl<K, O: ?Sized> Lane<K, O> {
 /// the replaced lists (outside the gate: dropping an observer runs user code).
 pub(crate) struct LaneGuard<'a, K, O: ?Sized> {
     lane: &'a Lane<K, O>,
-    slots: Option<MutexGuard<'a, LaneList<K, O>>>,
-    garbage: Vec<LaneList<K, O>>,
+    slots: Option<GateGuard<'a, LaneList<K, O>>>,
+    /// Lists replaced while the gate was held (an `Option`, so that the common guard, which
+    /// replaced nothing, drops without a call).
+    garbage: Option<Vec<LaneList<K, O>>>,
 }
 
 impl<K, O: ?Sized> LaneGuard<'_, K, O> {
@@ -227,7 +229,7 @@ impl<K, O: ?Sized> LaneGuard<'_, K, O> {
         if let (Some(list), Some(slots)) = (list, self.slots.as_mut()) {
             let old = std::mem::replace(&mut **slots, list);
             lane.calls.store(0, Ordering::Relaxed);
-            self.garbage.push(old);
+            self.garbage.get_or_insert_with(Vec::new).push(old);
         }
     }
 
@@ -252,11 +254,14 @@ impl<K, O: ?Sized> LaneGuard<'_, K, O> {
 }
 
 impl<K, O: ?Sized> Drop for LaneGuard<'_, K, O> {
+    #[inline]
     fn drop(&mut self) {
         self.install();
         drop(self.slots.take());
         // A list handed over after the check above is installed by the next taker of the gate.
-        drop(std::mem::take(&mut self.garbage));
+        if let Some(garbage) = self.garbage.take() {
+            drop(garbage);
+        }
     }
 }
 
@@ -324,9 +329,12 @@ impl<K, O: ?Sized> Slot<K, O> {
 /// write-once entries. When one table is half full, new keys go to a next one, four times as
 /// big; a lookup that does not find its key in one table goes on to the next. Most hubs have a
 /// few event types and never leave the first table.
+/// One entry of a [`Table`]: empty until a lane is written into it, once.
+type TableEntry<K, O> = OnceLock<Arc<Lane<K, O>>>;
+
 struct Table<K, O: ?Sized> {
     mask: usize,
-    entries: Box<[OnceLock<Arc<Lane<K, O>>>]>,
+    entries: Box<[TableEntry<K, O>]>,
     /// Entries taken (written under the registry's state lock).
     used: AtomicU64,
     next: OnceLock<Box<Table<K, O>>>,

@@ -331,7 +331,10 @@ fn a_report_from_inside_a_callback_is_delivered_after_the_dispatch() {
                 sender: Some(interrole::InstanceId::new("gone").unwrap()),
                 count: value.0,
             });
-            self.log.lock().unwrap().push(format!("reported {}", value.0));
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("reported {}", value.0));
         }
         fn on_error(&self, error: ObserverError) {
             self.log.lock().unwrap().push(format!("error {error}"));

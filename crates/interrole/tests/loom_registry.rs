@@ -8,7 +8,23 @@
 
 mod sync {
     pub(crate) use loom::sync::Arc;
-    pub(crate) use loom::sync::MutexGuard;
+    pub(crate) type GateGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+
+    /// The gate on loom's mutex: the model checks what the gate is for (mutual exclusion and
+    /// its ordering), not how the real one waits.
+    pub(crate) struct Gate<T>(loom::sync::Mutex<T>);
+
+    impl<T> Gate<T> {
+        pub(crate) fn new(value: T) -> Self {
+            Self(loom::sync::Mutex::new(value))
+        }
+        pub(crate) fn lock(&self) -> GateGuard<'_, T> {
+            self.0.lock().unwrap()
+        }
+        pub(crate) fn try_lock(&self) -> Option<GateGuard<'_, T>> {
+            self.0.try_lock().ok()
+        }
+    }
     pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
