@@ -157,6 +157,8 @@ pub struct Hub {
 pub(crate) struct HubInner {
     registry: HubRegistry,
     config: DispatchConfig,
+    /// `config.parallel_threshold` in nanoseconds, converted once.
+    threshold_ns: u64,
     pub(crate) counters: Counters,
     closed: AtomicBool,
 }
@@ -189,6 +191,8 @@ impl Hub {
             inner: Arc::new(HubInner {
                 registry: Registry::new(),
                 config,
+                threshold_ns: u64::try_from(config.parallel_threshold.as_nanos())
+                    .unwrap_or(u64::MAX),
                 counters: Counters::default(),
                 closed: AtomicBool::new(false),
             }),
@@ -324,9 +328,7 @@ impl HubInner {
         let parallel = match self.config.mode {
             Dispatch::Sequential => false,
             Dispatch::Parallel => true,
-            Dispatch::Adaptive => {
-                primary.estimate_ns() >= self.config.parallel_threshold.as_nanos() as u64
-            }
+            Dispatch::Adaptive => primary.estimate_ns() >= self.threshold_ns,
         };
         if measure || parallel {
             return self.run_timed_or_parallel(primary, keyed, keyless, event, measure, parallel);
