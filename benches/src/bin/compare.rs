@@ -500,14 +500,8 @@ fn multicast_inner() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         });
     }
     // The relay is gone before NATS starts: the two never share the CPU.
-    match NatsProcess::spawn()? {
+    match spawn_nats()? {
         Some(server) => {
-            println!(
-                "nats: pid {} on {} ({}, child process, default configuration); load: 2 tokio workers, async-nats",
-                server.pid(),
-                server.url(),
-                server.version()
-            );
             let url = server.url();
             let max = rt.block_on(nats_multicast_run(
                 &url,
@@ -729,14 +723,8 @@ fn sweep_inner(csv: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync
         println!();
     }
     // The relay is gone before NATS starts: the two never share the CPU.
-    match NatsProcess::spawn()? {
+    match spawn_nats()? {
         Some(server) => {
-            println!(
-                "nats: pid {} on {} ({}, child process, default configuration); load: 2 tokio workers, async-nats",
-                server.pid(),
-                server.url(),
-                server.version()
-            );
             let url = server.url();
             sweep_progress("nats", None);
             for n in relay::SWEEP_SUBSCRIBERS {
@@ -953,4 +941,18 @@ fn scale_inner() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         "scale subscribers={n} rss_per_subscriber_kib={per:.2} publish_to_last_delivery_ms={last_ms:.2}"
     );
     Ok(())
+}
+
+/// Starts `nats-server` in a child process, when it is installed, and says where it listens.
+fn spawn_nats() -> Result<Option<NatsProcess>, Box<dyn std::error::Error + Send + Sync>> {
+    let server = NatsProcess::spawn()?;
+    if let Some(server) = &server {
+        println!(
+            "nats: pid {} on {} ({}, child process, default configuration); load: 2 tokio workers, async-nats",
+            server.pid(),
+            server.url(),
+            server.version()
+        );
+    }
+    Ok(server)
 }
