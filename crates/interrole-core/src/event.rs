@@ -39,8 +39,8 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
 
     /// The tag as a [`TypeTag`].
     ///
-    /// [`impl_event!`] overrides this to hand out copies of one `static` tag, so that every copy
-    /// points at the same text and routing compares tags by address.
+    /// [`impl_event!`](crate::impl_event) overrides this to hand out copies of one `static` tag,
+    /// so that every copy points at the same text and routing compares tags by address.
     fn type_tag() -> TypeTag {
         const { TypeTag::from_static(Self::TYPE_TAG) }
     }
