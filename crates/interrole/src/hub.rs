@@ -691,7 +691,11 @@ fn run_group(group: Group) -> Vec<Group> {
 /// caused, before the publishes queued after it.
 #[inline]
 fn drain(groups: Vec<Group>) {
-    if !groups.is_empty() {
+    if groups.capacity() == 0 {
+        // Nothing was queued (the common case): nothing to deliver and nothing allocated, so
+        // nothing to free either; skips the call to `Vec`'s drop.
+        std::mem::forget(groups);
+    } else {
         drain_some(groups);
     }
 }

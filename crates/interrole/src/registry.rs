@@ -133,7 +133,7 @@ impl<K, O: ?Sized> Lane<K, O> {
     pub(crate) fn lock(&self) -> LaneGuard<'_, K, O> {
         let mut guard = LaneGuard {
             lane: self,
-            slots: Some(self.slots.lock()),
+            slots: self.slots.lock(),
             garbage: None,
         };
         guard.install();
@@ -153,7 +153,7 @@ impl<K, O: ?Sized> Lane<K, O> {
             // Dropping the guard installs the list, lets go, then drops the old list.
             drop(LaneGuard {
                 lane: self,
-                slots: Some(slots),
+                slots,
                 garbage: None,
             });
         }
@@ -201,12 +201,14 @@ impl<K, O: ?Sized> Lane<K, O> {
 /// Holds a lane's gate: the lane's observers may be called ([`Slot::call_held`]) and its counters
 /// bumped. Dropping it installs a list handed over meanwhile, lets go of the gate, then drops
 /// the replaced lists (outside the gate: dropping an observer runs user code).
+///
+/// The fields drop in order: the gate is let go (`slots`), then the replaced lists go.
 pub(crate) struct LaneGuard<'a, K, O: ?Sized> {
-    lane: &'a Lane<K, O>,
-    slots: Option<GateGuard<'a, LaneList<K, O>>>,
+    slots: GateGuard<'a, LaneList<K, O>>,
     /// Lists replaced while the gate was held (an `Option`, so that the common guard, which
     /// replaced nothing, drops without a call).
     garbage: Option<Vec<LaneList<K, O>>>,
+    lane: &'a Lane<K, O>,
 }
 
 impl<K, O: ?Sized> LaneGuard<'_, K, O> {
@@ -226,8 +228,8 @@ impl<K, O: ?Sized> LaneGuard<'_, K, O> {
             lane.dirty.store(false, Ordering::Relaxed);
             pending.take()
         };
-        if let (Some(list), Some(slots)) = (list, self.slots.as_mut()) {
-            let old = std::mem::replace(&mut **slots, list);
+        if let Some(list) = list {
+            let old = std::mem::replace(&mut *self.slots, list);
             lane.calls.store(0, Ordering::Relaxed);
             self.garbage.get_or_insert_with(Vec::new).push(old);
         }
@@ -236,7 +238,7 @@ impl<K, O: ?Sized> LaneGuard<'_, K, O> {
     /// The lane's observers, in subscription order.
     #[inline]
     pub(crate) fn entries(&self) -> &[Entry<K, O>] {
-        self.slots.as_deref().map_or(&[], Vec::as_slice)
+        &self.slots
     }
 
     /// Counts dispatches and deliveries. The gate is held, so a load and a store do: no
@@ -254,14 +256,11 @@ impl<K, O: ?Sized> LaneGuard<'_, K, O> {
 }
 
 impl<K, O: ?Sized> Drop for LaneGuard<'_, K, O> {
+    /// Installs a list handed over meanwhile; then the fields let go of the gate and drop the
+    /// replaced lists. A list handed over after this check is installed by the next taker.
     #[inline]
     fn drop(&mut self) {
         self.install();
-        drop(self.slots.take());
-        // A list handed over after the check above is installed by the next taker of the gate.
-        if let Some(garbage) = self.garbage.take() {
-            drop(garbage);
-        }
     }
 }
 
