@@ -434,3 +434,64 @@ async fn tls_and_a_token() {
     b.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// NKey authentication: the server knows the user's public key only; the bus signs the server's
+/// challenge with the seed. A key the server does not know is refused, and not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nkey_authentication() {
+    let user = nkeys::KeyPair::new_user();
+    let stranger = nkeys::KeyPair::new_user();
+    let dir = std::env::temp_dir().join(format!("interrole-nats-nkey-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("nkey.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "authorization {{ users = [ {{ nkey: \"{}\" }} ] }}\n",
+            user.public_key()
+        ),
+    )
+    .unwrap();
+    let config = config.to_string_lossy().to_string();
+    let Some(server) = common::NatsServer::start_args("nkey_authentication", &["-c", &config])
+    else {
+        return;
+    };
+    let with_seed = |pair: &nkeys::KeyPair| {
+        NatsOptions::new(&server.url()).with_auth(NatsAuth::NKey(pair.seed().unwrap()))
+    };
+    let build = |id: &str, o: NatsOptions| {
+        Bus::builder()
+            .instance(id)
+            .topic("nkey")
+            .nats(o)
+            .retry(fast_retry())
+            .build()
+            .unwrap()
+    };
+    let a = build("a", with_seed(&user));
+    let b = build("b", with_seed(&user));
+    for bus in [&a, &b] {
+        bus.host().unwrap().wait_opened(LONG).await.unwrap();
+    }
+    let sb = Arc::new(Seen::default());
+    let _gb = b.observe::<Tick, _>(sb.clone());
+    for n in 0..20 {
+        a.publish(Tick { n }).unwrap();
+    }
+    wait_until("20 with an NKey", || ticks(&sb).len() >= 20).await;
+    assert_eq!(ticks(&sb), (0..20).collect::<Vec<_>>());
+
+    let refused = build("c", with_seed(&stranger));
+    let host = refused.host().unwrap();
+    let err = host.wait_opened(LONG).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        interrole::TransportErrorKind::Unauthorized,
+        "{err}"
+    );
+    assert_eq!((host.state(), host.status().faults), (HostState::Closed, 0));
+    a.close().await;
+    b.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
