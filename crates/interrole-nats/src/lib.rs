@@ -20,9 +20,12 @@
 //! published in order on the client's single connection, and NATS keeps per-publisher order to
 //! each subscriber. An event is acknowledged to the bus (`Inbound::acknowledged`) once a round
 //! trip to the server has confirmed that the server has it; a connection is open once a round
-//! trip has confirmed its subscriptions. Core NATS keeps nothing for a subscriber that
-//! is away: what it misses while disconnected is found by the bus as a gap and repaired from the
-//! publisher's retention (see `docs/reliability.md`), or reported.
+//! trip has confirmed its subscriptions. A directed event carries a reply subject in the
+//! client's inbox, so that the server answers "no responders" when its target is not connected;
+//! the bus hears it as a refusal (`Inbound::rejected`, `NoListener`) before the acknowledgement,
+//! and a request to an absent instance fails at once instead of timing out. Core NATS keeps
+//! nothing for a subscriber that is away: what it misses while disconnected is found by the bus
+//! as a gap and repaired from the publisher's retention (see `docs/reliability.md`), or reported.
 //!
 //! # Durable mode (JetStream)
 //!
@@ -481,6 +484,7 @@ impl Transport for NatsTransport {
             queued: AtomicU64::new(0),
             written: watch::channel(0).0,
         });
+        let mut refusals = None;
         let (reader, js) = match &self.options.durable {
             None => {
                 let subscribe_error = |e: async_nats::SubscribeError| {
@@ -497,6 +501,15 @@ impl Transport for NatsTransport {
                     .subscribe(self.options.instance_subject(&spec.topic, &spec.instance))
                     .await
                     .map_err(subscribe_error)?;
+                let prefix = client.new_inbox();
+                let refused = client
+                    .subscribe(format!("{prefix}.*"))
+                    .await
+                    .map_err(subscribe_error)?;
+                refusals = Some(Refusals {
+                    prefix,
+                    subscriber: refused,
+                });
                 // The subscriptions are registered once the server has answered a round trip.
                 round_trip(&client).await.map_err(|e| {
                     TransportError::new(e.kind(), format!("subscribing: {}", e.message()))
@@ -528,9 +541,12 @@ impl Transport for NatsTransport {
             }
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let writer = match js {
-            None => tokio::spawn(write_loop(client.clone(), rx, shared.clone())),
-            Some(js) => tokio::spawn(durable_write_loop(
+        let writer = match (js, refusals) {
+            (None, Some(refusals)) => {
+                tokio::spawn(write_loop(client.clone(), rx, refusals, shared.clone()))
+            }
+            (None, None) => unreachable!("core mode subscribes for refusals"),
+            (Some(js), _) => tokio::spawn(durable_write_loop(
                 js,
                 spec.instance.clone(),
                 rx,
@@ -600,10 +616,53 @@ async fn round_trip(client: &async_nats::Client) -> Result<(), TransportError> {
     }
 }
 
+/// One event on its way to the server.
+struct Outgoing {
+    subject: String,
+    seq: u64,
+    envelope: Bytes,
+    /// Directed to one instance (core mode asks the server to say when nobody listens).
+    directed: bool,
+}
+
+/// Where the server's "no responders" answers to directed events arrive: `{prefix}.{seq}`.
+struct Refusals {
+    prefix: String,
+    subscriber: async_nats::Subscriber,
+}
+
+impl Refusals {
+    /// Reports every refusal that has arrived, without waiting.
+    fn report(&mut self, shared: &Shared) {
+        use futures::FutureExt;
+        while let Some(Some(message)) = self.subscriber.next().now_or_never() {
+            if message.status != Some(async_nats::StatusCode::NO_RESPONDERS) {
+                continue;
+            }
+            let seq = message
+                .subject
+                .rsplit('.')
+                .next()
+                .and_then(|s| s.parse::<u64>().ok());
+            let Some(seq) = seq else { continue };
+            if !shared.ended.load(Ordering::Acquire) {
+                shared.inbound.rejected(
+                    seq,
+                    TransportError::new(
+                        TransportErrorKind::NoListener,
+                        "no instance of that name is connected to the topic (NATS: no responders)",
+                    ),
+                );
+            }
+        }
+    }
+}
+
 /// Publishes in order; after each batch, a round trip to the server acknowledges it to the bus.
 async fn write_loop(
     client: async_nats::Client,
-    mut rx: mpsc::UnboundedReceiver<(String, u64, Bytes)>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    mut refusals: Refusals,
     shared: Arc<Shared>,
 ) {
     while let Some(first) = rx.recv().await {
@@ -616,8 +675,22 @@ async fn write_loop(
         }
         let mut last = 0;
         let n = batch.len() as u64;
-        for (subject, seq, payload) in batch {
-            if let Err(e) = client.publish(subject, payload).await {
+        for Outgoing {
+            subject,
+            seq,
+            envelope,
+            directed,
+        } in batch
+        {
+            // A directed event carries a reply subject, so that the server says at once when
+            // nobody subscribes to its target's subject ("no responders").
+            let published = if directed {
+                let reply = format!("{}.{seq}", refusals.prefix);
+                client.publish_with_reply(subject, reply, envelope).await
+            } else {
+                client.publish(subject, envelope).await
+            };
+            if let Err(e) = published {
                 shared.fail(TransportError::new(
                     TransportErrorKind::ConnectionLost,
                     format!("publishing: {e}"),
@@ -630,6 +703,10 @@ async fn write_loop(
             shared.fail(e);
             return;
         }
+        // The server answered the round trip after everything before it, and the client hands
+        // messages to subscriptions in the order they arrive: every refusal of this batch is
+        // waiting, and is reported before the acknowledgement that covers it.
+        refusals.report(&shared);
         shared.written.send_modify(|w| *w += n);
         if !shared.ended.load(Ordering::Acquire) {
             shared.inbound.acknowledged(last);
@@ -748,7 +825,7 @@ async fn durable_write_loop(
     js: async_nats::jetstream::Context,
     // Every event a connection sends is its own instance's.
     sender: InstanceId,
-    mut rx: mpsc::UnboundedReceiver<(String, u64, Bytes)>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
     shared: Arc<Shared>,
 ) {
     let fail = |shared: &Shared, what: &str, e: &dyn fmt::Display| {
@@ -767,7 +844,13 @@ async fn durable_write_loop(
         }
         let n = batch.len() as u64;
         let mut pending = Vec::with_capacity(batch.len());
-        for (subject, seq, payload) in batch {
+        for Outgoing {
+            subject,
+            seq,
+            envelope: payload,
+            ..
+        } in batch
+        {
             let mut headers = async_nats::HeaderMap::new();
             // The stream drops a message id it has seen: (sender, seq) de-duplication.
             headers.insert("Nats-Msg-Id", format!("{sender}:{seq}").as_str());
@@ -852,7 +935,7 @@ struct NatsConnection {
     instance: InstanceId,
     client: async_nats::Client,
     shared: Arc<Shared>,
-    tx: mpsc::UnboundedSender<(String, u64, Bytes)>,
+    tx: mpsc::UnboundedSender<Outgoing>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     max_payload: Arc<AtomicU64>,
 }
@@ -896,7 +979,13 @@ impl Connection for NatsConnection {
             Some(t) => self.options.instance_subject(&self.topic, t),
         };
         self.shared.queued.fetch_add(1, Ordering::AcqRel);
-        self.tx.send((subject, event.seq(), envelope)).map_err(|_| {
+        let outgoing = Outgoing {
+            subject,
+            seq: event.seq(),
+            envelope,
+            directed: target.is_some(),
+        };
+        self.tx.send(outgoing).map_err(|_| {
             TransportError::new(TransportErrorKind::ConnectionLost, "the writer has stopped")
         })
     }

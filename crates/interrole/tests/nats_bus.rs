@@ -113,6 +113,49 @@ async fn typed_events_and_request_reply_over_nats() {
     b.close().await;
 }
 
+/// A request to an instance that is not connected is refused at once (the server's "no
+/// responders"), not left to time out; a `send_to` it is counted as refused. An instance that is
+/// connected still gets its directed events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_an_absent_instance_is_refused_at_once() {
+    let Some(server) =
+        common::NatsServer::start("a_request_to_an_absent_instance_is_refused_at_once")
+    else {
+        return;
+    };
+    let a = bus(&server.url(), "absent", "a").await;
+    let b = bus(&server.url(), "absent", "b").await;
+    let _serve = b.serve(|q: &Ask| Answer { y: q.x * 2 });
+    let started = Instant::now();
+    let err = a
+        .request::<Ask, Answer>(&InstanceId::new("nobody").unwrap(), Ask { x: 1 }, LONG)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, interrole::RequestError::Refused(e) if e.kind() == interrole::TransportErrorKind::NoListener),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused after {:?}, not at once",
+        started.elapsed()
+    );
+    a.send_to(&InstanceId::new("nobody").unwrap(), Tick { n: 1 })
+        .unwrap();
+    wait_until("two refusals counted", || {
+        a.reliable_stats().unwrap().rejected >= 2
+    })
+    .await;
+    let answer = a
+        .request::<Ask, Answer>(&InstanceId::new("b").unwrap(), Ask { x: 21 }, LONG)
+        .await
+        .unwrap();
+    assert_eq!(answer.y, 42);
+    assert_eq!(a.reliable_stats().unwrap().rejected, 2);
+    a.close().await;
+    b.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_node_a_bus_is_on_moves_it_and_nothing_is_lost() {
     let Some(mut cluster) = common::NatsCluster::start(
