@@ -85,6 +85,22 @@ fn probe_loop(publisher: Bus, epoch: Instant) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// Waits until the publisher and every subscriber are connected, then publishes a probe every
+/// millisecond. Returns every bus, the probes' time origin, and the probing task.
+async fn start_probes(
+    publisher: &Bus,
+    subs: &Subscribers,
+) -> Result<(Vec<Bus>, Instant, tokio::task::JoinHandle<()>), Error> {
+    let mut all = subs.buses.clone();
+    all.push(publisher.clone());
+    all_opened(&all).await?;
+    for b in &all {
+        b.register::<Probe>()?;
+    }
+    let epoch = Instant::now();
+    Ok((all, epoch, probe_loop(publisher.clone(), epoch)))
+}
+
 fn opened(all: &[Bus]) -> Vec<u64> {
     all.iter()
         .map(|b| b.host().map_or(0, |h| h.status().opened))
@@ -125,14 +141,7 @@ pub async fn relay_recovery(kills: usize) -> Result<Vec<Recovery>, Error> {
             .map(|i| bus(format!("sub-{i}")))
             .collect::<Result<Vec<_>, _>>()?,
     );
-    let mut all = subs.buses.clone();
-    all.push(publisher.clone());
-    all_opened(&all).await?;
-    for b in &all {
-        b.register::<Probe>()?;
-    }
-    let epoch = Instant::now();
-    let probes = probe_loop(publisher.clone(), epoch);
+    let (all, epoch, probes) = start_probes(&publisher, &subs).await?;
     let mut out = Vec::new();
     for _ in 0..kills {
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -271,14 +280,7 @@ pub async fn nats_recovery(kills: usize) -> Result<Vec<Recovery>, Error> {
                 .map(|i| bus(format!("sub-{i}"), format!("{},{}", url(1), url(2))))
                 .collect::<Result<Vec<_>, _>>()?,
         );
-        let mut all = subs.buses.clone();
-        all.push(publisher.clone());
-        all_opened(&all).await?;
-        for b in &all {
-            b.register::<Probe>()?;
-        }
-        let epoch = Instant::now();
-        let probes = probe_loop(publisher.clone(), epoch);
+        let (all, epoch, probes) = start_probes(&publisher, &subs).await?;
         // Interest crosses the routes: wait until every subscriber hears the probes.
         let t = Instant::now();
         while subs.latest.iter().any(|l| l.load(Ordering::Relaxed) == 0) {

@@ -45,6 +45,8 @@
 pub mod codec;
 mod event;
 mod id;
+#[cfg(feature = "link")]
+pub mod link;
 mod retry;
 #[cfg(feature = "testkit")]
 pub mod testkit;

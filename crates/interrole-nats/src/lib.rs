@@ -50,19 +50,20 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::{ConnectErrorKind, ConnectOptions, Event};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
+use interrole_core::link::LinkState;
 use interrole_core::{
     Connection, Inbound, InstanceId, InterRoleEvent, OpenSpec, Topic, Transport, TransportError,
     TransportErrorKind, TransportLimits,
 };
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// How a client proves who it is to the NATS server.
@@ -476,14 +477,7 @@ impl Transport for NatsTransport {
             self.max_payload
                 .store(max_payload as u64, Ordering::Relaxed);
         }
-        let shared = Arc::new(Shared {
-            inbound,
-            open: AtomicBool::new(true),
-            ended: AtomicBool::new(false),
-            error: Mutex::new(None),
-            queued: AtomicU64::new(0),
-            written: watch::channel(0).0,
-        });
+        let shared = Arc::new(LinkState::new(inbound));
         let mut refusals = None;
         let (reader, js) = match &self.options.durable {
             None => {
@@ -572,23 +566,14 @@ impl Transport for NatsTransport {
     }
 }
 
-struct Shared {
-    inbound: Arc<dyn Inbound>,
-    open: AtomicBool,
-    ended: AtomicBool,
-    error: Mutex<Option<TransportError>>,
-    queued: AtomicU64,
-    written: watch::Sender<u64>,
-}
+/// The connection's state, shared by its handle and its tasks.
+type Shared = LinkState;
 
-impl Shared {
-    fn fail(&self, error: TransportError) {
-        self.open.store(false, Ordering::Release);
-        self.error.lock().get_or_insert_with(|| error.clone());
-        if !self.ended.swap(true, Ordering::AcqRel) {
-            tracing::debug!(%error, "NATS connection lost");
-            self.inbound.closed(error);
-        }
+/// Fails the connection, saying so once.
+fn fail(shared: &Shared, error: TransportError) {
+    let message = error.to_string();
+    if shared.fail(error) {
+        tracing::debug!(error = %message, "NATS connection lost");
     }
 }
 
@@ -645,8 +630,8 @@ impl Refusals {
                 .next()
                 .and_then(|s| s.parse::<u64>().ok());
             let Some(seq) = seq else { continue };
-            if !shared.ended.load(Ordering::Acquire) {
-                shared.inbound.rejected(
+            if !shared.is_ending() {
+                shared.inbound().rejected(
                     seq,
                     TransportError::new(
                         TransportErrorKind::NoListener,
@@ -691,25 +676,28 @@ async fn write_loop(
                 client.publish(subject, envelope).await
             };
             if let Err(e) = published {
-                shared.fail(TransportError::new(
-                    TransportErrorKind::ConnectionLost,
-                    format!("publishing: {e}"),
-                ));
+                fail(
+                    &shared,
+                    TransportError::new(
+                        TransportErrorKind::ConnectionLost,
+                        format!("publishing: {e}"),
+                    ),
+                );
                 return;
             }
             last = seq;
         }
         if let Err(e) = round_trip(&client).await {
-            shared.fail(e);
+            fail(&shared, e);
             return;
         }
         // The server answered the round trip after everything before it, and the client hands
         // messages to subscriptions in the order they arrive: every refusal of this batch is
         // waiting, and is reported before the acknowledgement that covers it.
         refusals.report(&shared);
-        shared.written.send_modify(|w| *w += n);
-        if !shared.ended.load(Ordering::Acquire) {
-            shared.inbound.acknowledged(last);
+        shared.written(n);
+        if !shared.is_ending() {
+            shared.inbound().acknowledged(last);
         }
     }
 }
@@ -726,20 +714,23 @@ async fn read_loop(
             m = directed.next() => m,
         };
         let Some(message) = message else {
-            shared.fail(TransportError::new(
-                TransportErrorKind::ConnectionLost,
-                "the NATS subscription ended",
-            ));
+            fail(
+                &shared,
+                TransportError::new(
+                    TransportErrorKind::ConnectionLost,
+                    "the NATS subscription ended",
+                ),
+            );
             return;
         };
-        if shared.ended.load(Ordering::Acquire) {
+        if shared.is_ending() {
             return;
         }
         match InterRoleEvent::from_wire(message.payload) {
-            Ok(event) => shared.inbound.event(event),
+            Ok(event) => shared.inbound().event(event),
             Err(error) => {
                 tracing::warn!(subject = %message.subject, %error, "an undecodable envelope was dropped");
-                shared.inbound.missed(None, 1);
+                shared.inbound().missed(None, 1);
             }
         }
     }
@@ -828,11 +819,11 @@ async fn durable_write_loop(
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     shared: Arc<Shared>,
 ) {
-    let fail = |shared: &Shared, what: &str, e: &dyn fmt::Display| {
-        shared.fail(TransportError::new(
-            TransportErrorKind::ConnectionLost,
-            format!("{what}: {e}"),
-        ));
+    let lost = |shared: &Shared, what: &str, e: &dyn fmt::Display| {
+        fail(
+            shared,
+            TransportError::new(TransportErrorKind::ConnectionLost, format!("{what}: {e}")),
+        );
     };
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -856,20 +847,20 @@ async fn durable_write_loop(
             headers.insert("Nats-Msg-Id", format!("{sender}:{seq}").as_str());
             match js.publish_with_headers(subject, headers, payload).await {
                 Ok(ack) => pending.push((seq, ack)),
-                Err(e) => return fail(&shared, "publishing to JetStream", &e),
+                Err(e) => return lost(&shared, "publishing to JetStream", &e),
             }
         }
         for (seq, ack) in pending {
             match ack.await {
                 Ok(_) => {
-                    if !shared.ended.load(Ordering::Acquire) {
-                        shared.inbound.acknowledged(seq);
+                    if !shared.is_ending() {
+                        shared.inbound().acknowledged(seq);
                     }
                 }
-                Err(e) => return fail(&shared, "JetStream did not store an event", &e),
+                Err(e) => return lost(&shared, "JetStream did not store an event", &e),
             }
         }
-        shared.written.send_modify(|w| *w += n);
+        shared.written(n);
     }
 }
 
@@ -879,10 +870,13 @@ async fn durable_read_loop(multicast: Pull, directed: Pull, own: InstanceId, sha
     let (mut m, mut d) = match tokio::try_join!(open(multicast), open(directed)) {
         Ok(x) => x,
         Err(e) => {
-            shared.fail(TransportError::new(
-                TransportErrorKind::ConnectionLost,
-                format!("reading the durable consumers: {e}"),
-            ));
+            fail(
+                &shared,
+                TransportError::new(
+                    TransportErrorKind::ConnectionLost,
+                    format!("reading the durable consumers: {e}"),
+                ),
+            );
             return;
         }
     };
@@ -898,23 +892,26 @@ async fn durable_read_loop(multicast: Pull, directed: Pull, own: InstanceId, sha
                 continue;
             }
             None => {
-                shared.fail(TransportError::new(
-                    TransportErrorKind::ConnectionLost,
-                    "a durable consumer ended",
-                ));
+                fail(
+                    &shared,
+                    TransportError::new(
+                        TransportErrorKind::ConnectionLost,
+                        "a durable consumer ended",
+                    ),
+                );
                 return;
             }
         };
-        if shared.ended.load(Ordering::Acquire) {
+        if shared.is_ending() {
             return;
         }
         match InterRoleEvent::from_wire(message.payload.clone()) {
             // The stream holds this instance's own multicast events too: no echo.
             Ok(event) if event.sender() == &own => {}
-            Ok(event) => shared.inbound.event(event),
+            Ok(event) => shared.inbound().event(event),
             Err(error) => {
                 tracing::warn!(subject = %message.subject, %error, "an undecodable envelope was dropped");
-                shared.inbound.missed(None, 1);
+                shared.inbound().missed(None, 1);
             }
         }
         if let Err(e) = message.ack().await {
@@ -925,7 +922,7 @@ async fn durable_read_loop(multicast: Pull, directed: Pull, own: InstanceId, sha
 
 async fn watch_loss(mut lost: mpsc::UnboundedReceiver<TransportError>, shared: Arc<Shared>) {
     if let Some(error) = lost.recv().await {
-        shared.fail(error);
+        fail(&shared, error);
     }
 }
 
@@ -957,12 +954,7 @@ impl Connection for NatsConnection {
         event: &InterRoleEvent,
         target: Option<&InstanceId>,
     ) -> Result<(), TransportError> {
-        if !self.shared.open.load(Ordering::Acquire) {
-            return Err(match self.shared.error.lock().clone() {
-                Some(e) => e,
-                None => TransportError::new(TransportErrorKind::Closed, "the connection is closed"),
-            });
-        }
+        self.shared.check_open()?;
         let envelope = event.to_wire()?;
         let max = self.max_payload.load(Ordering::Relaxed) as usize;
         if envelope.len() > max {
@@ -978,7 +970,7 @@ impl Connection for NatsConnection {
             None => self.options.topic_subject(&self.topic),
             Some(t) => self.options.instance_subject(&self.topic, t),
         };
-        self.shared.queued.fetch_add(1, Ordering::AcqRel);
+        self.shared.queued();
         let outgoing = Outgoing {
             subject,
             seq: event.seq(),
@@ -991,28 +983,11 @@ impl Connection for NatsConnection {
     }
 
     async fn flush(&self) -> Result<(), TransportError> {
-        let goal = self.shared.queued.load(Ordering::Acquire);
-        let mut written = self.shared.written.subscribe();
-        loop {
-            if *written.borrow_and_update() >= goal {
-                return Ok(());
-            }
-            if let Some(e) = self.shared.error.lock().clone() {
-                return Err(e);
-            }
-            if !self.shared.open.load(Ordering::Acquire) {
-                return Err(TransportError::new(
-                    TransportErrorKind::Closed,
-                    "the connection is closed",
-                ));
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(100), written.changed()).await;
-        }
+        self.shared.flush().await
     }
 
     async fn close(&self) {
-        self.shared.ended.store(true, Ordering::Release);
-        self.shared.open.store(false, Ordering::Release);
+        self.shared.end();
         let tasks = std::mem::take(&mut *self.tasks.lock());
         for task in tasks {
             task.abort();
@@ -1022,14 +997,13 @@ impl Connection for NatsConnection {
     }
 
     fn is_open(&self) -> bool {
-        self.shared.open.load(Ordering::Acquire)
+        self.shared.is_open()
     }
 }
 
 impl Drop for NatsConnection {
     fn drop(&mut self) {
-        self.shared.ended.store(true, Ordering::Release);
-        self.shared.open.store(false, Ordering::Release);
+        self.shared.end();
         for task in self.tasks.lock().drain(..) {
             task.abort();
         }

@@ -2,12 +2,15 @@
 //! three-node cluster where the node a subscriber is connected to is killed while events flow.
 //! Skipped, with a message, when nats-server is not installed (a failure under CI).
 
+#[path = "../../interrole-relay-server/tests/common/cert.rs"]
+mod cert;
 #[path = "../../interrole-nats/tests/common/mod.rs"]
 mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cert::SelfSigned;
 use interrole::nats::{Durable, NatsAuth, NatsOptions, NatsTls};
 use interrole::{Bus, HostState, InstanceId, Observer, ObserverError, RetryPolicy};
 use serde::{Deserialize, Serialize};
@@ -65,15 +68,43 @@ async fn bus(urls: &str, topic: &str, id: &str) -> Bus {
 
 /// A connected bus with `options` and a fast retry policy.
 async fn bus_on(options: NatsOptions, topic: &str, id: &str) -> Bus {
-    let bus = Bus::builder()
+    let bus = unopened(options, topic, id);
+    bus.host().unwrap().wait_opened(LONG).await.unwrap();
+    bus
+}
+
+/// A bus with `options` and a fast retry policy, whose connection may not open.
+fn unopened(options: NatsOptions, topic: &str, id: &str) -> Bus {
+    Bus::builder()
         .instance(id)
         .topic(topic)
         .nats(options)
         .retry(fast_retry())
         .build()
-        .unwrap();
-    bus.host().unwrap().wait_opened(LONG).await.unwrap();
-    bus
+        .unwrap()
+}
+
+/// `n` ticks published by `from` reach `to` once each, in order.
+async fn carries(from: &Bus, to: &Bus, n: u64) {
+    let seen = Arc::new(Seen::default());
+    let _guard = to.observe::<Tick, _>(seen.clone());
+    for n in 0..n {
+        from.publish(Tick { n }).unwrap();
+    }
+    wait_until(&format!("{n} ticks"), || ticks(&seen).len() as u64 >= n).await;
+    assert_eq!(ticks(&seen), (0..n).collect::<Vec<_>>());
+}
+
+/// The bus's connection is refused as `Unauthorized`, at once and for good: `Closed`, no retry.
+async fn assert_unauthorized(bus: &Bus) {
+    let host = bus.host().unwrap();
+    let err = host.wait_opened(LONG).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        interrole::TransportErrorKind::Unauthorized,
+        "{err}"
+    );
+    assert_eq!((host.state(), host.status().faults), (HostState::Closed, 0));
 }
 
 fn fast_retry() -> RetryPolicy {
@@ -332,20 +363,7 @@ async fn bad_credentials_and_a_server_without_jetstream_are_fatal_and_said() {
         user: "svc".into(),
         password: "wrong".into(),
     });
-    let bus = Bus::builder()
-        .instance("x")
-        .topic("t")
-        .nats(wrong)
-        .build()
-        .unwrap();
-    let host = bus.host().unwrap();
-    let err = host.wait_opened(LONG).await.unwrap_err();
-    assert_eq!(
-        err.kind(),
-        interrole::TransportErrorKind::Unauthorized,
-        "{err}"
-    );
-    assert_eq!((host.state(), host.status().faults), (HostState::Closed, 0));
+    assert_unauthorized(&unopened(wrong, "t", "x")).await;
 
     // The right password, but durable mode on a server without JetStream.
     let right = NatsOptions::new(&server.url())
@@ -354,55 +372,19 @@ async fn bad_credentials_and_a_server_without_jetstream_are_fatal_and_said() {
             password: "right".into(),
         })
         .with_durable(Durable::default());
-    let bus = Bus::builder()
-        .instance("y")
-        .topic("t")
-        .nats(right)
-        .build()
-        .unwrap();
+    let bus = unopened(right, "t", "y");
     let host = bus.host().unwrap();
     let err = host.wait_opened(LONG).await.unwrap_err();
     assert!(!err.is_transient(), "{err} {:?}", host.status());
     assert!(err.to_string().contains("JetStream"), "{err}");
 }
 
-/// A self-signed end-entity certificate for 127.0.0.1, made with the openssl command.
-fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    std::fs::create_dir_all(dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .args(["-days", "1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl makes the test certificate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_and_a_token() {
-    let dir = std::env::temp_dir().join(format!("interrole-nats-tls-{}", std::process::id()));
-    let (cert, key) = self_signed(&dir);
+    let cert = SelfSigned::new();
     let (c, k) = (
-        cert.to_string_lossy().to_string(),
-        key.to_string_lossy().to_string(),
+        cert.cert.to_string_lossy().to_string(),
+        cert.key.to_string_lossy().to_string(),
     );
     let Some(server) = common::NatsServer::start_args(
         "tls_and_a_token",
@@ -419,36 +401,19 @@ async fn tls_and_a_token() {
         return;
     };
     let url = format!("tls://{}", server.addr);
-    let options = || {
+    let options = |token: &str| {
         NatsOptions::new(&url)
-            .with_tls(NatsTls::trusting(&cert))
-            .with_auth(NatsAuth::Token("s3cret-token".into()))
+            .with_tls(NatsTls::trusting(&cert.cert))
+            .with_auth(NatsAuth::Token(token.into()))
     };
-    let build = |id: &str, o: NatsOptions| {
-        Bus::builder()
-            .instance(id)
-            .topic("tls")
-            .nats(o)
-            .retry(fast_retry())
-            .build()
-            .unwrap()
-    };
-    let a = build("a", options());
-    let b = build("b", options());
-    for bus in [&a, &b] {
-        bus.host().unwrap().wait_opened(LONG).await.unwrap();
-    }
-    let sb = Arc::new(Seen::default());
-    let _gb = b.observe::<Tick, _>(sb.clone());
-    for n in 0..50 {
-        a.publish(Tick { n }).unwrap();
-    }
-    wait_until("50 over TLS", || ticks(&sb).len() >= 50).await;
-    assert_eq!(ticks(&sb), (0..50).collect::<Vec<_>>());
+    let a = bus_on(options("s3cret-token"), "tls", "a").await;
+    let b = bus_on(options("s3cret-token"), "tls", "b").await;
+    carries(&a, &b, 50).await;
     // Without the certificate's trust, or with a wrong token, the connection is refused.
-    let untrusted = build(
-        "c",
+    let untrusted = unopened(
         NatsOptions::new(&url).with_auth(NatsAuth::Token("s3cret-token".into())),
+        "tls",
+        "c",
     );
     let err = untrusted
         .host()
@@ -461,21 +426,9 @@ async fn tls_and_a_token() {
         "an untrusted certificate is not worth retrying: {err}"
     );
     assert!(err.to_string().contains("certificate"), "{err}");
-    let wrong = build(
-        "d",
-        NatsOptions::new(&url)
-            .with_tls(NatsTls::trusting(&cert))
-            .with_auth(NatsAuth::Token("wrong".into())),
-    );
-    let err = wrong.host().unwrap().wait_opened(LONG).await.unwrap_err();
-    assert_eq!(
-        err.kind(),
-        interrole::TransportErrorKind::Unauthorized,
-        "{err}"
-    );
+    assert_unauthorized(&unopened(options("wrong"), "tls", "d")).await;
     a.close().await;
     b.close().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// NKey authentication: the server knows the user's public key only; the bus signs the server's
@@ -503,37 +456,10 @@ async fn nkey_authentication() {
     let with_seed = |pair: &nkeys::KeyPair| {
         NatsOptions::new(&server.url()).with_auth(NatsAuth::NKey(pair.seed().unwrap()))
     };
-    let build = |id: &str, o: NatsOptions| {
-        Bus::builder()
-            .instance(id)
-            .topic("nkey")
-            .nats(o)
-            .retry(fast_retry())
-            .build()
-            .unwrap()
-    };
-    let a = build("a", with_seed(&user));
-    let b = build("b", with_seed(&user));
-    for bus in [&a, &b] {
-        bus.host().unwrap().wait_opened(LONG).await.unwrap();
-    }
-    let sb = Arc::new(Seen::default());
-    let _gb = b.observe::<Tick, _>(sb.clone());
-    for n in 0..20 {
-        a.publish(Tick { n }).unwrap();
-    }
-    wait_until("20 with an NKey", || ticks(&sb).len() >= 20).await;
-    assert_eq!(ticks(&sb), (0..20).collect::<Vec<_>>());
-
-    let refused = build("c", with_seed(&stranger));
-    let host = refused.host().unwrap();
-    let err = host.wait_opened(LONG).await.unwrap_err();
-    assert_eq!(
-        err.kind(),
-        interrole::TransportErrorKind::Unauthorized,
-        "{err}"
-    );
-    assert_eq!((host.state(), host.status().faults), (HostState::Closed, 0));
+    let a = bus_on(with_seed(&user), "nkey", "a").await;
+    let b = bus_on(with_seed(&user), "nkey", "b").await;
+    carries(&a, &b, 20).await;
+    assert_unauthorized(&unopened(with_seed(&stranger), "nkey", "c")).await;
     a.close().await;
     b.close().await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -30,15 +30,24 @@ fn temp_dir(what: &str) -> std::path::PathBuf {
     dir
 }
 
-/// The server binary, if installed.
-fn binary() -> Option<&'static str> {
+/// Whether `nats-server` is installed. When it is not, `test` is skipped, and says so; under CI
+/// (`CI` set) that is a failure instead.
+fn installed(test: &str) -> bool {
     let ok = Command::new("nats-server")
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    ok.then_some("nats-server")
+    if !ok {
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "{test}: nats-server is not installed, and CI requires it (apt-get install -y nats-server)"
+            );
+        }
+        eprintln!("{test}: SKIPPED: nats-server is not installed (apt-get install -y nats-server)");
+    }
+    ok
 }
 
 impl NatsServer {
@@ -64,15 +73,7 @@ impl NatsServer {
     }
 
     fn start_with_extra(test: &str, js: bool, extra: &[&str]) -> Option<Self> {
-        if binary().is_none() {
-            if std::env::var_os("CI").is_some() {
-                panic!(
-                    "{test}: nats-server is not installed, and CI requires it (apt-get install -y nats-server)"
-                );
-            }
-            eprintln!(
-                "{test}: SKIPPED: nats-server is not installed (apt-get install -y nats-server)"
-            );
+        if !installed(test) {
             return None;
         }
         let port = free_port();
@@ -184,15 +185,7 @@ impl NatsCluster {
     }
 
     fn start_with(test: &str, n: usize, js: bool) -> Option<Self> {
-        if binary().is_none() {
-            if std::env::var_os("CI").is_some() {
-                panic!(
-                    "{test}: nats-server is not installed, and CI requires it (apt-get install -y nats-server)"
-                );
-            }
-            eprintln!(
-                "{test}: SKIPPED: nats-server is not installed (apt-get install -y nats-server)"
-            );
+        if !installed(test) {
             return None;
         }
         let mut nodes: Vec<Node> = (0..n)

@@ -2,6 +2,7 @@
 //! tokio-tungstenite client.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod cert;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -9,12 +9,12 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
+use interrole_core::link::LinkState;
 use interrole_core::{
     Connection, Inbound, InstanceId, InterRoleEvent, OpenSpec, Transport, TransportError,
     TransportErrorKind, TransportLimits,
@@ -140,13 +140,8 @@ impl Transport for RelayTransport {
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
-            inbound,
-            open: AtomicBool::new(true),
-            ended: AtomicBool::new(false),
+            link: LinkState::new(inbound),
             stop: stop_tx,
-            queued: AtomicU64::new(0),
-            written: watch::channel(0).0,
-            error: Mutex::new(None),
         });
         // RESUME, then a ping: the relay registers the subscriber when it reads the RESUME, so
         // its pong means that everything published from now on reaches this instance.
@@ -192,11 +187,11 @@ impl Transport for RelayTransport {
         match tokio::time::timeout(self.relay.connect_timeout(), ready).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                shared.ended.store(true, Ordering::Release);
+                shared.link.end();
                 return Err(e);
             }
             Err(_) => {
-                shared.ended.store(true, Ordering::Release);
+                shared.link.end();
                 return Err(TransportError::new(
                     TransportErrorKind::Timeout,
                     "the relay did not confirm the subscription in time",
@@ -243,32 +238,34 @@ fn lost(message: impl Into<String>) -> TransportError {
 
 /// What the two connection tasks and the handle share.
 struct Shared {
-    inbound: Arc<dyn Inbound>,
-    /// Whether `send` may queue.
-    open: AtomicBool,
-    /// Whether the inbound has been told the end (or the owner closed): once only.
-    ended: AtomicBool,
+    /// Open, ending, frames queued and written (for `flush`), the error that ended it.
+    link: LinkState,
+    /// Stops both tasks.
     stop: watch::Sender<bool>,
-    /// Frames queued and frames written, for `flush`.
-    queued: AtomicU64,
-    written: watch::Sender<u64>,
-    error: Mutex<Option<TransportError>>,
 }
 
 impl Shared {
     /// Ends the connection because of `error`: tells the inbound once, stops both tasks.
     fn fail(&self, error: TransportError) {
-        self.open.store(false, Ordering::Release);
-        self.error.lock().get_or_insert_with(|| error.clone());
         let _ = self.stop.send(true);
-        if !self.ended.swap(true, Ordering::AcqRel) {
-            tracing::debug!(%error, "relay connection lost");
-            self.inbound.closed(error);
+        let message = error.to_string();
+        if self.link.fail(error) {
+            tracing::debug!(error = %message, "relay connection lost");
         }
     }
 
     fn is_ending(&self) -> bool {
-        self.ended.load(Ordering::Acquire)
+        self.link.is_ending()
+    }
+
+    fn inbound(&self) -> &dyn Inbound {
+        self.link.inbound()
+    }
+
+    /// The owner closes: nothing more is queued or delivered, and both tasks stop.
+    fn end(&self) {
+        self.link.end();
+        let _ = self.stop.send(true);
     }
 }
 
@@ -371,7 +368,7 @@ async fn run(
                     shared.fail(lost(format!("{what} connection: {e}")));
                     return;
                 }
-                shared.written.send_modify(|w| *w += frames);
+                shared.link.written(frames);
             }
             () = renewal(renew_at) => {
                 shared.fail(lost("renewing the token before it expires: reconnecting"));
@@ -413,8 +410,8 @@ fn handle(shared: &Shared, bytes: &Bytes, limits: &FrameLimits) -> Result<(), Tr
         let frame =
             frame.map_err(|e| protocol(format!("undecodable frame from the relay: {e}")))?;
         match frame {
-            Frame::Ack { seq } => shared.inbound.acknowledged(seq),
-            Frame::Reject { seq, code, reason } => shared.inbound.rejected(
+            Frame::Ack { seq } => shared.inbound().acknowledged(seq),
+            Frame::Reject { seq, code, reason } => shared.inbound().rejected(
                 seq,
                 TransportError::new(
                     code.error_kind(),
@@ -427,19 +424,19 @@ fn handle(shared: &Shared, bytes: &Bytes, limits: &FrameLimits) -> Result<(), Tr
                 envelope,
             } => match InterRoleEvent::from_wire(envelope) {
                 Ok(event) if event.sender() == &sender && event.seq() == seq => {
-                    shared.inbound.event(event)
+                    shared.inbound().event(event)
                 }
                 Ok(event) => {
                     tracing::warn!(%sender, seq, envelope_id = %event.id(),
                         "an event whose envelope does not match its frame was dropped");
-                    shared.inbound.missed(Some(&sender), 1);
+                    shared.inbound().missed(Some(&sender), 1);
                 }
                 Err(error) => {
                     tracing::warn!(%sender, seq, %error, "an undecodable envelope was dropped");
-                    shared.inbound.missed(Some(&sender), 1);
+                    shared.inbound().missed(Some(&sender), 1);
                 }
             },
-            Frame::Missed { sender, count } => shared.inbound.missed(sender.as_ref(), count),
+            Frame::Missed { sender, count } => shared.inbound().missed(sender.as_ref(), count),
             Frame::Publish { .. } | Frame::Resume { .. } => {
                 return Err(protocol(format!(
                     "the relay sent a {} frame",
@@ -478,12 +475,7 @@ impl Connection for RelayConnection {
         event: &InterRoleEvent,
         target: Option<&InstanceId>,
     ) -> Result<(), TransportError> {
-        if !self.shared.open.load(Ordering::Acquire) {
-            return Err(match self.shared.error.lock().clone() {
-                Some(e) => e,
-                None => TransportError::new(TransportErrorKind::Closed, "the connection is closed"),
-            });
-        }
+        self.shared.link.check_open()?;
         let envelope = event.to_wire()?;
         if envelope.len() > self.max_envelope {
             return Err(TransportError::new(
@@ -497,37 +489,18 @@ impl Connection for RelayConnection {
         }
         let mut out = BytesMut::with_capacity(envelope.len() + 32);
         frame::encode_publish(&mut out, event.seq(), target, &envelope);
-        self.shared.queued.fetch_add(1, Ordering::AcqRel);
+        self.shared.link.queued();
         self.tx
             .send(out.freeze())
             .map_err(|_| lost("the connection's writer has stopped"))
     }
 
     async fn flush(&self) -> Result<(), TransportError> {
-        let goal = self.shared.queued.load(Ordering::Acquire);
-        let mut written = self.shared.written.subscribe();
-        loop {
-            if *written.borrow_and_update() >= goal {
-                return Ok(());
-            }
-            if let Some(e) = self.shared.error.lock().clone() {
-                return Err(e);
-            }
-            if !self.shared.open.load(Ordering::Acquire) {
-                return Err(TransportError::new(
-                    TransportErrorKind::Closed,
-                    "the connection is closed",
-                ));
-            }
-            // Woken by progress; checked again at least every 100 ms for an end.
-            let _ = tokio::time::timeout(Duration::from_millis(100), written.changed()).await;
-        }
+        self.shared.link.flush().await
     }
 
     async fn close(&self) {
-        self.shared.ended.store(true, Ordering::Release);
-        self.shared.open.store(false, Ordering::Release);
-        let _ = self.shared.stop.send(true);
+        self.shared.end();
         let tasks = std::mem::take(&mut *self.tasks.lock());
         for task in tasks {
             let abort = task.abort_handle();
@@ -541,14 +514,12 @@ impl Connection for RelayConnection {
     }
 
     fn is_open(&self) -> bool {
-        self.shared.open.load(Ordering::Acquire)
+        self.shared.link.is_open()
     }
 }
 
 impl Drop for RelayConnection {
     fn drop(&mut self) {
-        self.shared.ended.store(true, Ordering::Release);
-        self.shared.open.store(false, Ordering::Release);
-        let _ = self.shared.stop.send(true);
+        self.shared.end();
     }
 }
