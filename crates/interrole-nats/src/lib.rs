@@ -47,6 +47,7 @@
 //! the [`servers`](NatsOptions::servers) (a cluster's nodes), which drives the same host states
 //! and tracing events as the relay transport.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -287,6 +288,10 @@ pub struct NatsTransport {
     max_payload: Arc<AtomicU64>,
     /// Which server the next connection tries first.
     next_server: Arc<std::sync::atomic::AtomicUsize>,
+    /// Durable consumers being made again from a stream sequence (see [`durable_consumers`]):
+    /// should that fail half-way, the next connection finishes it rather than start with new
+    /// events.
+    resets: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 /// Where a new transport starts in its server list: different for each transport of a process
@@ -308,6 +313,7 @@ impl NatsTransport {
             options: Arc::new(options),
             max_payload: Arc::new(AtomicU64::new(DEFAULT_MAX_PAYLOAD as u64)),
             next_server: Arc::new(std::sync::atomic::AtomicUsize::new(spread())),
+            resets: Arc::default(),
         }
     }
 
@@ -526,7 +532,7 @@ impl Transport for NatsTransport {
                 }
                 let js = async_nats::jetstream::new(client.clone());
                 let (multicast, directed) =
-                    durable_consumers(&js, &self.options, durable, &spec).await?;
+                    durable_consumers(&js, &self.options, durable, &spec, &self.resets).await?;
                 let own = spec.instance.clone();
                 (
                     tokio::spawn(durable_read_loop(multicast, directed, own, shared.clone())),
@@ -745,6 +751,7 @@ async fn durable_consumers(
     options: &NatsOptions,
     durable: &Durable,
     spec: &OpenSpec,
+    resets: &Mutex<HashMap<String, u64>>,
 ) -> Result<(Pull, Pull), TransportError> {
     use async_nats::jetstream::{consumer, stream};
     let name = options.stream_name(&spec.topic);
@@ -785,30 +792,65 @@ async fn durable_consumers(
         let durable_name = format!("{}-{suffix}", sanitize(spec.instance.as_str()));
         let stream = stream.clone();
         async move {
-            stream
-                .get_or_create_consumer(
-                    &durable_name,
-                    consumer::pull::Config {
-                        durable_name: Some(durable_name.clone()),
-                        filter_subject: filter,
-                        deliver_policy: consumer::DeliverPolicy::New,
-                        ack_policy: consumer::AckPolicy::Explicit,
-                        max_ack_pending: 20_000,
-                        ..Default::default()
-                    },
+            let unavailable = |what: &str, e: &dyn fmt::Display| {
+                TransportError::new(
+                    TransportErrorKind::Unavailable,
+                    format!("JetStream consumer {durable_name}: {what}{e}"),
                 )
+            };
+            let config = |deliver_policy| consumer::pull::Config {
+                durable_name: Some(durable_name.clone()),
+                filter_subject: filter.clone(),
+                deliver_policy,
+                ack_policy: consumer::AckPolicy::Explicit,
+                max_ack_pending: 20_000,
+                ..Default::default()
+            };
+            let key = format!("{}/{durable_name}", stream.cached_info().config.name);
+            let unfinished = resets.lock().get(&key).copied();
+            let policy = unfinished.map_or(consumer::DeliverPolicy::New, |start_sequence| {
+                consumer::DeliverPolicy::ByStartSequence { start_sequence }
+            });
+            let mut found: Pull = stream
+                .get_or_create_consumer(&durable_name, config(policy))
                 .await
-                .map_err(|e| {
-                    TransportError::new(
-                        TransportErrorKind::Unavailable,
-                        format!("JetStream consumer {durable_name}: {e}"),
-                    )
-                })
+                .map_err(|e| unavailable("", &e))?;
+            resets.lock().remove(&key);
+            let info = found.info().await.map_err(|e| unavailable("", &e))?;
+            let Some(start) = resume_from(info) else {
+                return Ok(found);
+            };
+            // A previous connection of this instance left events delivered and not acknowledged
+            // (or pull requests the server still serves): JetStream would hand them out again
+            // only after the acknowledgement wait, behind newer ones, and this instance would
+            // drop them as old. The consumer is made again from the first event not
+            // acknowledged, which also ends the old connection's requests.
+            tracing::debug!(consumer = %durable_name, start, "resuming a durable consumer from its acknowledgement floor");
+            resets.lock().insert(key.clone(), start);
+            stream
+                .delete_consumer(&durable_name)
+                .await
+                .map_err(|e| unavailable("resetting: ", &e))?;
+            let made = stream
+                .create_consumer(config(consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                }))
+                .await
+                .map_err(|e| unavailable("resetting: ", &e))?;
+            resets.lock().remove(&key);
+            Ok::<Pull, TransportError>(made)
         }
     };
     let multicast = consumer("t", topic_subject).await?;
     let directed = consumer("i", options.instance_subject(&spec.topic, &spec.instance)).await?;
     Ok((multicast, directed))
+}
+
+/// Where a durable consumer found at open must start again: the stream sequence after its
+/// acknowledgement floor, when a previous connection left events delivered and not acknowledged or
+/// pull requests waiting; `None` when it can go on as it is.
+fn resume_from(info: &async_nats::jetstream::consumer::Info) -> Option<u64> {
+    (info.num_ack_pending > 0 || info.num_waiting > 0).then(|| info.ack_floor.stream_sequence + 1)
 }
 
 /// Publishes to the stream in order; each event is acknowledged to the bus once stored.

@@ -301,6 +301,117 @@ async fn a_durable_subscriber_that_was_down_misses_nothing() {
     b2.close().await;
 }
 
+/// The durable JetStream consumer `name` on `topic`, on a connection of its own.
+async fn consumer_of(
+    url: &str,
+    topic: &str,
+    name: &str,
+) -> async_nats::jetstream::consumer::PullConsumer {
+    let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+    let stream = NatsOptions::new(url).stream_name(&interrole::Topic::new(topic).unwrap());
+    js.get_stream(&stream)
+        .await
+        .unwrap()
+        .get_consumer(name)
+        .await
+        .unwrap()
+}
+
+/// A subscriber process died with events delivered to it and not acknowledged. Its next life gets
+/// them first and in order: not after JetStream's 30 s acknowledgement wait, behind newer events
+/// it would already have passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_subscriber_gets_what_its_previous_life_never_acknowledged() {
+    use futures::StreamExt;
+    let Some(server) = common::NatsServer::start_js(
+        "a_restarted_subscriber_gets_what_its_previous_life_never_acknowledged",
+    ) else {
+        return;
+    };
+    let a = durable_bus(&server.url(), "crash", "a", 1).await;
+    // b's first life creates its durable consumers, then ends.
+    durable_bus(&server.url(), "crash", "b", 1)
+        .await
+        .close()
+        .await;
+    for n in 0..200 {
+        a.publish(Tick { n }).unwrap();
+    }
+    wait_until("stored", || a.reliable_stats().unwrap().outbox_events == 0).await;
+    // The life that crashes: it takes the first 50 events from b's consumer and never
+    // acknowledges them; its connection stays up, hung, and keeps a pull request waiting.
+    let consumer = consumer_of(&server.url(), "crash", "b-t").await;
+    let taken = consumer
+        .fetch()
+        .max_messages(50)
+        .messages()
+        .await
+        .unwrap()
+        .count()
+        .await;
+    assert_eq!(taken, 50);
+    let _waiting = consumer.stream().messages().await.unwrap();
+    // The next life.
+    let b = unopened(
+        NatsOptions::new(&server.url()).with_durable(Durable::default()),
+        "crash",
+        "b",
+    );
+    let sb = Arc::new(Seen::default());
+    let _g = b.observe::<Tick, _>(sb.clone());
+    b.host().unwrap().wait_opened(LONG).await.unwrap();
+    // And what comes after the restart goes to the new life, not to the hung one's request.
+    for n in 200..300 {
+        a.publish(Tick { n }).unwrap();
+    }
+    // Well inside the acknowledgement wait.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ticks(&sb).len() < 300 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ticks(&sb), (0..300).collect::<Vec<_>>());
+    assert!(sb.errors.lock().unwrap().is_empty());
+    a.close().await;
+    b.close().await;
+}
+
+/// A previous life that took nothing but left a pull request waiting on a hung connection: the
+/// server would hand it the next events before the new life's requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_previous_life_does_not_take_the_events_of_the_next() {
+    use futures::StreamExt;
+    let Some(server) =
+        common::NatsServer::start_js("a_hung_previous_life_does_not_take_the_events_of_the_next")
+    else {
+        return;
+    };
+    let a = durable_bus(&server.url(), "hung", "a", 1).await;
+    durable_bus(&server.url(), "hung", "b", 1)
+        .await
+        .close()
+        .await;
+    let consumer = consumer_of(&server.url(), "hung", "b-t").await;
+    let mut waiting = consumer.stream().messages().await.unwrap();
+    // The request has reached the server once an event published now is handed to it.
+    a.publish(Tick { n: 0 }).unwrap();
+    let first = tokio::time::timeout(LONG, waiting.next()).await.unwrap();
+    first.unwrap().unwrap().ack().await.unwrap();
+    let b = durable_bus(&server.url(), "hung", "b", 1).await;
+    let sb = Arc::new(Seen::default());
+    let _g = b.observe::<Tick, _>(sb.clone());
+    for n in 1..=100 {
+        a.publish(Tick { n }).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ticks(&sb).len() < 100 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ticks(&sb), (1..=100).collect::<Vec<_>>());
+    a.close().await;
+    b.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_mode_loses_nothing_when_a_cluster_node_dies() {
     let Some(mut cluster) =
