@@ -544,6 +544,101 @@ async fn tls_and_a_token() {
 
 /// NKey authentication: the server knows the user's public key only; the bus signs the server's
 /// challenge with the seed. A key the server does not know is refused, and not retried.
+/// A JWT for `claims` (the `nats` part) about `subject`, issued and signed by `issuer`, in the
+/// form nats-server decodes (NATS JWT v2: an ed25519 nkey signature, base64url without padding).
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, claims: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let header = b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let body = serde_json::json!({
+        "jti": format!("{subject}{now}"),
+        "iat": now,
+        "iss": issuer.public_key(),
+        "name": subject,
+        "sub": subject,
+        "nats": claims,
+    });
+    let payload = b64(body.to_string().as_bytes());
+    let signature = issuer
+        .sign(format!("{header}.{payload}").as_bytes())
+        .unwrap();
+    format!("{header}.{payload}.{}", b64(&signature))
+}
+
+/// Decentralized authentication: an operator, an account and a user, the user's JWT and seed in a
+/// credentials file. A user of an account the server does not trust is refused and not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_file_authentication() {
+    use serde_json::json;
+    let (operator, account, stranger_account) = (
+        nkeys::KeyPair::new_operator(),
+        nkeys::KeyPair::new_account(),
+        nkeys::KeyPair::new_account(),
+    );
+    let unlimited = json!({"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1});
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        json!({"type": "operator", "version": 2}),
+    );
+    let account_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        json!({"type": "account", "version": 2, "limits": unlimited}),
+    );
+    let dir = std::env::temp_dir().join(format!("interrole-nats-creds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("operator.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "operator: {operator_jwt}\nresolver: MEMORY\nresolver_preload: {{ {}: {account_jwt} }}\n",
+            account.public_key()
+        ),
+    )
+    .unwrap();
+    // A user's credentials file, as `nsc generate creds` writes it.
+    let creds = |name: &str, account: &nkeys::KeyPair| {
+        let user = nkeys::KeyPair::new_user();
+        let jwt = nats_jwt(
+            account,
+            &user.public_key(),
+            json!({"type": "user", "version": 2, "pub": {}, "sub": {},
+                "subs": -1, "data": -1, "payload": -1}),
+        );
+        let path = dir.join(format!("{name}.creds"));
+        std::fs::write(
+            &path,
+            format!(
+                "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+                 -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+                user.seed().unwrap()
+            ),
+        )
+        .unwrap();
+        NatsAuth::CredsFile(path)
+    };
+    let config = config.to_string_lossy().to_string();
+    let Some(server) =
+        common::NatsServer::start_args("credentials_file_authentication", &["-c", &config])
+    else {
+        return;
+    };
+    let with = |auth: NatsAuth| NatsOptions::new(&server.url()).with_auth(auth);
+    let a = bus_on(with(creds("a", &account)), "creds", "a").await;
+    let b = bus_on(with(creds("b", &account)), "creds", "b").await;
+    carries(&a, &b, 20).await;
+    assert_unauthorized(&unopened(with(creds("c", &stranger_account)), "creds", "c")).await;
+    a.close().await;
+    b.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nkey_authentication() {
     let user = nkeys::KeyPair::new_user();
