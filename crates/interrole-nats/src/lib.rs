@@ -790,6 +790,7 @@ async fn durable_consumers(
         })?;
     let consumer = |suffix: &str, filter: String| {
         let durable_name = format!("{}-{suffix}", sanitize(spec.instance.as_str()));
+        let key = format!("{name}/{durable_name}");
         let stream = stream.clone();
         async move {
             let unavailable = |what: &str, e: &dyn fmt::Display| {
@@ -806,18 +807,17 @@ async fn durable_consumers(
                 max_ack_pending: 20_000,
                 ..Default::default()
             };
-            let key = format!("{}/{durable_name}", stream.cached_info().config.name);
             let unfinished = resets.lock().get(&key).copied();
             let policy = unfinished.map_or(consumer::DeliverPolicy::New, |start_sequence| {
                 consumer::DeliverPolicy::ByStartSequence { start_sequence }
             });
-            let mut found: Pull = stream
+            let found: Pull = stream
                 .get_or_create_consumer(&durable_name, config(policy))
                 .await
                 .map_err(|e| unavailable("", &e))?;
             resets.lock().remove(&key);
-            let info = found.info().await.map_err(|e| unavailable("", &e))?;
-            let Some(start) = resume_from(info) else {
+            // The server's answer to finding or making it carries its state.
+            let Some(start) = resume_from(found.cached_info()) else {
                 return Ok(found);
             };
             // A previous connection of this instance left events delivered and not acknowledged

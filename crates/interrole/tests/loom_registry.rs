@@ -98,6 +98,17 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
     builder.check(f);
 }
 
+/// Two threads publish `key` at once; what both delivered.
+fn publish_twice_at_once(reg: &Arc<Reg>, key: u8) -> usize {
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let reg = reg.clone();
+            thread::spawn(move || publish(&reg, key))
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).sum()
+}
+
 /// Publishes as the hub does: the key's lane, then the keyless one, each under its gate.
 fn publish(reg: &Reg, key: u8) -> usize {
     let keyed = reg.lane(&key).filter(|l| l.has_observers());
@@ -143,13 +154,7 @@ fn concurrent_publishers_never_overlap_on_one_observer() {
         let reg = Arc::new(Reg::new());
         let obs = Arc::new(Obs::default());
         let _slot = reg.insert(None, obs.clone()).unwrap();
-        let handles: Vec<_> = (0..2)
-            .map(|_| {
-                let reg = reg.clone();
-                thread::spawn(move || publish(&reg, 7))
-            })
-            .collect();
-        let delivered: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        let delivered = publish_twice_at_once(&reg, 7);
         assert_eq!(delivered, 2);
         assert_eq!(obs.calls.load(Ordering::SeqCst), 2);
     });
@@ -167,13 +172,7 @@ fn concurrent_publishers_never_overlap_on_one_lane() {
         let _sa = reg.insert(Some(5), a.clone()).unwrap();
         let _sb = reg.insert(Some(5), b.clone()).unwrap();
         let _so = reg.insert(Some(6), other.clone()).unwrap();
-        let handles: Vec<_> = (0..2)
-            .map(|_| {
-                let reg = reg.clone();
-                thread::spawn(move || publish(&reg, 5))
-            })
-            .collect();
-        let delivered: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        let delivered = publish_twice_at_once(&reg, 5);
         assert_eq!(delivered, 4);
         assert_eq!(a.calls.load(Ordering::SeqCst), 2);
         assert_eq!(b.calls.load(Ordering::SeqCst), 2);

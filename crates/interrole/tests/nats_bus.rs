@@ -62,6 +62,16 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// The ticks `s` has seen once it has `n` of them, or once `limit` has passed: for an assertion
+/// that shows what arrived.
+async fn ticks_within(s: &Seen, n: usize, limit: Duration) -> Vec<u64> {
+    let deadline = Instant::now() + limit;
+    while ticks(s).len() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ticks(s)
+}
+
 async fn bus(urls: &str, topic: &str, id: &str) -> Bus {
     bus_on(NatsOptions::new(urls), topic, id).await
 }
@@ -365,10 +375,7 @@ async fn a_restarted_subscriber_gets_what_its_previous_life_never_acknowledged()
         a.publish(Tick { n }).unwrap();
     }
     // Well inside the acknowledgement wait.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ticks(&sb).len() < 300 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    ticks_within(&sb, 300, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(ticks(&sb), (0..300).collect::<Vec<_>>());
     assert!(sb.errors.lock().unwrap().is_empty());
@@ -403,11 +410,10 @@ async fn a_hung_previous_life_does_not_take_the_events_of_the_next() {
     for n in 1..=100 {
         a.publish(Tick { n }).unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ticks(&sb).len() < 100 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(ticks(&sb), (1..=100).collect::<Vec<_>>());
+    assert_eq!(
+        ticks_within(&sb, 100, Duration::from_secs(10)).await,
+        (1..=100).collect::<Vec<_>>()
+    );
     a.close().await;
     b.close().await;
 }
