@@ -441,8 +441,8 @@ async fn start_comms(
     let bus = fabric.bus(&instance).await?;
     // The subscriber observes every event and dispatches on the type itself: tell the bus which
     // types it knows, or those arriving from other processes are counted as unknown.
-    bus.register::<RoleConfigurationSectionRefresh>()?;
-    bus.register::<RoleGracefulRecycle>()?;
+    bus.register::<RoleConfigurationSectionRefresh>();
+    bus.register::<RoleGracefulRecycle>();
     let tally = subscriber.tally.clone();
     // `Bus::subscribe` takes a closure; a full observer of every event goes through the
     // `Observable` trait.

@@ -95,7 +95,7 @@ async fn start_probes(
     all.push(publisher.clone());
     all_opened(&all).await?;
     for b in &all {
-        b.register::<Probe>()?;
+        b.register::<Probe>();
     }
     let epoch = Instant::now();
     Ok((all, epoch, probe_loop(publisher.clone(), epoch)))

@@ -16,8 +16,16 @@ use crate::id::{EventId, InstanceId, TypeTag};
 ///
 /// The tag names the type on the wire and routes it to typed observers. It must stay the same for
 /// as long as any process may send or receive the type; a reverse-domain style
-/// (`"acme.billing.invoice-issued"`) avoids clashes. Tags are checked when the type is first used
-/// with a bus (ASCII letters, digits and `- _ . :`).
+/// (`"acme.billing.invoice-issued"`) avoids clashes. A tag is 1 to 256 ASCII letters, digits and
+/// `- _ . :`, checked at compile time: by [`impl_event!`](crate::impl_event) where the type is
+/// declared, and for a hand-written implementation wherever the type is used with a bus.
+///
+/// ```compile_fail
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Bad;
+/// // error: impl_event!: the type tag must be 1 to 256 ASCII letters, digits or `- _ . :`
+/// interrole_core::impl_event!(Bad = "has space");
+/// ```
 ///
 /// [`impl_event!`](crate::impl_event) writes the implementation in one line:
 ///
@@ -50,6 +58,10 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
 #[macro_export]
 macro_rules! impl_event {
     ($ty:ty = $tag:expr) => {
+        const _: () = ::core::assert!(
+            $crate::tag_is_valid($tag),
+            "impl_event!: the type tag must be 1 to 256 ASCII letters, digits or `- _ . :`"
+        );
         impl $crate::Event for $ty {
             const TYPE_TAG: &'static str = $tag;
 

@@ -30,9 +30,6 @@ pub enum PublishError {
     /// The bus was closed.
     #[error("the bus is closed")]
     Closed,
-    /// The event type's tag is not a valid [`TypeTag`].
-    #[error("event type tag: {0}")]
-    InvalidTag(#[from] InvalidName),
     /// The bus is not connected to its transport yet.
     #[error("the bus is not connected yet")]
     NotConnected,
@@ -58,7 +55,7 @@ impl PublishError {
         match self {
             Self::NotConnected | Self::OutboxFull { .. } => true,
             Self::Transport(e) => e.is_transient(),
-            Self::Closed | Self::InvalidTag(_) => false,
+            Self::Closed => false,
         }
     }
 }
@@ -312,6 +309,7 @@ impl BusBuilder {
             tasks: Mutex::new(Vec::new()),
             task_runtime: Mutex::new(None),
             close_timeout: self.close_timeout.unwrap_or(Duration::from_secs(10)),
+            closing: Closing::default(),
         });
         if let Link::Reliable(r) = &inner.link {
             let weak = Arc::downgrade(&inner);
@@ -358,6 +356,24 @@ impl BusBuilder {
         }
         tracing::debug!(instance = %inner.instance, topic = %inner.topic, transport = inner.transport.name(), "bus built");
         Ok(Bus { inner })
+    }
+}
+
+/// `E`'s tag, checked at compile time: a type whose tag is not valid does not compile when it is
+/// used with a bus ([`impl_event!`](interrole_core::impl_event) checks it where it is declared).
+fn checked_tag<E: Event>() -> TypeTag {
+    assert_valid_tag::<E>();
+    E::type_tag()
+}
+
+/// Fails the build, not the call, when `E`'s tag is not valid; costs nothing at run time.
+#[inline(always)]
+fn assert_valid_tag<E: Event>() {
+    const {
+        assert!(
+            interrole_core::tag_is_valid(E::TYPE_TAG),
+            "an Event's TYPE_TAG must be 1 to 256 ASCII letters, digits or `- _ . :`"
+        )
     }
 }
 
@@ -412,9 +428,68 @@ struct BusInner {
     /// The runtime the async observers' tasks run on.
     task_runtime: Mutex<Option<Handle>>,
     close_timeout: Duration,
+    /// How far [`Bus::close`] got.
+    closing: Closing,
+}
+
+/// The steps of [`Bus::close`] that are done, so that a close whose future was dropped can be
+/// taken up again.
+#[derive(Default)]
+struct Closing {
+    /// The transport connection was closed.
+    transport: AtomicBool,
+    /// The async observers' tasks are waited for: `Some(in_time)` once they finished or the close
+    /// timeout ran out. Made by the first close that gets there.
+    drained: Mutex<Option<tokio::sync::watch::Receiver<Option<bool>>>>,
+    /// The whole close is done.
+    done: AtomicBool,
+}
+
+impl BusInner {
+    /// Waits (in a task of their own runtime, which goes on if the close is dropped) for the
+    /// async observers' tasks to finish, up to the close timeout; the first call starts the
+    /// wait, later calls join it.
+    fn drained(&self) -> tokio::sync::watch::Receiver<Option<bool>> {
+        let mut drained = self.closing.drained.lock();
+        if let Some(rx) = &*drained {
+            return rx.clone();
+        }
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        let runtime = self.task_runtime.lock().clone();
+        let rx = match (tasks.is_empty(), runtime) {
+            (false, Some(runtime)) => {
+                let (tx, rx) = tokio::sync::watch::channel(None);
+                // Timed on the observers' own runtime, so that close works under any executor.
+                let timeout = self.close_timeout;
+                runtime.spawn(async move {
+                    let joined = futures::future::join_all(tasks);
+                    let in_time = tokio::time::timeout(timeout, joined).await.is_ok();
+                    let _ = tx.send(Some(in_time));
+                });
+                rx
+            }
+            _ => tokio::sync::watch::channel(Some(true)).1,
+        };
+        *drained = Some(rx.clone());
+        rx
+    }
 }
 
 type PendingReply = tokio::sync::oneshot::Sender<Result<InterRoleEvent, TransportError>>;
+
+/// Removes a request from the pending replies when dropped.
+struct PendingGuard<'a> {
+    pending: &'a Mutex<HashMap<u64, PendingReply>>,
+    key: Option<u64>,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.pending.lock().remove(&key);
+        }
+    }
+}
 
 /// What the transport (or the reliable layer) hands arriving events to.
 pub(crate) struct Receiver {
@@ -428,6 +503,12 @@ pub(crate) struct Receiver {
 }
 
 impl Receiver {
+    /// Whether this process knows the type `tag`: some observer was ever subscribed to it
+    /// (however it was subscribed), or it was registered.
+    fn knows(&self, tag: &TypeTag) -> bool {
+        self.hub.knows(tag) || self.known.read().contains(tag)
+    }
+
     /// Fails the request `seq`, if one waits.
     pub(crate) fn fail_request(&self, seq: u64, error: TransportError) {
         if let Some(tx) = self.pending.lock().remove(&seq) {
@@ -447,7 +528,7 @@ impl Inbound for Receiver {
                 }
             }
         }
-        if !event.is_local() && !self.known.read().contains(event.type_tag()) {
+        if !event.is_local() && !self.knows(event.type_tag()) {
             self.unknown.fetch_add(1, Ordering::Relaxed);
             if self.unknown_logged.lock().insert(event.type_tag().clone()) {
                 tracing::warn!(type_tag = %event.type_tag(), sender = %event.sender(),
@@ -503,8 +584,23 @@ impl Bus {
     /// current event has reached all its observers.
     ///
     /// # Errors
-    /// [`PublishError::Closed`] after [`Bus::close`]; [`PublishError::InvalidTag`] when the
-    /// type's tag is not valid; [`PublishError::Transport`] when the transport refuses it.
+    /// [`PublishError::Closed`] after [`Bus::close`]; [`PublishError::Transport`] when the
+    /// transport refuses it; [`PublishError::OutboxFull`] when too many events wait for the far
+    /// end's acknowledgement.
+    ///
+    /// A type whose tag is not valid does not compile, even with a hand-written [`Event`]
+    /// implementation:
+    ///
+    /// ```compile_fail
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Bad;
+    /// impl interrole::Event for Bad {
+    ///     const TYPE_TAG: &'static str = "has space";
+    /// }
+    /// let bus = interrole::Bus::builder().build().unwrap();
+    /// // error: an Event's TYPE_TAG must be 1 to 256 ASCII letters, digits or `- _ . :`
+    /// bus.publish(Bad).unwrap();
+    /// ```
     pub fn publish<E: Event>(&self, event: E) -> Result<EventId, PublishError> {
         self.send(event, None)
     }
@@ -563,13 +659,7 @@ impl Bus {
         if inner.closed.load(Ordering::Acquire) {
             return Err(PublishError::Closed);
         }
-        // Checked at compile time, once per event type.
-        if !const { interrole_core::tag_is_valid(E::TYPE_TAG) } {
-            let error = TypeTag::check(E::TYPE_TAG);
-            return Err(PublishError::InvalidTag(
-                error.expect_err("the compile-time and run-time tag checks agree"),
-            ));
-        }
+        assert_valid_tag::<E>();
         let to_self = target.is_some_and(|t| *t == inner.instance);
         let local = locally && (target.is_none() || to_self);
         let remote_target = if to_self { None } else { target };
@@ -625,6 +715,14 @@ impl Bus {
     /// transport refused the request (the target is not connected, say);
     /// [`RequestError::Publish`] when it could not be sent; [`RequestError::Reply`] when the
     /// reply is not an `R`.
+    ///
+    /// # Cancel safety
+    ///
+    /// The request is sent when the future is first polled, before it waits. Dropping the future
+    /// after that does not unsend it: the target still gets the request and answers it, and the
+    /// late reply is dropped (this bus forgets the request when the future goes, so nothing
+    /// accumulates). Requests are not idempotent in general: do not retry a cancelled one
+    /// blindly.
     pub async fn request<Q: Event, R: Event>(
         &self,
         target: &InstanceId,
@@ -632,21 +730,24 @@ impl Bus {
         timeout: Duration,
     ) -> Result<Received<R>, RequestError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let pending = &self.inner.receiver.pending;
+        // Forgets the request however this call ends: a reply, a timeout, the future dropped, or
+        // a panic in the request's `Serialize`.
+        let mut pending = PendingGuard {
+            pending: &self.inner.receiver.pending,
+            key: None,
+        };
         let mut tx = Some(tx);
-        let mut key = 0;
         let sent = self.send_with(request, Some(target), None, |seq| {
-            key = seq;
             if let Some(tx) = tx.take() {
-                pending.lock().insert(seq, tx);
+                pending.pending.lock().insert(seq, tx);
+                pending.key = Some(seq);
             }
         });
         if let Err(e) = sent {
-            pending.lock().remove(&key);
             return Err(RequestError::Publish(e));
         }
         let outcome = tokio::time::timeout(timeout, rx).await;
-        pending.lock().remove(&key);
+        drop(pending);
         match outcome {
             Ok(Ok(Ok(reply))) => Received::new(reply).map_err(RequestError::Reply),
             Ok(Ok(Err(e))) => Err(RequestError::Refused(e)),
@@ -672,15 +773,13 @@ impl Bus {
     /// closure subscriber) and its answer goes back to the requester. Dropping the guard stops
     /// serving.
     ///
-    /// # Panics
-    /// When `Q::TYPE_TAG` is not a valid [`TypeTag`].
     pub fn serve<Q, R, F>(&self, handler: F) -> Subscription
     where
         Q: Event,
         R: Event,
         F: Fn(&Q) -> R + Send + Sync + 'static,
     {
-        let tag = self.typed_tag::<Q>();
+        let tag = checked_tag::<Q>();
         let weak = Arc::downgrade(&self.inner);
         let observer = FnObserver::new(move |e: &InterRoleEvent| {
             let Some(inner) = weak.upgrade() else { return };
@@ -698,35 +797,17 @@ impl Bus {
         self.inner.hub.subscribe_tag(tag, Arc::new(observer))
     }
 
-    /// Checks `E`'s tag and records the type as known to this process.
-    fn check_tag<E: Event>(&self) -> Result<(), InvalidName> {
-        TypeTag::check(E::TYPE_TAG)?;
-        self.inner.receiver.known.write().insert(E::type_tag());
-        Ok(())
-    }
-
     /// Makes `E` known to this bus without subscribing to it, so that received events of its
-    /// type are not counted as unknown.
-    ///
-    /// # Errors
-    /// [`InvalidName`] when `E`'s tag is not valid.
-    pub fn register<E: Event>(&self) -> Result<(), InvalidName> {
-        self.check_tag::<E>()
-    }
-
-    fn typed_tag<E: Event>(&self) -> TypeTag {
-        if let Err(e) = self.check_tag::<E>() {
-            panic!("cannot subscribe to {}: {e}", std::any::type_name::<E>());
-        }
-        E::type_tag()
+    /// type are not counted as unknown. (Subscribing to a type makes it known too, whichever way
+    /// the subscription is made.)
+    pub fn register<E: Event>(&self) {
+        self.inner.receiver.known.write().insert(checked_tag::<E>());
     }
 
     /// Subscribes a closure to events of type `E`. It runs on the publishing thread (or on the
     /// dispatch pool when the hub goes parallel); keep it short, or use
     /// [`Bus::subscribe_async`].
     ///
-    /// # Panics
-    /// When `E::TYPE_TAG` is not a valid [`TypeTag`].
     pub fn subscribe<E, F>(&self, f: F) -> Subscription
     where
         E: Event,
@@ -738,28 +819,24 @@ impl Bus {
     /// Subscribes a full [`Observer`] of events of type `E` (with `on_error` and
     /// `on_completed`).
     ///
-    /// # Panics
-    /// When `E::TYPE_TAG` is not a valid [`TypeTag`].
     pub fn observe<E, O>(&self, observer: O) -> Subscription
     where
         E: Event,
         O: Observer<E>,
     {
-        let tag = self.typed_tag::<E>();
+        let tag = checked_tag::<E>();
         self.inner
             .hub
             .subscribe_tag(tag, Arc::new(Typed::<E, O>::new(Arc::new(observer))))
     }
 
-    /// As [`Bus::observe`], for an observer already shared.
-    ///
-    /// # Panics
-    /// When `E::TYPE_TAG` is not a valid [`TypeTag`].
+    /// As [`Bus::observe`], for an observer already shared. Subscribing the same observer (the
+    /// same `Arc`) to the same type again shares the first registration (see [`Subscription`]).
     pub fn observe_arc<E: Event>(&self, observer: Arc<dyn Observer<E>>) -> Subscription {
-        let tag = self.typed_tag::<E>();
-        self.inner
-            .hub
-            .subscribe_tag(tag, Arc::new(Typed::<E, dyn Observer<E>>::new(observer)))
+        let tag = checked_tag::<E>();
+        let identity = Arc::as_ptr(&observer) as *const () as usize;
+        let typed = Arc::new(Typed::<E, dyn Observer<E>>::new(observer));
+        self.inner.hub.inner.register_as(Some(tag), typed, identity)
     }
 
     /// Subscribes a closure to every event, whatever its type: it sees envelopes (sender,
@@ -783,8 +860,9 @@ impl Bus {
     /// overflow policy says what happens when the closure falls behind.
     ///
     /// # Panics
-    /// When `E::TYPE_TAG` is not a valid [`TypeTag`], or when there is no tokio runtime (none
-    /// given to the builder and none current).
+    /// When there is no tokio runtime (none given to the builder and none current): a
+    /// programmer error, as for `tokio::spawn`. Give the builder
+    /// [`.runtime(handle)`](BusBuilder::runtime) to subscribe from outside one.
     pub fn subscribe_async<E, F, Fut>(&self, mailbox: Mailbox, f: F) -> Subscription
     where
         E: Event,
@@ -803,14 +881,14 @@ impl Bus {
         E: Event,
         O: AsyncObserver<Received<E>>,
     {
-        let tag = self.typed_tag::<E>();
+        let tag = checked_tag::<E>();
         self.start_async::<Received<E>>(Some(tag), mailbox, Arc::new(observer))
     }
 
     /// Subscribes an [`AsyncObserver`] of every event, fed by a bounded `mailbox`.
     ///
     /// # Panics
-    /// When there is no tokio runtime (none given to the builder and none current).
+    /// As [`Bus::subscribe_async`].
     pub fn observe_all_async<O>(&self, mailbox: Mailbox, observer: O) -> Subscription
     where
         O: AsyncObserver<InterRoleEvent>,
@@ -856,40 +934,52 @@ impl Bus {
     }
 
     /// Closes the bus gracefully: later publishes fail with [`PublishError::Closed`], the
-    /// transport connection is flushed and closed, every observer still subscribed gets
-    /// `on_completed` exactly once (async observers after their mailbox is drained, waited for up
-    /// to the close timeout). Closing twice does nothing more.
+    /// transport connection is flushed and closed (on a network transport, after waiting up to
+    /// the close timeout for the far end to acknowledge what was published), every observer still
+    /// subscribed gets `on_completed` exactly once (async observers after their mailbox is
+    /// drained, waited for up to the close timeout). Closing again once a close has finished
+    /// does nothing.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe, and resumable. Publishes fail from its first poll on. Each
+    /// later step (closing the transport, completing the observers, waiting for the async
+    /// observers' tasks) is done once and remembered: when the future is dropped part-way, calling
+    /// `close` again takes up where it stopped, and dropping the last handle of the bus instead
+    /// still completes the observers and ends the connection. Async observers' tasks drain their
+    /// mailboxes whether or not anyone waits for them.
     pub async fn close(&self) {
         let inner = &*self.inner;
-        if inner.closed.swap(true, Ordering::AcqRel) {
+        inner.closed.store(true, Ordering::Release);
+        if inner.closing.done.load(Ordering::Acquire) {
             return;
         }
-        match &inner.link {
-            Link::Direct(slot) => {
-                if let Some(conn) = slot.get() {
-                    if let Err(error) = conn.flush().await {
-                        tracing::warn!(%error, "flushing the transport on close");
+        if !inner.closing.transport.load(Ordering::Acquire) {
+            match &inner.link {
+                Link::Direct(slot) => {
+                    if let Some(conn) = slot.get() {
+                        if let Err(error) = conn.flush().await {
+                            tracing::warn!(%error, "flushing the transport on close");
+                        }
+                        conn.close().await;
                     }
-                    conn.close().await;
                 }
+                Link::Reliable(r) => r.close(inner.close_timeout).await,
             }
-            Link::Reliable(r) => r.close(inner.close_timeout).await,
+            inner.closing.transport.store(true, Ordering::Release);
         }
         inner.hub.complete();
-        let tasks = std::mem::take(&mut *inner.tasks.lock());
-        let runtime = inner.task_runtime.lock().clone();
-        if let (false, Some(runtime)) = (tasks.is_empty(), runtime) {
-            // Timed on the observers' own runtime, so that close works under any executor.
-            let timeout = inner.close_timeout;
-            let waiter = runtime.spawn(async move {
-                tokio::time::timeout(timeout, futures::future::join_all(tasks))
-                    .await
-                    .is_ok()
-            });
-            if !waiter.await.unwrap_or(false) {
-                tracing::warn!(?timeout, "async observers did not drain in time");
-            }
+        let mut drained = inner.drained();
+        // An error: the waiting task is gone (its runtime shut down), so nothing is left to wait
+        // for.
+        let in_time = match drained.wait_for(Option::is_some).await {
+            Ok(done) => done.unwrap_or(true),
+            Err(_) => true,
+        };
+        if !in_time {
+            tracing::warn!(timeout = ?inner.close_timeout, "async observers did not drain in time");
         }
+        inner.closing.done.store(true, Ordering::Release);
         tracing::debug!(instance = %inner.instance, "bus closed");
     }
 
@@ -944,10 +1034,13 @@ impl Observable<InterRoleEvent> for Bus {
 
 impl Drop for BusInner {
     fn drop(&mut self) {
-        // The last handle is gone without close(): end the sequence for the observers still
-        // subscribed, and leave the transport (dropping the connection closes it).
-        if !self.closed.swap(true, Ordering::AcqRel) {
-            self.hub.complete();
+        // The last handle is gone, with no close or with one that did not finish: end the
+        // sequence for the observers still subscribed (once: completing is idempotent), and leave
+        // the transport (dropping the connection closes it; a reliable link's host stops).
+        self.closed.store(true, Ordering::Release);
+        self.hub.complete();
+        if let Link::Reliable(r) = &self.link {
+            r.abandon();
         }
     }
 }

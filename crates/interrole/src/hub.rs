@@ -9,17 +9,25 @@
 //! 2. Each lane is dispatched under its gate, taken once per dispatch: never two calls at once
 //!    on one observer, and nothing after its guard is dropped. Each call runs under
 //!    `catch_unwind`; a panic goes to that observer's own `on_error`.
-//! 3. Sequential or parallel: entering a rayon pool from outside costs some 15–24 µs while an
-//!    observer call costs a few nanoseconds, so the hub calls observers one after the other unless
-//!    the measured cost of the dispatch (sampled: the first dispatches after the lane changed,
-//!    then one in 64, timed as a whole) exceeds the parallel threshold (50 µs by default) and
-//!    there are at least two observers. On a tokio multi-thread worker, the parallel region runs
+//! 3. Sequential or parallel: entering a rayon pool from outside costs far more than a cheap
+//!    observer call (the figures are in `docs/benchmarks.md`), so the hub calls observers one
+//!    after the other unless the measured cost of the dispatch (sampled: the first dispatches
+//!    after the lane changed, then one in 64, timed as a whole) exceeds the parallel threshold
+//!    (50 µs by default) and there are at least two observers. On a tokio multi-thread worker, the parallel region runs
 //!    inside `block_in_place`, so the runtime moves its other tasks elsewhere instead of stalling
 //!    behind it.
 //! 4. A publish made from inside an observer call (on any bus of the process) is queued on that
 //!    thread and delivered once the current event has reached all its observers, depth-first:
 //!    the events an observer's call publishes come right after the event that caused them, before
 //!    events queued earlier. No publish ever waits for a gate held by its own thread.
+//! 5. The gate of a lane is the only lock held while observers run. Another thread's publish of
+//!    the same type waits for it; nothing that must wait runs under it: an async observer's push
+//!    into a full mailbox under `Overflow::Block` is queued like a publish and waits once the
+//!    dispatch has let go of its lanes, before what the dispatch's observers published.
+//! 6. User code can unwind through a publish (a payload's `Serialize`, run by a network
+//!    transport): the thread's re-entrancy state is restored by a guard ([`Entered`]), so the
+//!    thread's later publishes are delivered as usual. Events are dropped where a panicking
+//!    payload `Drop` cannot unwind through the hub's state ([`drop_guarded`]).
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -50,9 +58,9 @@ impl Key for TypeTag {
 }
 
 /// A lane's dispatches are timed (as a whole: two clock reads) on its first dispatches after its
-/// observers changed, then on one dispatch in this many. A clock read costs some 20–50 ns, more
-/// than a cheap observer call, so timing is kept rare; observers that turn heavy are still
-/// noticed within this many dispatches.
+/// observers changed, then on one dispatch in this many. A clock read costs more than a cheap
+/// observer call (`docs/benchmarks.md`), so timing is kept rare; observers that turn heavy are
+/// still noticed within this many dispatches.
 const MEASURE_EVERY: u64 = 64;
 
 /// How the hub calls the observers of one event.
@@ -219,7 +227,7 @@ impl Hub {
             push(vec![(self.inner.clone(), Item::Event(event))]);
         } else {
             let children = self.inner.run(&event);
-            drop(event);
+            drop_guarded(event);
             drain(children);
         }
         Ok(())
@@ -270,6 +278,11 @@ impl Hub {
         }
     }
 
+    /// Whether some observer was ever registered for `tag` specifically (a lane exists for it).
+    pub(crate) fn knows(&self, tag: &TypeTag) -> bool {
+        self.inner.registry.lane(tag).is_some()
+    }
+
     /// Whether some observer is registered for `tag` specifically.
     pub fn has_observers_for(&self, tag: &str) -> bool {
         self.inner
@@ -292,7 +305,19 @@ impl HubInner {
         tag: Option<TypeTag>,
         observer: Arc<DynObserver>,
     ) -> Subscription {
-        match self.registry.insert(tag, observer.clone()) {
+        let identity = Arc::as_ptr(&observer) as *const () as usize;
+        self.register_as(tag, observer, identity)
+    }
+
+    /// Registers `observer` (an adapter) under the identity of the observer it wraps, so that
+    /// subscribing the same observer twice on one route is noticed through the adapter.
+    pub(crate) fn register_as(
+        self: &Arc<Self>,
+        tag: Option<TypeTag>,
+        observer: Arc<DynObserver>,
+        identity: usize,
+    ) -> Subscription {
+        match self.registry.insert_as(tag, observer.clone(), identity) {
             Ok(slot) => Subscription::new(slot, Arc::downgrade(self)),
             Err(_) => {
                 // Closed: the sequence is over for this observer too.
@@ -307,8 +332,9 @@ impl HubInner {
         self.closed.load(Ordering::Acquire)
     }
 
-    pub(crate) fn unregister(&self, id: u64) {
-        self.registry.remove(id);
+    /// Removes one holder of a registration; returns whether that ended it.
+    pub(crate) fn unregister(&self, id: u64) -> bool {
+        self.registry.remove(id)
     }
 
     /// Delivers to the observers of the event's type, then to those of every event; returns
@@ -344,14 +370,14 @@ impl HubInner {
         keyless: Option<&HubLane>,
         event: &InterRoleEvent,
     ) -> Vec<Group> {
-        let mark = enter();
+        let entered = enter();
         if let Some(lane) = keyed {
             self.run_lane(lane, event, 1);
         }
         if let Some(lane) = keyless {
             self.run_lane(lane, event, u64::from(keyed.is_none()));
         }
-        leave(mark)
+        entered.leave()
     }
 
     /// A dispatch that is timed (one in [`MEASURE_EVERY`]) or may go parallel: out of line, so
@@ -414,9 +440,9 @@ impl HubInner {
                 entries
                     .par_iter()
                     .map(|entry| {
-                        let saved = enter();
+                        let entered = enter();
                         let delivered = self.invoke(entry, event);
-                        (delivered, leave(saved))
+                        (delivered, entered.leave())
                     })
                     .collect::<Vec<_>>()
             })
@@ -503,6 +529,24 @@ pub(crate) fn run_guarded(what: &'static str, f: impl FnOnce()) {
     }
 }
 
+/// Drops `value`, whose drop may run user code (the last reference to an event drops its
+/// payload): a panic there is logged and goes no further, so that it can neither unwind through
+/// the hub's state nor abort a thread that is already unwinding.
+#[inline]
+pub(crate) fn drop_guarded<T>(value: T) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
+        dropping_panicked(payload);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn dropping_panicked(payload: Box<dyn std::any::Any + Send>) {
+    let error = ObserverError::panicked(&*payload);
+    tracing::error!(%error, "dropping an event panicked (its payload's Drop); ignored");
+    drop_payload(payload);
+}
+
 /// Drops a panic payload; a payload whose own drop panics is leaked rather than unwinding here.
 pub(crate) fn drop_payload(payload: Box<dyn std::any::Any + Send>) {
     if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
@@ -517,6 +561,16 @@ pub(crate) enum Item {
     Event(InterRoleEvent),
     Report(ObserverError),
     Complete,
+    /// Work that must wait, and so must not run while a lane is held: an async observer's push
+    /// into a full mailbox under `Overflow::Block`. Runs once the dispatch that queued it has let
+    /// go of its lanes, before anything its observers published.
+    Wait(Box<dyn FnOnce() + Send>),
+}
+
+impl Item {
+    fn is_wait(&self) -> bool {
+        matches!(self, Item::Wait(_))
+    }
 }
 
 pub(crate) type Queued = (Arc<HubInner>, Item);
@@ -535,9 +589,68 @@ struct Depth {
     queued: Cell<usize>,
 }
 
-/// A position in this thread's queue, taken on entering a call: what the call queues comes after.
-#[derive(Clone, Copy)]
-struct Mark(usize);
+/// This thread is inside an observer call (or a deferred section) until this is dropped or
+/// [`Entered::leave`] is called: what is published meanwhile is queued. Restores the thread's
+/// state even when user code run inside (an observer, a payload's `Serialize`, a transport)
+/// unwinds, as tracing-core's `Entered` does for the current dispatcher: a publish that panics
+/// leaves nothing behind, and the thread's later publishes are delivered as usual.
+#[must_use]
+struct Entered {
+    /// The queue's length on entering: what the call queues comes after.
+    mark: usize,
+}
+
+impl Entered {
+    /// Leaves the call; returns what was queued since entering.
+    #[inline]
+    fn leave(self) -> Vec<Group> {
+        let mark = self.mark;
+        // The normal way out: the state is restored here, not by the drop.
+        std::mem::forget(self);
+        let queued = DEPTH.with(|d| {
+            d.depth.set(d.depth.get() - 1);
+            d.queued.get()
+        });
+        if queued == mark {
+            return Vec::new();
+        }
+        let mut caused = QUEUE.with(|q| q.borrow_mut().split_off(mark));
+        DEPTH.with(|d| d.queued.set(mark));
+        waits_first(&mut caused);
+        caused
+    }
+}
+
+/// Puts the waits a dispatch queued (see [`Item::Wait`]) before the publishes its observers
+/// made, keeping each kind in order: an async observer then gets the event it waited for before
+/// any event that the same dispatch caused.
+fn waits_first(caused: &mut [Group]) {
+    let is_wait = |g: &Group| g.first().is_some_and(|(_, item)| item.is_wait());
+    if caused.iter().any(is_wait) {
+        caused.sort_by_key(|g| !is_wait(g));
+    }
+}
+
+impl Drop for Entered {
+    /// Only reached when unwinding: the call did not finish, so what it queued is discarded
+    /// (the publish that queued it failed with the panic the caller is about to see), and the
+    /// depth is lowered again.
+    #[cold]
+    fn drop(&mut self) {
+        let mark = self.mark;
+        DEPTH.with(|d| d.depth.set(d.depth.get().saturating_sub(1)));
+        let queued = DEPTH.with(|d| d.queued.get());
+        if queued > mark {
+            let discarded = QUEUE.with(|q| q.try_borrow_mut().map(|mut q| q.split_off(mark)));
+            DEPTH.with(|d| d.queued.set(mark));
+            if let Ok(discarded) = discarded {
+                // Dropping events runs their payloads' `Drop`: a second panic while unwinding
+                // would abort the process.
+                drop_guarded(discarded);
+            }
+        }
+    }
+}
 
 thread_local! {
     static DEPTH: Depth = const {
@@ -557,26 +670,23 @@ pub(crate) fn in_callback() -> bool {
 }
 
 #[inline]
-fn enter() -> Mark {
+fn enter() -> Entered {
     DEPTH.with(|d| {
         d.depth.set(d.depth.get() + 1);
-        Mark(d.queued.get())
+        Entered {
+            mark: d.queued.get(),
+        }
     })
 }
 
-/// Leaves a call; returns what was queued since `mark`.
-#[inline]
-fn leave(mark: Mark) -> Vec<Group> {
-    let queued = DEPTH.with(|d| {
-        d.depth.set(d.depth.get() - 1);
-        d.queued.get()
-    });
-    if queued == mark.0 {
-        return Vec::new();
+/// Runs `wait` once the current dispatch has let go of its lanes (see [`Item::Wait`]); outside
+/// an observer call, runs it now.
+pub(crate) fn after_dispatch(hub: &Arc<HubInner>, wait: Box<dyn FnOnce() + Send>) {
+    if in_callback() {
+        push(vec![(hub.clone(), Item::Wait(wait))]);
+    } else {
+        wait();
     }
-    let caused = QUEUE.with(|q| q.borrow_mut().split_off(mark.0));
-    DEPTH.with(|d| d.queued.set(mark.0));
-    caused
 }
 
 /// Queues one group on this thread (inside a call).
@@ -605,9 +715,9 @@ pub(crate) fn deferred<R>(f: impl FnOnce() -> R) -> R {
 /// Runs `f` with every hub dispatch it causes on this thread held back; returns them for
 /// [`release`], so that the caller can let go of its locks first.
 pub(crate) fn capture<R>(f: impl FnOnce() -> R) -> (R, Vec<Group>) {
-    let saved = enter();
+    let entered = enter();
     let result = f();
-    (result, leave(saved))
+    (result, entered.leave())
 }
 
 /// Delivers what [`capture`] held back, as one group; inside an observer call, the group joins
@@ -648,9 +758,9 @@ pub(crate) fn publish_group<T, E>(
             Ok(value)
         });
     }
-    let saved = enter();
+    let entered = enter();
     let sent = send();
-    let remote = leave(saved);
+    let remote = entered.leave();
     let mut children = match &sent {
         Ok((event, _)) if local => hub.run(event),
         _ => Vec::new(),
@@ -660,16 +770,27 @@ pub(crate) fn publish_group<T, E>(
         children.append(&mut caused);
     }
     drain(children);
-    sent.map(|(_, value)| value)
+    sent.map(|(event, value)| {
+        drop_guarded(event);
+        value
+    })
 }
 
 fn run_item(hub: &Arc<HubInner>, item: Item) -> Vec<Group> {
     match item {
-        Item::Event(event) => hub.run(&event),
+        Item::Event(event) => {
+            let children = hub.run(&event);
+            drop_guarded(event);
+            children
+        }
         // Like `on_next`, `on_error` and `on_completed` run with the lane held: what they publish
         // is queued, and delivered once they return.
         Item::Report(error) => capture(|| hub.report_now(error)).1,
         Item::Complete => capture(|| hub.complete_now()).1,
+        Item::Wait(wait) => {
+            wait();
+            Vec::new()
+        }
     }
 }
 

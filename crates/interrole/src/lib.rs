@@ -43,8 +43,16 @@
 //! Each observer call runs under `catch_unwind`: a panicking observer is told through its own
 //! [`Observer::on_error`] ([`ObserverError::Panicked`]) and stays subscribed; every other
 //! observer gets every event. A panic inside `on_error` or `on_completed` is logged and ignored.
-//! No hub lock is held while observer code runs. Isolation needs unwinding: with
-//! `panic = "abort"` a panicking observer ends the process.
+//! A panic in other user code that the bus runs (a payload's `Serialize` or `Deserialize`, its
+//! `Drop`) fails only the call that ran it; the bus, the hub and the thread go on as before.
+//! Isolation needs unwinding: with `panic = "abort"` a panicking observer ends the process.
+//!
+//! # Locks
+//!
+//! The only lock held while observer code runs is the gate of the event type's lane, which keeps
+//! calls to one observer from overlapping: another thread's publish of the same type waits for
+//! the dispatch under way. So an observer must never block waiting for another thread to publish
+//! an event of its own type (it would wait for ever); see [`Observer`] for the exact rules.
 //!
 //! # Ordering
 //!

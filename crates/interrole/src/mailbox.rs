@@ -27,7 +27,14 @@ use crate::sync::{Arc, Ordering};
 /// Receives values asynchronously: the async form of [`Observer`].
 ///
 /// Calls to one async observer never overlap, and arrive in publish order per publisher. A panic
-/// in `on_next` is caught and handed to `on_error`.
+/// in `on_next` (or in decoding its value) is caught and handed to `on_error`.
+///
+/// # Cancel safety
+///
+/// The bus never cancels these futures part-way: each call runs to its end in the observer's own
+/// task, the next one starts after it. Dropping the [`Subscription`](crate::Subscription) lets the
+/// call under way finish and discards what the mailbox still holds; closing the bus delivers what
+/// it holds, then calls `on_completed`.
 #[async_trait]
 pub trait AsyncObserver<T: Send + 'static>: Send + Sync + 'static {
     /// A new value.
@@ -253,9 +260,40 @@ impl Shared {
     pub(crate) fn cancel(&self) {
         let mut s = self.state.lock();
         s.cancelled = true;
-        s.queue.clear();
+        let discarded = std::mem::take(&mut s.queue);
         drop(s);
         self.space.notify_all();
+        self.ready.notify_one();
+        // Outside the lock: dropping events may run their payloads' `Drop`.
+        crate::hub::drop_guarded(discarded);
+    }
+
+    /// Waits for room (up to `deadline`) and pushes `event`; when none comes in time, the event
+    /// is dropped for this observer and counted as missed. Called with no lane held.
+    fn push_when_room(&self, event: InterRoleEvent, deadline: std::time::Instant) {
+        let mut s = self.state.lock();
+        // Wait in slices, so that a hub closing meanwhile is noticed within one.
+        let slice = Duration::from_millis(10);
+        while s.queue.len() >= self.config.capacity && !s.cancelled {
+            let now = std::time::Instant::now();
+            if now >= deadline || self.hub_closing() {
+                break;
+            }
+            self.space.wait_until(&mut s, deadline.min(now + slice));
+        }
+        if s.cancelled || s.disconnected {
+            return;
+        }
+        let room = s.queue.len() < self.config.capacity && !s.completed;
+        if room {
+            s.queue.push_back(event);
+        } else {
+            s.missed += 1;
+        }
+        drop(s);
+        if !room {
+            self.count_lag(1);
+        }
         self.ready.notify_one();
     }
 
@@ -286,32 +324,27 @@ impl Observer<InterRoleEvent> for Pusher {
             shared.ready.notify_one();
             return;
         }
-        let dropped = match shared.config.overflow {
+        let mut oldest = None;
+        match shared.config.overflow {
             Overflow::DropOldest => {
-                s.queue.pop_front();
+                oldest = s.queue.pop_front();
                 s.queue.push_back(event.clone());
-                true
             }
-            Overflow::DropNewest => true,
+            Overflow::DropNewest => {}
             Overflow::Block { timeout } => {
+                // Wait for room, but not here: this call runs with the event type's lane held,
+                // and waiting under it would stall every other observer of the type and every
+                // other publisher. The hub runs the wait once the dispatch has let go of it.
+                drop(s);
                 let deadline = std::time::Instant::now() + timeout;
-                // Wait in slices, so that a hub closing meanwhile is noticed within one.
-                let slice = Duration::from_millis(10);
-                while s.queue.len() >= shared.config.capacity && !s.cancelled {
-                    let now = std::time::Instant::now();
-                    if now >= deadline || shared.hub_closing() {
-                        break;
-                    }
-                    shared.space.wait_until(&mut s, deadline.min(now + slice));
+                let (waiter, event) = (shared.clone(), event.clone());
+                let wait: Box<dyn FnOnce() + Send> =
+                    Box::new(move || waiter.push_when_room(event, deadline));
+                match shared.hub.upgrade() {
+                    Some(hub) => crate::hub::after_dispatch(&hub, wait),
+                    None => wait(),
                 }
-                if s.cancelled {
-                    return;
-                }
-                let room = s.queue.len() < shared.config.capacity;
-                if room {
-                    s.queue.push_back(event.clone());
-                }
-                !room
+                return;
             }
             Overflow::Disconnect => {
                 s.disconnected = true;
@@ -324,15 +357,14 @@ impl Observer<InterRoleEvent> for Pusher {
                 }
                 return;
             }
-        };
-        if dropped {
-            s.missed += 1;
         }
+        s.missed += 1;
         drop(s);
-        if dropped {
-            shared.count_lag(1);
-        }
+        shared.count_lag(1);
         shared.ready.notify_one();
+        // The dropped event may hold the last reference to its payload: dropped with no lock
+        // held, and a panicking `Drop` is not this observer's panic.
+        crate::hub::drop_guarded(oldest);
     }
 
     fn on_error(&self, error: ObserverError) {
@@ -392,12 +424,24 @@ pub(crate) async fn drain<T: FromEnvelope>(
                 call_error(&*observer, ObserverError::Lagged { missed }).await;
             }
             Step::Error(error) => call_error(&*observer, error).await,
-            Step::Next(event) => match T::from_envelope(event.clone()) {
-                Ok(value) => {
-                    let result = std::panic::AssertUnwindSafe(observer.on_next(value))
-                        .catch_unwind()
-                        .await;
-                    if let Err(payload) = result {
+            Step::Next(event) => {
+                // Decoding (the payload's `Deserialize`) and the call both run user code: a panic
+                // in either goes to `on_error`, and this task carries on with the next event.
+                let call = async {
+                    match T::from_envelope(event.clone()) {
+                        Ok(value) => {
+                            observer.on_next(value).await;
+                            None
+                        }
+                        Err(error) => Some(error),
+                    }
+                };
+                match std::panic::AssertUnwindSafe(call).catch_unwind().await {
+                    Ok(None) => {}
+                    Ok(Some(error)) => {
+                        call_error(&*observer, ObserverError::from_payload(&event, error)).await;
+                    }
+                    Err(payload) => {
                         if let Some(hub) = shared.hub.upgrade() {
                             hub.counters.panics.fetch_add(1, Ordering::Relaxed);
                         }
@@ -407,10 +451,8 @@ pub(crate) async fn drain<T: FromEnvelope>(
                         call_error(&*observer, error).await;
                     }
                 }
-                Err(error) => {
-                    call_error(&*observer, ObserverError::from_payload(&event, error)).await;
-                }
-            },
+                crate::hub::drop_guarded(event);
+            }
             Step::Disconnected(missed) => {
                 let reason = format!(
                     "mailbox of {} events overflowed ({missed} dropped)",

@@ -8,7 +8,7 @@ use interrole_core::{Event, InstanceId, InterRoleEvent, PayloadError, TypeTag};
 
 use crate::subscription::Subscription;
 
-/// Receives a sequence of values: the `IObserver<T>` of the seed, in Rust.
+/// Receives a sequence of values: the `IObserver<T>` of Reactive Extensions, in Rust.
 ///
 /// The hub calling an observer keeps these promises:
 /// - calls to one observer never overlap, even with concurrent publishers and parallel fan-out;
@@ -17,8 +17,26 @@ use crate::subscription::Subscription;
 ///   [`on_error`](Observer::on_error); other observers never notice;
 /// - [`on_completed`](Observer::on_completed) is called at most once, when the bus closes, and
 ///   nothing is called after it;
-/// - no hub lock is held during any call, so an observer may publish, subscribe and drop
-///   subscriptions (its own included) from inside a call.
+/// - an observer may publish, subscribe and drop subscriptions (its own included) from inside a
+///   call: none of these waits for anything.
+///
+/// # What is held during a call
+///
+/// Calls to the observers of one event type (one *lane*; the observers of every event are
+/// another) run under that lane's gate, the lock that keeps calls to one observer from
+/// overlapping. Nothing else is held: not the registry, not other lanes, no lock of the
+/// transport. What follows:
+/// - another thread's publish of the same type waits until the current dispatch has reached
+///   every observer of the type (a publish of another type does not);
+/// - so an observer must never block waiting for **another thread to publish an event of its own
+///   type** (for an observer of every event: of any type): that thread waits for the observer,
+///   and both wait for ever. Publish from inside the call instead (it is queued, never waits), or
+///   use an async observer ([`AsyncObserver`](crate::AsyncObserver)), which runs outside the
+///   lane;
+/// - a slow observer delays the other observers of its type, for every publisher: keep calls
+///   short, or make the observer async. An async observer's full mailbox under
+///   [`Overflow::Block`](crate::Overflow::Block) is waited for after the lane is let go, so it
+///   delays its own publisher only.
 pub trait Observer<T>: Send + Sync + 'static {
     /// A new value.
     fn on_next(&self, value: &T);
@@ -46,9 +64,11 @@ impl<T, O: Observer<T> + ?Sized> Observer<T> for Arc<O> {
     }
 }
 
-/// Something that observers subscribe to: the `IObservable<T>` of the seed.
+/// Something that observers subscribe to: the `IObservable<T>` of Reactive Extensions.
 pub trait Observable<T> {
-    /// Registers `observer`; it receives values until the returned guard is dropped.
+    /// Registers `observer`; it receives values until the returned guard is dropped. The same
+    /// observer (the same `Arc`) subscribed again shares its first registration (see
+    /// [`Subscription`]).
     ///
     /// # Panics
     /// Implementations may panic when they are closed; [`Hub`](crate::Hub) and

@@ -267,6 +267,8 @@ impl<K, O: ?Sized> Drop for LaneGuard<'_, K, O> {
 /// One registered observer.
 pub(crate) struct Slot<K, O: ?Sized> {
     id: u64,
+    /// The observer's identity: the address of what the subscriber handed in.
+    identity: usize,
     active: AtomicBool,
     /// The observer's lane, whose gate is taken for a single call. (The lane holds the slot
     /// too; the registry empties its lanes when it is dropped, which ends the cycle.)
@@ -397,6 +399,9 @@ struct State<K, O: ?Sized> {
     next_id: u64,
     keyed: Vec<(K, Arc<Slot<K, O>>)>,
     keyless: SlotList<K, O>,
+    /// Registrations held by more than one subscription (the same observer subscribed again on
+    /// the same route): slot id to how many holders beyond the first.
+    shared: HashMap<u64, usize>,
     /// Every key's lane, once it had an observer.
     lanes: HashMap<K, Arc<Lane<K, O>>>,
     closed: bool,
@@ -420,6 +425,7 @@ impl<K: Key, O: ?Sized> Registry<K, O> {
                 next_id: 1,
                 keyed: Vec::new(),
                 keyless: Vec::new(),
+                shared: HashMap::new(),
                 lanes: HashMap::new(),
                 closed: false,
             }),
@@ -450,15 +456,43 @@ impl<K: Key, O: ?Sized> Registry<K, O> {
         &self.keyless
     }
 
-    /// Registers `observer` for events with `key` (or every event when `key` is `None`).
+    /// Registers `observer` for events with `key` (or every event when `key` is `None`), known
+    /// by its address.
+    #[allow(dead_code)] // the hub registers through `insert_as`; the loom model through this
     pub(crate) fn insert(
         &self,
         key: Option<K>,
         observer: Arc<O>,
     ) -> Result<Arc<Slot<K, O>>, RegistryClosed> {
+        let identity = Arc::as_ptr(&observer) as *const () as usize;
+        self.insert_as(key, observer, identity)
+    }
+
+    /// Registers `observer`, known by `identity`, for events with `key` (or every event when
+    /// `key` is `None`). When an observer of the same identity is registered on the same route
+    /// already, that registration is shared instead: the observer is still called once per
+    /// event, and stays registered until every holder has removed it.
+    pub(crate) fn insert_as(
+        &self,
+        key: Option<K>,
+        observer: Arc<O>,
+        identity: usize,
+    ) -> Result<Arc<Slot<K, O>>, RegistryClosed> {
         let mut state = self.state.lock();
         if state.closed {
             return Err(RegistryClosed);
+        }
+        let existing = match &key {
+            Some(key) => state
+                .keyed
+                .iter()
+                .find(|(k, s)| k == key && s.identity == identity)
+                .map(|(_, s)| s),
+            None => state.keyless.iter().find(|s| s.identity == identity),
+        };
+        if let Some(slot) = existing.filter(|s| s.is_active()).cloned() {
+            *state.shared.entry(slot.id).or_insert(0) += 1;
+            return Ok(slot);
         }
         let lane = match &key {
             Some(key) => match state.lanes.get(key) {
@@ -474,6 +508,7 @@ impl<K: Key, O: ?Sized> Registry<K, O> {
         };
         let slot = Arc::new(Slot {
             id: state.next_id,
+            identity,
             active: AtomicBool::new(true),
             lane: lane.clone(),
             observer,
@@ -492,9 +527,17 @@ impl<K: Key, O: ?Sized> Registry<K, O> {
         Ok(slot)
     }
 
-    /// Removes a slot. Returns whether it was registered. Does not deactivate it.
+    /// Removes one holder of a slot's registration. Returns whether that ended the registration
+    /// (the slot was registered, and no other holder shares it). Does not deactivate it.
     pub(crate) fn remove(&self, id: u64) -> bool {
         let mut state = self.state.lock();
+        if let Some(others) = state.shared.get_mut(&id) {
+            *others -= 1;
+            if *others == 0 {
+                state.shared.remove(&id);
+            }
+            return false;
+        }
         if let Some(i) = state.keyed.iter().position(|(_, s)| s.id == id) {
             let (key, slot) = state.keyed.remove(i);
             slot.lane.hand_over(keyed_list(&state, &key));
@@ -512,6 +555,7 @@ impl<K: Key, O: ?Sized> Registry<K, O> {
     pub(crate) fn close(&self) -> SlotList<K, O> {
         let mut state = self.state.lock();
         state.closed = true;
+        state.shared.clear();
         let mut all: Vec<_> = state.keyed.drain(..).map(|(_, s)| s).collect();
         all.append(&mut state.keyless);
         for lane in state.lanes.values() {

@@ -1,5 +1,5 @@
-//! The reliability layer between a bus and a transport that can fail: the seed's
-//! `ReliableServiceBusClient` and `ReliableServiceBusHost`.
+//! The reliability layer between a bus and a transport that can fail: a reliable client and a
+//! reliable host.
 //!
 //! - The **host** side keeps the connection: it opens it through the [`RetryPolicy`], re-opens it
 //!   when it faults (resuming where the bus left off), stops on a fatal error and says why. Its
@@ -143,7 +143,7 @@ pub struct HostStatus {
     pub faults: u64,
 }
 
-/// Watches the connection of a bus on a network transport: the seed's reliable host.
+/// Watches the connection of a bus on a network transport: the reliable host.
 ///
 /// Cheap to clone. Get it from [`Bus::host`](crate::Bus::host).
 #[derive(Clone)]
@@ -179,6 +179,11 @@ impl ReliableHost {
     ///
     /// # Errors
     /// The fatal error when the host closed instead, or a `Timeout` error after `timeout`.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: it only watches the host's state. Dropping the future changes
+    /// nothing, and the call can be made again.
     pub async fn wait_opened(&self, timeout: Duration) -> Result<(), TransportError> {
         let mut rx = self.status.clone();
         let wait = rx.wait_for(|s| matches!(s.state, HostState::Opened | HostState::Closed));
@@ -259,8 +264,11 @@ impl Link {
                 .acked_at
                 .is_some_and(|at| connected && now.duration_since(at) > config.retain_for);
             if self.first_unacked > config.retain_events || old {
-                self.entries.pop_front();
+                let gone = self.entries.pop_front();
                 self.first_unacked -= 1;
+                // The outbox is consistent again before the event's payload is dropped, which
+                // may run user code that panics.
+                crate::hub::drop_guarded(gone);
             } else {
                 break;
             }
@@ -1052,8 +1060,15 @@ impl Reliable {
         let _ = self.control.set(send);
     }
 
+    /// The bus is gone without a close that finished: the host stops, and the connection goes
+    /// with the last reference to this layer.
+    pub(crate) fn abandon(&self) {
+        let _ = self.close.send(true);
+    }
+
     /// Closes: waits (up to `timeout`) for the outbox to be acknowledged, then closes the
-    /// connection.
+    /// connection. Can be called again after its future was dropped: it waits again, then
+    /// finishes.
     pub(crate) async fn close(&self, timeout: Duration) {
         if self.status.borrow().state != HostState::Closed {
             self.set_state(HostState::Closing, None);

@@ -15,6 +15,17 @@ use crate::sync::Arc;
 /// its mailbox still holds; an `on_next` already running runs to its end.
 ///
 /// [`Subscription::detach`] keeps the observer subscribed for the life of the bus instead.
+///
+/// # Subscribing the same observer twice
+///
+/// An observer subscribed again, as the same `Arc`, to the route it is already registered on
+/// (the same event type, or every event) is not registered a second time: the new guard shares
+/// the first registration. The observer is still called once per event and gets `on_completed`
+/// once; it stays subscribed until the last of its guards is dropped, and both guards report the
+/// same [`id`](Subscription::id). Subscribed to two different routes (one type, and every event),
+/// it is two registrations: it is called once per route that an event takes, and calls made
+/// through the two may overlap. A closure or an observer passed by value is a new observer each
+/// time.
 #[must_use = "dropping the subscription unsubscribes"]
 pub struct Subscription {
     slot: Option<Arc<HubSlot>>,
@@ -79,7 +90,11 @@ impl Drop for Subscription {
             return;
         };
         if let Some(hub) = self.hub.upgrade() {
-            hub.unregister(slot.id());
+            if !hub.unregister(slot.id()) && slot.is_active() {
+                // The same observer, subscribed again on the same route, shares this
+                // registration: it stays until its last holder lets go.
+                return;
+            }
         }
         // First wake whatever the observer's call may be waiting on (a full mailbox), so that
         // waiting for that call below is short.

@@ -234,17 +234,6 @@ fn bad_names_are_refused_at_build() {
 }
 
 #[test]
-fn an_invalid_event_tag_is_a_clear_publish_error() {
-    #[derive(Serialize, Deserialize)]
-    struct Bad;
-    interrole::impl_event!(Bad = "has space");
-    let bus = on(&Loopback::new(), "a");
-    let err = bus.publish(Bad).unwrap_err();
-    assert!(matches!(err, PublishError::InvalidTag(_)));
-    assert!(err.to_string().contains("type tag"), "{err}");
-}
-
-#[test]
 fn buses_without_a_transport_share_the_process_fabric() {
     let a = Bus::builder()
         .instance("shared-a")
