@@ -42,7 +42,11 @@ interrole::impl_event!(Grenade = "test.panics.grenade");
 
 impl Drop for Grenade {
     fn drop(&mut self) {
-        if self.armed.as_ref().is_some_and(|a| a.swap(false, Ordering::SeqCst)) {
+        if self
+            .armed
+            .as_ref()
+            .is_some_and(|a| a.swap(false, Ordering::SeqCst))
+        {
             panic!("Drop exploded");
         }
     }
@@ -55,8 +59,16 @@ interrole::impl_event!(Tick = "test.panics.tick");
 #[test]
 fn a_panicking_payload_drop_fails_nothing_and_loses_nothing() {
     let fabric = Loopback::new();
-    let a = Bus::builder().instance("a").transport(fabric.clone()).build().unwrap();
-    let b = Bus::builder().instance("b").transport(fabric).build().unwrap();
+    let a = Bus::builder()
+        .instance("a")
+        .transport(fabric.clone())
+        .build()
+        .unwrap();
+    let b = Bus::builder()
+        .instance("b")
+        .transport(fabric)
+        .build()
+        .unwrap();
     let (tx, seen) = mpsc::channel();
     let tx2 = tx.clone();
     let _g1 = b.subscribe::<Grenade, _>(move |g| tx.send(format!("grenade {}", g.n)).unwrap());
@@ -69,14 +81,20 @@ fn a_panicking_payload_drop_fails_nothing_and_loses_nothing() {
     let _g3 = a.subscribe::<Tick, _>(move |t| {
         if t.0 == 0 {
             arm.store(true, Ordering::SeqCst);
-            let grenade = Grenade { n: 1, armed: Some(arm.clone()) };
+            let grenade = Grenade {
+                n: 1,
+                armed: Some(arm.clone()),
+            };
             publisher.publish(grenade).unwrap();
             publisher.publish(Tick(2)).unwrap();
         }
     });
     let result = catch_unwind(AssertUnwindSafe(|| a.publish(Tick(0))));
     assert!(result.is_ok(), "the payload's Drop unwound through publish");
-    assert!(!armed.load(Ordering::SeqCst), "the grenade was never dropped");
+    assert!(
+        !armed.load(Ordering::SeqCst),
+        "the grenade was never dropped"
+    );
     let got: Vec<String> = seen.try_iter().collect();
     assert_eq!(got, ["tick 0", "grenade 1", "tick 2"]);
     // And the thread's next publish is delivered as usual.
@@ -110,10 +128,18 @@ mod relay {
         let publisher = a.clone();
         let thread = std::thread::spawn(move || {
             let boom = catch_unwind(AssertUnwindSafe(|| {
-                publisher.publish(Fragile { n: 1, explode: true })
+                publisher.publish(Fragile {
+                    n: 1,
+                    explode: true,
+                })
             }));
             assert!(boom.is_err(), "Serialize was expected to panic");
-            publisher.publish(Fragile { n: 2, explode: false }).unwrap();
+            publisher
+                .publish(Fragile {
+                    n: 2,
+                    explode: false,
+                })
+                .unwrap();
         });
         thread.join().unwrap();
         // The local delivery is made before publish returns.
@@ -121,7 +147,11 @@ mod relay {
         let first = tokio::time::timeout(WAIT, remote.recv()).await.unwrap();
         assert_eq!(first, Some(2));
         // Nothing else: a marker published after it arrives next.
-        a.publish(Fragile { n: 3, explode: false }).unwrap();
+        a.publish(Fragile {
+            n: 3,
+            explode: false,
+        })
+        .unwrap();
         let next = tokio::time::timeout(WAIT, remote.recv()).await.unwrap();
         assert_eq!(next, Some(3));
         assert_eq!(local.try_iter().collect::<Vec<_>>(), [3]);
@@ -165,9 +195,15 @@ mod relay {
         let _g = b.observe_async::<Touchy, _>(Mailbox::bounded(16), Record(tx));
         a.publish(Touchy(1)).unwrap();
         a.publish(Touchy(2)).unwrap();
-        let first = tokio::time::timeout(WAIT, seen.recv()).await.unwrap().unwrap();
+        let first = tokio::time::timeout(WAIT, seen.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(first.contains("Deserialize exploded"), "{first}");
-        let second = tokio::time::timeout(WAIT, seen.recv()).await.unwrap().unwrap();
+        let second = tokio::time::timeout(WAIT, seen.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(second, "next 2");
         server.shutdown().await;
     }
