@@ -1,6 +1,7 @@
 //! Worker roles on an interrole bus: a controller and N worker roles, each worker in its own
 //! process, talking through an interrole relay that the example embeds; in the spirit of the
-//! seed's `SampleWorkerRole` and `InterRoleEventSubscriberExtension`.
+//! `SampleWorkerRole` and `InterRoleEventSubscriberExtension` of the original .NET design that
+//! interrole descends from (see `docs/architecture.md`).
 //!
 //! By default the controller process starts a relay server on 127.0.0.1 (an ephemeral port, a
 //! shared access key made up for the run), joins it, and starts every worker by running its own
@@ -11,11 +12,11 @@
 //! `--transport loopback` keeps the controller and the workers in one process, on the in-process
 //! [`Loopback`]. Every run across processes uses a topic of its own, made up for the run.
 //!
-//! Each worker role has the seed's life cycle:
-//! - `on_start` returns at once and starts its bus in a spawned task (the seed uses the TPL); a
-//!   failure there is logged and requests a recycle;
+//! Each worker role has the original's life cycle:
+//! - `on_start` returns at once and starts its bus in a spawned task (the original uses the
+//!   TPL); a failure there is logged and requests a recycle;
 //! - the start task connects the bus, subscribes one full [`Observer`] of every inter-role event,
-//!   which handles the seed's two events, `RoleConfigurationSectionRefresh` and
+//!   which handles the original's two events, `RoleConfigurationSectionRefresh` and
 //!   `RoleGracefulRecycle`, serves status queries, and tells the controller it is ready (with
 //!   `send_to`);
 //! - `run` is the role's main loop: it works until a recycle is requested;
@@ -67,7 +68,7 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest wait for any step across processes (starting a process, connecting to the relay
 /// or to NATS).
 const PROCESS_STEP_TIMEOUT: Duration = Duration::from_secs(10);
-/// The role name every worker instance shares (the seed's `RoleName`).
+/// The role name every worker instance shares (the original's `RoleName`).
 const WORKER_ROLE: &str = "worker";
 /// The controller's instance id.
 const CONTROLLER: &str = "controller";
@@ -102,7 +103,7 @@ environment:
 // ---------------------------------------------------------------------------------------------
 // Events
 
-/// The seed's `RoleConfigurationSectionRefreshEvent`: reload one configuration section.
+/// The original's `RoleConfigurationSectionRefreshEvent`: reload one configuration section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RoleConfigurationSectionRefresh {
     section_name: String,
@@ -111,7 +112,8 @@ interrole::impl_event!(
     RoleConfigurationSectionRefresh = "interrole.role.configuration-section-refresh"
 );
 
-/// The seed's `RoleGracefulRecycleEvent`: every instance of the role should recycle gracefully.
+/// The original's `RoleGracefulRecycleEvent`: every instance of the role should recycle
+/// gracefully.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RoleGracefulRecycle {
     role_name: String,
@@ -173,7 +175,7 @@ impl Report {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The subscriber: the seed's `InterRoleEventSubscriberExtension`
+// The subscriber: the original's `InterRoleEventSubscriberExtension`
 
 /// What one worker's subscriber saw; shared with its role and read by the summary.
 #[derive(Debug, Default)]
@@ -203,7 +205,7 @@ impl Tally {
     }
 }
 
-/// A recycle request: `RoleEnvironment.RequestRecycle()` in the seed. The first reason wins.
+/// A recycle request: `RoleEnvironment.RequestRecycle()` in the original. The first reason wins.
 #[derive(Debug, Default)]
 struct RecycleRequest {
     notify: Notify,
@@ -225,8 +227,9 @@ impl RecycleRequest {
     }
 }
 
-/// One observer of every inter-role event, dispatching on the payload's type as the seed does.
-/// It runs on the publisher's thread, so it only records and signals; the role does the work.
+/// One observer of every inter-role event, dispatching on the payload's type as the original
+/// does. It runs on the publisher's thread, so it only records and signals; the role does the
+/// work.
 #[derive(Debug)]
 struct InterRoleEventSubscriber {
     role_name: &'static str,
@@ -297,7 +300,7 @@ impl InterRoleEventSubscriber {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The worker role: the seed's `SampleWorkerRole`
+// The worker role: the original's `SampleWorkerRole`
 
 /// How a role reaches the others.
 #[derive(Debug, Clone)]
@@ -402,7 +405,7 @@ struct Comms {
     serving: Subscription,
 }
 
-/// The seed's `SampleWorkerRole`: one worker instance with its own bus.
+/// The original's `SampleWorkerRole`: one worker instance with its own bus.
 #[derive(Debug)]
 struct WorkerRole {
     instance: String,
@@ -429,7 +432,7 @@ struct WorkerOutcome {
     panics_counted: u64,
 }
 
-/// The seed's start task: builds the bus, subscribes the subscriber, serves status queries,
+/// The original's start task: builds the bus, subscribes the subscriber, serves status queries,
 /// tells the controller.
 async fn start_comms(
     instance: String,
@@ -489,7 +492,7 @@ impl WorkerRole {
     }
 
     /// Starts inter-role communication without blocking start-up; always returns true, as the
-    /// seed does: a failure in the start task is logged and requests a recycle.
+    /// original does: a failure in the start task is logged and requests a recycle.
     fn on_start(&mut self) -> bool {
         let instance = self.instance.clone();
         let controller = self.controller.clone();
@@ -569,7 +572,7 @@ impl WorkerRole {
             error!(error = %e, "on_stop: could not report the recycle to the controller");
         }
         // Close while the subscriber is still subscribed: it gets `on_completed` exactly once.
-        // Dropping the guard first (the seed's order) would unsubscribe it silently, without
+        // Dropping the guard first (the original's order) would unsubscribe it silently, without
         // `on_completed`; after `close` the guard is inactive and dropping it is a no-op. Across
         // processes, `close` also waits until the relay has taken the report.
         bus.close().await;

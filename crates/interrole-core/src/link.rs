@@ -111,6 +111,14 @@ impl LinkState {
     ///
     /// # Errors
     /// The error that ended the connection, or `Closed`.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe. It only watches the written count: if the future is dropped
+    /// at its await (between checks of progress), nothing is lost or left half done, and the
+    /// queued events are written as if it had not been called. It may be called again; each
+    /// call waits for what was queued when it was called, so a later call covers at least as
+    /// much as an earlier one.
     pub async fn flush(&self) -> Result<(), TransportError> {
         let goal = self.queued.load(Ordering::Acquire);
         let mut written = self.written.subscribe();

@@ -93,6 +93,22 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     ///
     /// # Errors
     /// A [`TransportError`]; [transient](TransportError::is_transient) ones may succeed on retry.
+    ///
+    /// # Cancel safety
+    ///
+    /// Implementations must be cancel safe, and callers may rely on it: a caller may drop the
+    /// future at any await point (to give up on a slow attempt, or after polling it once) and
+    /// call `open` again. A dropped `open` leaves no connection, no task and no open socket
+    /// behind, and hands `inbound` nothing after it is dropped. Two things may remain:
+    ///
+    /// - `inbound` may already have been handed events, acknowledgements or missed counts that
+    ///   arrived while the connection was being set up (the relay transport reads the
+    ///   subscription while it waits for the relay to confirm it). A caller that drops `open`
+    ///   must be ready for that, as it is for duplicates after any reconnection.
+    /// - The far end may have acted on the attempt: it may briefly count the abandoned socket as
+    ///   the instance's connection until it sees it close (a new `open` of the same instance
+    ///   replaces it on the relay), and what a transport creates to stay (NATS JetStream streams
+    ///   and durable consumers) stays.
     async fn open(
         &self,
         spec: OpenSpec,
@@ -122,9 +138,29 @@ pub trait Connection: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     /// The error that ended the connection, if it ended first.
+    ///
+    /// # Cancel safety
+    ///
+    /// Implementations must be cancel safe: `flush` only waits. If the future is dropped before
+    /// it completes, nothing is lost: every event sent so far stays queued and is written as if
+    /// `flush` had not been called. It may be called again at any time; each call waits for
+    /// what was sent before that call.
     async fn flush(&self) -> Result<(), TransportError>;
 
     /// Closes the connection. Once it returns, the inbound is handed nothing more.
+    ///
+    /// # Cancel safety
+    ///
+    /// Closing must take effect at the first poll, so that a close whose future is dropped
+    /// still closes: from then on [`send`](Connection::send) fails (with
+    /// [`TransportErrorKind::Closed`], or the error that had already ended the connection),
+    /// [`is_open`](Connection::is_open) is false, and the
+    /// connection's tasks have been told to stop and stop on their own (an event being handed
+    /// to the inbound at that moment may still complete). What a dropped `close` loses is the
+    /// wait: the promise that the inbound is handed nothing more holds only once a `close`
+    /// has returned, and a second `close` returns without waiting for what the dropped one had
+    /// started. Network resources are released no later than when the last handle to the
+    /// connection is dropped. A `close` future that is never polled does nothing.
     async fn close(&self);
 
     /// Whether the connection is still open.

@@ -1030,9 +1030,10 @@ impl Connection for NatsConnection {
 
     async fn close(&self) {
         self.shared.end();
+        // All aborted before any is awaited, so that a close dropped at an await leaves none.
         let tasks = std::mem::take(&mut *self.tasks.lock());
+        tasks.iter().for_each(JoinHandle::abort);
         for task in tasks {
-            task.abort();
             let _ = task.await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.client.drain()).await;

@@ -1,6 +1,7 @@
 //! Hybrid Connections one-to-one: listeners' control channels, WebSocket senders handed to a
 //! listener through a rendezvous, and plain HTTP requests relayed inline on the control channel
-//! (`docs/relay-protocol.md` §1–§3).
+//! (`docs/protocol.md` §1 "Addresses and handshakes" and §2 "Hybrid Connections control
+//! messages").
 //!
 //! ## Listeners
 //!

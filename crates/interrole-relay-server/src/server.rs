@@ -67,6 +67,12 @@ impl Server {
     ///
     /// # Errors
     /// When the address cannot be bound or the configuration is invalid.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe. Its only await is binding the socket, and nothing is served
+    /// before it returns: if the future is dropped, no server was started and nothing is left
+    /// bound. `bind` may be called again.
     pub async fn bind(config: Config) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Self::start(listener, config)?)
@@ -130,12 +136,28 @@ impl Server {
     }
 
     /// Shuts down gracefully and waits until done.
+    ///
+    /// # Cancel safety
+    ///
+    /// The shutdown starts at the first poll and is not undone by dropping the future: the
+    /// server still stops accepting, closes its connections and finishes on its own task. What
+    /// is lost is the way to wait for it: `self` was moved into the call, so the shutdown cannot
+    /// be awaited again. To bound the wait and still know when the server has stopped, keep a
+    /// [`ShutdownHandle`] and await [`Server::wait`] on a task of its own. A `shutdown` future
+    /// that is never polled does not shut anything down (dropping a `Server` does not stop it).
     pub async fn shutdown(self) {
         self.shutdown.shutdown();
         self.wait().await;
     }
 
     /// Waits until the server has stopped (after a [`ShutdownHandle::shutdown`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future changes nothing about the server: it keeps running, or keeps
+    /// shutting down, as before. But `self` was moved into the call, so the server cannot be
+    /// waited for again; take a [`ShutdownHandle`] first if it must still be stopped after an
+    /// abandoned wait (for example one raced against a signal in `tokio::select!`).
     pub async fn wait(self) {
         let _ = self.task.await;
     }

@@ -1409,8 +1409,8 @@ mod tests {
 
     #[test]
     fn the_documented_example_bytes() {
-        // docs/protocol.md, "Example": a PUBLISH of seq 1 to everyone, envelope "hi", then a
-        // directed PUBLISH of seq 2 to "w2", envelope 0x00.
+        // docs/protocol.md, §8 "Multicast: examples": a PUBLISH of seq 1 to everyone, envelope
+        // "hi", then a directed PUBLISH of seq 2 to "w2", envelope 0x00.
         let message = encode_message(&[
             Frame::Publish {
                 seq: 1,

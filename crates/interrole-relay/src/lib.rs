@@ -1,5 +1,11 @@
-//! The relay wire protocol of [interrole](https://docs.rs/interrole), as a pure library: no
-//! sockets, no runtime, only values in and values or bytes out.
+//! The relay wire protocol of [interrole](https://docs.rs/interrole), and its clients.
+//!
+//! - **Without features** (the default), this crate is the protocol alone, as a pure library:
+//!   no sockets, no runtime, no async, only values in and values or bytes out. The relay
+//!   server and any other implementation of the protocol build on this part.
+//! - **With feature `client`**, it adds the `client` module: the multicast transport that
+//!   carries a bus over a relay, and the Hybrid Connections listener and sender. These open TCP
+//!   connections (WebSockets, with rustls for `wss`), spawn tasks and need a tokio runtime.
 //!
 //! The interrole relay speaks two things on one port: **Hybrid Connections**, the Azure Relay
 //! protocol, faithfully enough that the official clients work against it (a listener's control

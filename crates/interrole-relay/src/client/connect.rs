@@ -353,6 +353,20 @@ impl Relay {
     /// # Errors
     /// A transient [`TransportError`] when the relay cannot be reached or answers 5xx;
     /// `Unauthorized` (401), `Forbidden` (403), `NoListener` (404), `Protocol` for other refusals.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future drops the connection being made (TCP, TLS, WebSocket handshake) and
+    /// nothing is left on this side; `open_ws` may be called again with a target from
+    /// [`Relay::target`] (its token is not used up). The relay, though, may already have acted
+    /// on the handshake request if it was sent before the drop: it sees the socket close as the
+    /// client leaving, the same as a connection closed right after opening. What that means
+    /// depends on the target: a listener's control channel or a multicast publisher or
+    /// subscriber goes away (and a new connection of the same instance replaces it anyway); a
+    /// Hybrid Connections sender (`sb-hc-action=connect`) is still offered to a listener (see
+    /// [`HcSender::connect`](crate::client::hc::HcSender::connect)); a rendezvous address is
+    /// single use, so an abandoned accept of it cannot be repeated (see
+    /// [`HcConnection::accept`](crate::client::hc::HcConnection::accept)).
     pub async fn open_ws(
         &self,
         target_or_url: &str,

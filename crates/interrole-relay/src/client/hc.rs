@@ -76,6 +76,17 @@
 //! rendezvous address; [`HcRequest::respond`] answers on the control channel, or on the
 //! rendezvous when the request came through one or the response body is over 64 KiB. Bodies are
 //! buffered whole, not streamed.
+//!
+//! ## Cancel safety
+//!
+//! [`HcListener::bind`], [`HcListener::bind_with_retry`] and [`HcListener::accept`] are cancel
+//! safe. [`HcListener::close`] still closes when its future is dropped, but a second call does
+//! not wait. The calls that answer a peer or reach one are not: a dropped
+//! [`HcConnection::accept`], [`HcConnection::reject`] or [`HcRequest::respond`] loses its
+//! answer and cannot be repeated, and the relay still offers a dropped [`HcSender::connect`] to
+//! a listener and delivers a dropped [`HcSender::request`] once it has it whole. Each method's
+//! `# Cancel safety` section says exactly what happens. (Their own timeouts end them the same
+//! way, with an error that says so.)
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -198,6 +209,15 @@ impl HcListener {
     /// The first attempt's [`TransportError`]: `Unauthorized` (401), `Forbidden` (403),
     /// `NoListener` (404: no such hybrid connection), `Protocol` for a bad path, a transient
     /// kind when the relay cannot be reached.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe. Its only await is opening the control channel; the task that
+    /// keeps it is started after that, without awaiting. If the future is dropped, the channel
+    /// being opened is closed with it and no listener is left. The relay may have counted it
+    /// among the path's listeners until it saw the socket close; a sender offered to it
+    /// meanwhile is handed to another listener of the path, a request is answered 502. `bind`
+    /// may be called again.
     pub async fn bind(relay: Relay, path: &str) -> Result<Self, TransportError> {
         Self::bind_with_ping(relay, path, PING_INTERVAL, RetryPolicy::default()).await
     }
@@ -206,6 +226,10 @@ impl HcListener {
     ///
     /// # Errors
     /// As [`HcListener::bind`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`HcListener::bind`]: cancel safe.
     pub async fn bind_with_retry(
         relay: Relay,
         path: &str,
@@ -248,6 +272,14 @@ impl HcListener {
     /// # Errors
     /// Once every queued item has been taken: the error that ended the listener (see
     /// [`ListenerStatus::Closed`]), or `Closed` after [`HcListener::close`].
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe. If `accept` is used as the event in a `tokio::select!`
+    /// statement and some other branch completes first, it is guaranteed that no sender or
+    /// request was taken from the queue: the next `accept` gets it. (Items keep their own
+    /// deadlines meanwhile: a sender must be answered within about 20 s of arriving, a request
+    /// within the relay's request timeout.)
     pub async fn accept(&self) -> Result<Incoming, TransportError> {
         let next = self.incoming.lock().await.recv().await;
         match next {
@@ -283,6 +315,15 @@ impl HcListener {
     /// Closes the control channel (close code 1000) and waits for the task to finish. Senders
     /// and requests already handed out can still be answered over their rendezvous; inline
     /// requests not yet answered cannot. [`HcListener::accept`] then fails with `Closed`.
+    ///
+    /// # Cancel safety
+    ///
+    /// The close starts at the first poll and is not undone by dropping the future: the
+    /// listener task still closes the channel (1000) and ends on its own, within a few seconds.
+    /// What is lost is the wait for it: the task is handed to the first call, so calling
+    /// `close` again after a dropped one returns at once, possibly before the channel is
+    /// closed. To wait again, watch [`HcListener::watch_status`] for
+    /// [`ListenerStatus::Closed`].
     pub async fn close(&self) {
         self.stop.send_replace(true);
         let task = self.task.lock().take();
@@ -742,6 +783,15 @@ impl HcConnection {
     /// # Errors
     /// A [`TransportError`]: `NoListener` (404) when the rendezvous expired or the sender went
     /// away, a transient kind when the relay cannot be reached.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is **not** cancel safe: dropping the future loses the sender, and the call
+    /// cannot be repeated (`self` was moved into it, and the rendezvous address is single
+    /// use). If the rendezvous handshake had not reached the relay, the sender waits until the
+    /// relay gives up on the listener (504 after about 20 s). If it had, the relay answers the
+    /// sender 101 and its WebSocket is closed at once (1001 or 1011), as the listener's side is
+    /// gone.
     pub async fn accept(self) -> Result<Ws, TransportError> {
         let offered = control::header(&self.accept.connect_headers, "Sec-WebSocket-Protocol")
             .and_then(|p| p.split(',').map(str::trim).find(|p| !p.is_empty()))
@@ -753,6 +803,10 @@ impl HcConnection {
     ///
     /// # Errors
     /// As [`HcConnection::accept`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe, as [`HcConnection::accept`]: a dropped call loses the sender.
     pub async fn accept_with_protocol(self, protocol: Option<&str>) -> Result<Ws, TransportError> {
         let relay = &self.shared.relay;
         open_url(
@@ -769,6 +823,14 @@ impl HcConnection {
     /// # Errors
     /// `Protocol` for a status outside 100 to 599; as [`HcConnection::accept`] when the relay
     /// cannot be told.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is **not** cancel safe, and cannot be repeated (`self` was moved into it). If
+    /// the future is dropped before the reject handshake reached the relay, the sender is not
+    /// told `status`: it waits until the relay gives up on the listener (504 after about
+    /// 20 s). If the handshake had reached the relay, the rejection stands; only the closing
+    /// of the reject connection is cut short.
     pub async fn reject(self, status: u16, description: &str) -> Result<(), TransportError> {
         if !(100..=599).contains(&status) {
             return Err(protocol(format!("reject status {status}: use 100 to 599")));
@@ -895,6 +957,22 @@ impl HcRequest {
     /// `Protocol` for a status outside 100 to 599; `ConnectionLost` when the channel the request
     /// came on is gone (the relay has answered the sender 502 then); as
     /// [`HcConnection::accept`] when a rendezvous cannot be opened.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is **not** cancel safe, and cannot be repeated (`self` was moved into it).
+    /// What a dropped call loses depends on how far it got:
+    ///
+    /// - On the control channel (a request that arrived inline, with a response of at most
+    ///   64 KiB), the response is first queued for the listener task, waiting for room when
+    ///   64 responses are already queued. Dropped while waiting for room, the response is lost
+    ///   and the HTTP sender gets 504 when the relay's request timeout (60 s by default)
+    ///   passes. Dropped once it is queued, the response is still sent (if the control
+    ///   channel the request came on is still up); only the outcome is not learnt.
+    /// - On a rendezvous (a request that came through one, or a larger response), the response
+    ///   is lost if the future is dropped before it has been written out, and the sender gets
+    ///   504 when the request timeout passes; the rendezvous cannot be opened a second time.
+    ///   Dropped after that, during the closing handshake, the response has been delivered.
     pub async fn respond(
         self,
         status: u16,
@@ -1155,6 +1233,14 @@ impl HcSender {
     /// refused credentials; when the listener rejects, the kind of its status (`Protocol` for
     /// most), with the message `the relay answered {status}: {description}`; a transient kind
     /// when the relay cannot be reached or the listener does not answer (504).
+    ///
+    /// # Cancel safety
+    ///
+    /// Nothing is left on this side when the future is dropped, and `connect` may be called
+    /// again at once (each call is a new connection with a new id). But the relay does not
+    /// watch a sender while it waits for a listener: once the handshake request has reached
+    /// it, a dropped `connect` is still offered to a listener, which may accept it and gets a
+    /// WebSocket that the relay closes at once (or a 410 on the rendezvous).
     pub async fn connect(&self) -> Result<Ws, TransportError> {
         self.connect_as(None).await
     }
@@ -1164,6 +1250,13 @@ impl HcSender {
     ///
     /// # Errors
     /// As [`HcSender::connect`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`HcSender::connect`], with one more consequence: once the handshake request has
+    /// reached the relay, the id stays taken there until a listener accepts or rejects the
+    /// abandoned sender, or the relay gives up on it (about 20 s). A `connect_with_id` with the
+    /// same id meanwhile is refused 400 (`Protocol`, which a retry policy does not retry).
     pub async fn connect_with_id(&self, id: &str) -> Result<Ws, TransportError> {
         self.connect_as(Some(id)).await
     }
@@ -1188,6 +1281,16 @@ impl HcSender {
     /// `Protocol` for a bad method, target or header; `PayloadTooLarge` for a response over
     /// 64 MiB; `Timeout` when the response is not complete within the request timeout; a
     /// transient kind when the relay cannot be reached or the connection breaks.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is **not** cancel safe. Dropping the future closes the connection, and
+    /// nothing is left on this side, but the relay does not watch an HTTP sender while a
+    /// listener works on its request: once the whole request has reached the relay, it is
+    /// handed to a listener, which may act on it, and the response is thrown away. So a dropped
+    /// request may or may not have been delivered, and repeating it may deliver it twice: repeat
+    /// only requests that are safe to repeat. A request that times out
+    /// ([`HcSender::with_request_timeout`]) leaves the same uncertainty.
     pub async fn request(
         &self,
         method: &str,
