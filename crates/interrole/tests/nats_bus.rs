@@ -1,6 +1,7 @@
 //! The bus over real `nats-server` processes: typed events and request/reply on one server, and a
 //! three-node cluster where the node a subscriber is connected to is killed while events flow.
-//! Skipped, with a message, when nats-server is not installed (a failure under CI).
+//! Each test is `#[ignore = "needs nats-server"]`: run them with `cargo test -- --ignored`, which
+//! fails them, saying so, when nats-server is not installed.
 
 #[path = "../../interrole-relay-server/tests/common/cert.rs"]
 mod cert;
@@ -122,10 +123,9 @@ fn fast_retry() -> RetryPolicy {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
 async fn typed_events_and_request_reply_over_nats() {
-    let Some(server) = common::NatsServer::start("typed_events_and_request_reply_over_nats") else {
-        return;
-    };
+    let server = common::NatsServer::start("typed_events_and_request_reply_over_nats");
     let a = bus(&server.url(), "typed", "a").await;
     let b = bus(&server.url(), "typed", "b").await;
     let (sa, sb) = (Arc::new(Seen::default()), Arc::new(Seen::default()));
@@ -158,12 +158,9 @@ async fn typed_events_and_request_reply_over_nats() {
 /// responders"), not left to time out; a `send_to` it is counted as refused. An instance that is
 /// connected still gets its directed events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
 async fn a_request_to_an_absent_instance_is_refused_at_once() {
-    let Some(server) =
-        common::NatsServer::start("a_request_to_an_absent_instance_is_refused_at_once")
-    else {
-        return;
-    };
+    let server = common::NatsServer::start("a_request_to_an_absent_instance_is_refused_at_once");
     let a = bus(&server.url(), "absent", "a").await;
     let b = bus(&server.url(), "absent", "b").await;
     let _serve = b.serve(|q: &Ask| Answer { y: q.x * 2 });
@@ -198,13 +195,12 @@ async fn a_request_to_an_absent_instance_is_refused_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
 async fn killing_the_node_a_bus_is_on_moves_it_and_nothing_is_lost() {
-    let Some(mut cluster) = common::NatsCluster::start(
+    let mut cluster = common::NatsCluster::start(
         "killing_the_node_a_bus_is_on_moves_it_and_nothing_is_lost",
         3,
-    ) else {
-        return;
-    };
+    );
     let urls = cluster.urls();
     let first = urls.split(',').next().unwrap().to_string();
     // The publisher stays on node 0; the subscriber may be on any node but node 0 is not killed.
@@ -274,12 +270,9 @@ async fn durable_bus(urls: &str, topic: &str, id: &str, replicas: usize) -> Bus 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
 async fn a_durable_subscriber_that_was_down_misses_nothing() {
-    let Some(server) =
-        common::NatsServer::start_js("a_durable_subscriber_that_was_down_misses_nothing")
-    else {
-        return;
-    };
+    let server = common::NatsServer::start_js("a_durable_subscriber_that_was_down_misses_nothing");
     let a = durable_bus(&server.url(), "durable", "a", 1).await;
     // b subscribes once (its durable consumers are created), then goes away.
     let b = durable_bus(&server.url(), "durable", "b", 1).await;
@@ -331,13 +324,12 @@ async fn consumer_of(
 /// them first and in order: not after JetStream's 30 s acknowledgement wait, behind newer events
 /// it would already have passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
 async fn a_restarted_subscriber_gets_what_its_previous_life_never_acknowledged() {
     use futures::StreamExt;
-    let Some(server) = common::NatsServer::start_js(
+    let server = common::NatsServer::start_js(
         "a_restarted_subscriber_gets_what_its_previous_life_never_acknowledged",
-    ) else {
-        return;
-    };
+    );
     let a = durable_bus(&server.url(), "crash", "a", 1).await;
     // b's first life creates its durable consumers, then ends.
     durable_bus(&server.url(), "crash", "b", 1)
@@ -386,13 +378,11 @@ async fn a_restarted_subscriber_gets_what_its_previous_life_never_acknowledged()
 /// A previous life that took nothing but left a pull request waiting on a hung connection: the
 /// server would hand it the next events before the new life's requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
 async fn a_hung_previous_life_does_not_take_the_events_of_the_next() {
     use futures::StreamExt;
-    let Some(server) =
-        common::NatsServer::start_js("a_hung_previous_life_does_not_take_the_events_of_the_next")
-    else {
-        return;
-    };
+    let server =
+        common::NatsServer::start_js("a_hung_previous_life_does_not_take_the_events_of_the_next");
     let a = durable_bus(&server.url(), "hung", "a", 1).await;
     durable_bus(&server.url(), "hung", "b", 1)
         .await
@@ -419,12 +409,10 @@ async fn a_hung_previous_life_does_not_take_the_events_of_the_next() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
 async fn durable_mode_loses_nothing_when_a_cluster_node_dies() {
-    let Some(mut cluster) =
-        common::NatsCluster::start_js("durable_mode_loses_nothing_when_a_cluster_node_dies", 3)
-    else {
-        return;
-    };
+    let mut cluster =
+        common::NatsCluster::start_js("durable_mode_loses_nothing_when_a_cluster_node_dies", 3);
     let urls = cluster.urls();
     let first = urls.split(',').next().unwrap().to_string();
     let a = durable_bus(&first, "replicated", "a", 3).await;
@@ -470,12 +458,10 @@ async fn durable_mode_loses_nothing_when_a_cluster_node_dies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
 async fn bad_credentials_and_a_server_without_jetstream_are_fatal_and_said() {
     let name = "bad_credentials_and_a_server_without_jetstream_are_fatal_and_said";
-    let Some(server) = common::NatsServer::start_args(name, &["--user", "svc", "--pass", "right"])
-    else {
-        return;
-    };
+    let server = common::NatsServer::start_args(name, &["--user", "svc", "--pass", "right"]);
     let wrong = NatsOptions::new(&server.url()).with_auth(NatsAuth::UserPassword {
         user: "svc".into(),
         password: "wrong".into(),
@@ -497,13 +483,14 @@ async fn bad_credentials_and_a_server_without_jetstream_are_fatal_and_said() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
 async fn tls_and_a_token() {
     let cert = SelfSigned::new();
     let (c, k) = (
         cert.cert.to_string_lossy().to_string(),
         cert.key.to_string_lossy().to_string(),
     );
-    let Some(server) = common::NatsServer::start_args(
+    let server = common::NatsServer::start_args(
         "tls_and_a_token",
         &[
             "--tls",
@@ -514,9 +501,7 @@ async fn tls_and_a_token() {
             "--auth",
             "s3cret-token",
         ],
-    ) else {
-        return;
-    };
+    );
     let url = format!("tls://{}", server.addr);
     let options = |token: &str| {
         NatsOptions::new(&url)
@@ -578,6 +563,7 @@ fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, claims: serde_json::Value) -
 /// Decentralized authentication: an operator, an account and a user, the user's JWT and seed in a
 /// credentials file. A user of an account the server does not trust is refused and not retried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
 async fn credentials_file_authentication() {
     use serde_json::json;
     let (operator, account, stranger_account) = (
@@ -630,11 +616,8 @@ async fn credentials_file_authentication() {
         NatsAuth::CredsFile(path)
     };
     let config = config.to_string_lossy().to_string();
-    let Some(server) =
-        common::NatsServer::start_args("credentials_file_authentication", &["-c", &config])
-    else {
-        return;
-    };
+    let server =
+        common::NatsServer::start_args("credentials_file_authentication", &["-c", &config]);
     let with = |auth: NatsAuth| NatsOptions::new(&server.url()).with_auth(auth);
     let a = bus_on(with(creds("a", &account)), "creds", "a").await;
     let b = bus_on(with(creds("b", &account)), "creds", "b").await;
@@ -646,6 +629,7 @@ async fn credentials_file_authentication() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
 async fn nkey_authentication() {
     let user = nkeys::KeyPair::new_user();
     let stranger = nkeys::KeyPair::new_user();
@@ -661,10 +645,7 @@ async fn nkey_authentication() {
     )
     .unwrap();
     let config = config.to_string_lossy().to_string();
-    let Some(server) = common::NatsServer::start_args("nkey_authentication", &["-c", &config])
-    else {
-        return;
-    };
+    let server = common::NatsServer::start_args("nkey_authentication", &["-c", &config]);
     let with_seed = |pair: &nkeys::KeyPair| {
         NatsOptions::new(&server.url()).with_auth(NatsAuth::NKey(pair.seed().unwrap()))
     };

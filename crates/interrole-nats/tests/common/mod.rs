@@ -1,6 +1,7 @@
 //! A real `nats-server` for the tests: started on a free port of 127.0.0.1, restarted on the
-//! same port, killed when dropped. Without `nats-server` installed the tests print why they skip
-//! and pass, except under CI (`CI` set), where a missing server is a failure.
+//! same port, killed when dropped. The tests that use it are `#[ignore = "needs nats-server"]`:
+//! `cargo test` lists them as ignored, `cargo test -- --ignored` runs them, and there a missing
+//! `nats-server` fails them with a message saying how to install it.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -30,52 +31,46 @@ fn temp_dir(what: &str) -> std::path::PathBuf {
     dir
 }
 
-/// Whether `nats-server` is installed. When it is not, `test` is skipped, and says so; under CI
-/// (`CI` set) that is a failure instead.
-fn installed(test: &str) -> bool {
+/// Panics, saying how to install it, when `nats-server` is not installed: a test that needs it
+/// and was asked to run fails rather than passes without running.
+fn require_installed(test: &str) {
     let ok = Command::new("nats-server")
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!(
-                "{test}: nats-server is not installed, and CI requires it (apt-get install -y nats-server)"
-            );
-        }
-        eprintln!("{test}: SKIPPED: nats-server is not installed (apt-get install -y nats-server)");
-    }
-    ok
+    assert!(
+        ok,
+        "{test} needs nats-server, which is not installed (apt-get install nats-server)"
+    );
 }
 
 impl NatsServer {
-    /// Starts a server, or says why the calling test skips (`None`).
-    pub fn start(test: &str) -> Option<Self> {
+    /// Starts a server.
+    ///
+    /// # Panics
+    /// When `nats-server` is not installed, or does not listen in time.
+    pub fn start(test: &str) -> Self {
         Self::start_with(test, false)
     }
 
     /// A server with JetStream, its storage in a fresh temporary directory.
-    pub fn start_js(test: &str) -> Option<Self> {
+    pub fn start_js(test: &str) -> Self {
         Self::start_with(test, true)
     }
 
     /// A server started with more arguments (`--user u --pass p`, say).
-    pub fn start_args(test: &str, extra: &[&str]) -> Option<Self> {
-        let mut s = Self::start_with_extra(test, false, extra)?;
-        s.extra = extra.iter().map(|a| a.to_string()).collect();
-        Some(s)
+    pub fn start_args(test: &str, extra: &[&str]) -> Self {
+        Self::start_with_extra(test, false, extra)
     }
 
-    fn start_with(test: &str, js: bool) -> Option<Self> {
+    fn start_with(test: &str, js: bool) -> Self {
         Self::start_with_extra(test, js, &[])
     }
 
-    fn start_with_extra(test: &str, js: bool, extra: &[&str]) -> Option<Self> {
-        if !installed(test) {
-            return None;
-        }
+    fn start_with_extra(test: &str, js: bool, extra: &[&str]) -> Self {
+        require_installed(test);
         let port = free_port();
         let mut server = Self {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -84,7 +79,7 @@ impl NatsServer {
             extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn();
-        Some(server)
+        server
     }
 
     pub fn url(&self) -> String {
@@ -173,21 +168,21 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
-    /// Starts `n` nodes and waits until each is routed to all the others; `None` (with a
-    /// message) when nats-server is not installed, outside CI.
-    pub fn start(test: &str, n: usize) -> Option<Self> {
+    /// Starts `n` nodes and waits until each is routed to all the others.
+    ///
+    /// # Panics
+    /// When `nats-server` is not installed, or the cluster does not form in time.
+    pub fn start(test: &str, n: usize) -> Self {
         Self::start_with(test, n, false)
     }
 
     /// A cluster with JetStream on every node (storage in a fresh temporary directory).
-    pub fn start_js(test: &str, n: usize) -> Option<Self> {
+    pub fn start_js(test: &str, n: usize) -> Self {
         Self::start_with(test, n, true)
     }
 
-    fn start_with(test: &str, n: usize, js: bool) -> Option<Self> {
-        if !installed(test) {
-            return None;
-        }
+    fn start_with(test: &str, n: usize, js: bool) -> Self {
+        require_installed(test);
         let mut nodes: Vec<Node> = (0..n)
             .map(|_| Node {
                 client: free_port(),
@@ -260,7 +255,7 @@ impl NatsCluster {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        Some(cluster)
+        cluster
     }
 
     /// Every node's client URL, comma-separated.
