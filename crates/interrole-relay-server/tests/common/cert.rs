@@ -1,10 +1,13 @@
-//! A self-signed certificate made with `openssl` in a temporary directory. Std only, so that the
-//! tests of other crates can include this file (`#[path]`).
+//! A self-signed certificate made with `rcgen`, written to a temporary directory. Needs only
+//! `rcgen` (a dev-dependency), so that the tests of other crates can include this file
+//! (`#[path]`).
 #![allow(dead_code, unreachable_pub)]
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use rcgen::{CertificateParams, DnType, IsCa, KeyPair, SanType};
 
 /// A self-signed certificate for `localhost` and 127.0.0.1; its directory goes on drop.
 pub struct SelfSigned {
@@ -23,23 +26,22 @@ impl SelfSigned {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
-        let out = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"])
-            .args(["-subj", "/CN=localhost"])
-            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-            // An end-entity certificate (webpki refuses a CA as the server's certificate).
-            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-            .args(["-days", "1", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .expect("openssl is needed to make the test certificate");
-        assert!(
-            out.status.success(),
-            "openssl failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let pair = KeyPair::generate().expect("a key pair");
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned()]).expect("certificate parameters");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        // An end-entity certificate (webpki refuses a CA as the server's certificate).
+        params.is_ca = IsCa::ExplicitNoCa;
+        let signed = params
+            .self_signed(&pair)
+            .expect("a self-signed certificate");
+        std::fs::write(&cert, signed.pem()).unwrap();
+        std::fs::write(&key, pair.serialize_pem()).unwrap();
         Self { dir, cert, key }
     }
 }
