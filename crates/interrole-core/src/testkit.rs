@@ -15,6 +15,13 @@
 //! transient error and new ones carry events again; envelopes over the transport's limit are
 //! refused with [`TransportErrorKind::PayloadTooLarge`] (and without a limit, a large one arrives
 //! intact). Each check panics with a message saying what was expected and what was seen.
+//!
+//! A check that nothing more arrives (no duplicate, no echo, nothing for a bystander or a closed
+//! connection) never waits a while to see: the sender sends a marker event after the events under
+//! test, and the check looks once the marker has arrived. Per-sender order makes that proof for
+//! the marker's receiver; for another receiver (an echo back to the sender, a closed connection),
+//! the marker comes through the far end after the events under test, which it forwards in the
+//! order it receives them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,8 +40,9 @@ use crate::transport::{
 /// How long a check waits for something that should happen.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
-/// How long a check waits to be sure that something does not happen.
-pub const QUIET: Duration = Duration::from_millis(300);
+/// The number a check's marker event carries ([`KitEvent::n`]): sent after the events under
+/// test, its arrival shows that they would have arrived before it.
+pub const MARKER: u64 = u64::MAX;
 
 /// What a transport under test provides to the kit.
 #[async_trait]
@@ -112,10 +120,34 @@ impl Recorder {
         }
     }
 
+    /// Waits until a marker event ([`MARKER`]) from `sender` has arrived, or [`PATIENCE`] runs
+    /// out; returns what was recorded then.
+    pub async fn wait_for_marker(&self, sender: &InstanceId) -> Recorded {
+        self.wait_for(&format!("the marker from {sender}"), |s| {
+            s.events.iter().any(|e| is_marker_from(e, sender))
+        })
+        .await
+    }
+
     fn update(&self, f: impl FnOnce(&mut Recorded)) {
         f(&mut self.state.lock().unwrap());
         self.changed.notify_waiters();
     }
+}
+
+impl Recorded {
+    /// The events that are not markers.
+    pub fn non_markers(&self) -> Vec<&InterRoleEvent> {
+        self.events.iter().filter(|e| !is_marker(e)).collect()
+    }
+}
+
+fn is_marker(e: &InterRoleEvent) -> bool {
+    e.payload::<KitEvent>().is_some_and(|p| p.n == MARKER)
+}
+
+fn is_marker_from(e: &InterRoleEvent, sender: &InstanceId) -> bool {
+    e.sender() == sender && is_marker(e)
 }
 
 impl Inbound for Recorder {
@@ -195,6 +227,14 @@ impl Peer {
         )
     }
 
+    /// Sends a marker event ([`MARKER`]) to `to`, or to everyone, panicking on any error.
+    pub fn send_marker(&mut self, to: Option<&InstanceId>) {
+        let e = self.event(MARKER, 0);
+        self.connection
+            .send(&e, to)
+            .unwrap_or_else(|err| panic!("{} failed to send its marker: {err}", self.instance));
+    }
+
     /// Sends `count` multicast events numbered from 0, panicking on any error.
     pub fn send_many(&mut self, count: u64) {
         for n in 0..count {
@@ -243,20 +283,20 @@ async fn three_peers(h: &dyn Harness, check: &str) -> (Peer, Peer, Peer) {
 /// Multicast reaches every other connection exactly once, payload intact; the sender hears no
 /// echo.
 pub async fn multicast_reaches_every_listener_once(h: &dyn Harness) {
-    let (mut a, b, c) = three_peers(h, "multicast").await;
+    let (mut a, b, mut c) = three_peers(h, "multicast").await;
     a.send_many(100);
+    a.send_marker(None);
     a.connection.flush().await.expect("flush");
     for peer in [&b, &c] {
-        peer.inbound
-            .wait_for("100 events", |s| s.events.len() >= 100)
-            .await;
-        tokio::time::sleep(QUIET).await;
-        let events = peer.inbound.snapshot().events;
-        let seen = events.len();
+        // Everything a sent before its marker has arrived by now, duplicates included.
+        let seen = peer.inbound.wait_for_marker(&a.instance).await;
+        let events = seen.non_markers();
         assert_eq!(
-            seen, 100,
-            "{} received {seen} events, expected exactly 100",
-            peer.instance
+            events.len(),
+            100,
+            "{} received {} events, expected exactly 100",
+            peer.instance,
+            events.len()
         );
         for (i, e) in events.iter().enumerate() {
             let p = e
@@ -271,8 +311,16 @@ pub async fn multicast_reaches_every_listener_once(h: &dyn Harness) {
             assert_eq!(e.sender(), &a.instance);
         }
     }
-    tokio::time::sleep(QUIET).await;
-    let echoed = a.inbound.snapshot().events.len();
+    // c answers with a marker of its own once it has everything: an echo of a's events would
+    // have reached a through the far end before it.
+    c.send_marker(None);
+    c.connection.flush().await.expect("flush");
+    let seen = a.inbound.wait_for_marker(&c.instance).await;
+    let echoed = seen
+        .events
+        .iter()
+        .filter(|e| e.sender() == &a.instance)
+        .count();
     assert_eq!(
         echoed, 0,
         "the sender received {echoed} of its own events back"
@@ -318,23 +366,50 @@ pub async fn directed_delivery(h: &dyn Harness) {
             .send(&e, Some(&b.instance))
             .expect("directed send");
     }
+    // Markers both ways a stray event could take: directed to each receiver, and to everyone.
+    a.send_marker(Some(&b.instance));
+    a.send_marker(Some(&c.instance));
+    a.send_marker(None);
     a.connection.flush().await.expect("flush");
-    b.inbound
-        .wait_for("10 directed events", |s| s.events.len() >= 10)
+    let markers = |s: &Recorded| {
+        s.events
+            .iter()
+            .filter(|e| is_marker_from(e, &a.instance))
+            .count()
+    };
+    let seen = b
+        .inbound
+        .wait_for("both markers at the target", |s| markers(s) >= 2)
         .await;
-    tokio::time::sleep(QUIET).await;
+    let got: Vec<u64> = seen
+        .non_markers()
+        .iter()
+        .map(|e| e.payload::<KitEvent>().expect("a KitEvent").n)
+        .collect();
     assert_eq!(
-        b.inbound.snapshot().events.len(),
-        10,
-        "target got duplicates"
+        got,
+        (0..10).collect::<Vec<_>>(),
+        "the target got duplicates or lost some"
     );
-    let stray = c.inbound.snapshot().events.len();
+    let seen = c
+        .inbound
+        .wait_for("both markers at the bystander", |s| markers(s) >= 2)
+        .await;
+    let stray = seen.non_markers().len();
     assert_eq!(stray, 0, "a bystander received {stray} directed events");
 }
 
 /// A closed connection receives nothing more and refuses to send; the others carry on.
 pub async fn closed_connection_receives_nothing(h: &dyn Harness) {
-    let (mut a, b, c) = three_peers(h, "close").await;
+    let topic = unique_topic("close");
+    let (ta, tb, tc) = (
+        h.transport().await,
+        h.transport().await,
+        h.transport().await,
+    );
+    let mut a = Peer::open(&*ta, &topic, "kit-a").await;
+    let b = Peer::open(&*tb, &topic, "kit-b").await;
+    let mut c = Peer::open(&*tc, &topic, "kit-c").await;
     a.send_many(5);
     c.inbound
         .wait_for("5 events", |s| s.events.len() >= 5)
@@ -343,11 +418,16 @@ pub async fn closed_connection_receives_nothing(h: &dyn Harness) {
     assert!(!c.connection.is_open(), "closed connection says it is open");
     let before = c.inbound.snapshot().events.len();
     a.send_many(20);
+    a.send_marker(None);
     a.connection.flush().await.expect("flush");
-    b.inbound
-        .wait_for("25 events", |s| s.events.len() >= 25)
-        .await;
-    tokio::time::sleep(QUIET).await;
+    let seen = b.inbound.wait_for_marker(&a.instance).await;
+    assert_eq!(seen.non_markers().len(), 25, "the others did not carry on");
+    // A new connection through c's transport: once a's marker reached it, anything the far end
+    // still sent c's closed connection was sent before.
+    let again = Peer::open(&*tc, &topic, "kit-c2").await;
+    a.send_marker(None);
+    a.connection.flush().await.expect("flush");
+    again.inbound.wait_for_marker(&a.instance).await;
     let after = c.inbound.snapshot().events.len();
     assert_eq!(
         after,
@@ -355,7 +435,6 @@ pub async fn closed_connection_receives_nothing(h: &dyn Harness) {
         "{} events arrived after close",
         after - before
     );
-    let mut c = c;
     let e = c.event(0, 1);
     let err = c
         .connection

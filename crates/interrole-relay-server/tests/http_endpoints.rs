@@ -3,7 +3,6 @@
 mod common;
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use common::*;
 use interrole_relay_server::{Config, DEFAULT_CONFIG_TOML};
@@ -93,8 +92,7 @@ async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
         .unwrap();
     let addr: std::net::SocketAddr = line.trim_start_matches("listening on ").parse().unwrap();
 
-    let mut sub = subscribe(addr, "proc", "s", false, &[]).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut sub, _) = subscribed(addr, "proc", "s", false, &[]).await;
     let mut p = connect(addr, interrole_relay::url::Action::Publish, "proc", "p").await;
     send_frames(&mut p, &[publish(1, None, b"via process")]).await;
     until_ack(&mut p, 1).await;

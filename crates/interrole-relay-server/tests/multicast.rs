@@ -12,11 +12,14 @@ async fn publish_reaches_every_subscriber_once_in_order_and_is_acked() {
     let server = start(config()).await;
     let addr = server.local_addr();
     let mut subs = Vec::new();
+    // Each subscriber registered before publishing (a later one only gets live events).
     for i in 0..5 {
-        subs.push(subscribe(addr, "orders", &format!("s{i}"), false, &[]).await);
+        subs.push(
+            subscribed(addr, "orders", &format!("s{i}"), false, &[])
+                .await
+                .0,
+        );
     }
-    // Let the RESUMEs land before publishing (a later subscriber only gets live events).
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let mut publisher = connect(addr, Action::Publish, "orders", "p1").await;
     let batch: Vec<Frame> = (1..=50)
         .map(|i| publish(i, None, format!("e{i}").as_bytes()))
@@ -56,10 +59,9 @@ async fn publish_reaches_every_subscriber_once_in_order_and_is_acked() {
 async fn directed_delivery_and_no_echo() {
     let server = start(config()).await;
     let addr = server.local_addr();
-    let mut a = subscribe(addr, "jobs", "a", false, &[]).await;
-    let mut b = subscribe(addr, "jobs", "b", false, &[]).await;
-    let mut own = subscribe(addr, "jobs", "p", false, &[]).await; // the publisher's own instance
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (mut a, _) = subscribed(addr, "jobs", "a", false, &[]).await;
+    let (mut b, _) = subscribed(addr, "jobs", "b", false, &[]).await;
+    let (mut own, _) = subscribed(addr, "jobs", "p", false, &[]).await; // the publisher's own instance
     let mut p = connect(addr, Action::Publish, "jobs", "p").await;
     send_frames(
         &mut p,
@@ -102,8 +104,7 @@ async fn directed_delivery_and_no_echo() {
 async fn resume_after_reconnect_replays_what_was_missed() {
     let server = start(config()).await;
     let addr = server.local_addr();
-    let mut sub = subscribe(addr, "feed", "s", false, &[]).await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (mut sub, _) = subscribed(addr, "feed", "s", false, &[]).await;
     let mut p = connect(addr, Action::Publish, "feed", "p").await;
     send_frames(&mut p, &[publish(1, None, b"1"), publish(2, None, b"2")]).await;
     until_ack(&mut p, 2).await;
@@ -115,8 +116,9 @@ async fn resume_after_reconnect_replays_what_was_missed() {
     let mut q = connect(addr, Action::Publish, "feed", "q").await;
     send_frames(&mut q, &[publish(7, None, b"q7")]).await;
     until_ack(&mut q, 7).await;
-    let mut sub = subscribe(addr, "feed", "s", true, &[("p", 2)]).await;
-    let got: Vec<_> = frames(&mut sub, 3).await.iter().map(event_of).collect();
+    // The replay comes before the probe, which the relay queued last.
+    let (mut sub, replayed) = subscribed(addr, "feed", "s", true, &[("p", 2)]).await;
+    let got: Vec<_> = replayed.iter().map(event_of).collect();
     assert_eq!(
         got,
         vec![
@@ -159,8 +161,7 @@ async fn resume_beyond_the_window_reports_missed() {
 async fn a_newer_connection_replaces_the_older() {
     let server = start(config()).await;
     let addr = server.local_addr();
-    let mut old = subscribe(addr, "r", "s", false, &[]).await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (mut old, _) = subscribed(addr, "r", "s", false, &[]).await;
     let _new = subscribe(addr, "r", "s", false, &[]).await;
     assert_eq!(until_closed(&mut old).await.0, Some(4001));
     server.shutdown().await;
@@ -186,9 +187,9 @@ async fn a_slow_subscriber_gets_missed_and_does_not_slow_the_others() {
     let server = start(c).await;
     let addr = server.local_addr();
     // Never reads: its socket buffers fill, then its queue, then events are dropped for it.
-    let mut slow = subscribe(addr, "s", "slow", false, &[]).await;
-    let mut fast = subscribe(addr, "s", "fast", false, &[]).await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The fast one first: the slow one then never has a later subscriber's probe to read.
+    let (mut fast, _) = subscribed(addr, "s", "fast", false, &[]).await;
+    let (mut slow, _) = subscribed(addr, "s", "slow", false, &[]).await;
     let mut p = connect(addr, Action::Publish, "s", "p").await;
     let n = 2000;
     let reader = tokio::spawn(async move {
@@ -223,9 +224,9 @@ async fn a_slow_subscriber_is_disconnected_under_the_disconnect_policy() {
     c.subscribers.slow_consumer = SlowConsumerPolicy::Disconnect;
     let server = start(c).await;
     let addr = server.local_addr();
-    let mut slow = subscribe(addr, "s", "slow", false, &[]).await;
-    let mut fast = subscribe(addr, "s", "fast", false, &[]).await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The fast one first: the slow one then never has a later subscriber's probe to read.
+    let (mut fast, _) = subscribed(addr, "s", "fast", false, &[]).await;
+    let (mut slow, _) = subscribed(addr, "s", "slow", false, &[]).await;
     let mut p = connect(addr, Action::Publish, "s", "p").await;
     let n = 2000;
     let reader = tokio::spawn(async move { frames(&mut fast, n as usize).await.len() });

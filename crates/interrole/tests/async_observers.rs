@@ -23,22 +23,27 @@ fn bus() -> Bus {
 }
 
 /// An observer that waits for a permit before each event, so a test controls when it drains.
+/// It says when it has taken an event (`taken`), before waiting for the permit.
 struct Gated {
     permits: Arc<Semaphore>,
+    taken: AtomicU64,
     seen: Mutex<Vec<u64>>,
     errors: Mutex<Vec<ObserverError>>,
     completed: AtomicU64,
     done: tokio::sync::Notify,
+    released: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Gated {
     fn default() -> Self {
         Self {
             permits: Arc::new(Semaphore::new(0)),
+            taken: AtomicU64::new(0),
             seen: Mutex::default(),
             errors: Mutex::default(),
             completed: AtomicU64::new(0),
             done: tokio::sync::Notify::new(),
+            released: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -46,6 +51,7 @@ impl Default for Gated {
 #[async_trait]
 impl AsyncObserver<Received<Num>> for Gated {
     async fn on_next(&self, n: Received<Num>) {
+        self.taken.fetch_add(1, Ordering::SeqCst);
         self.permits.acquire().await.unwrap().forget();
         if n.0 == 13 {
             panic!("unlucky");
@@ -104,8 +110,7 @@ async fn drop_oldest_reports_lag_with_its_count_before_the_next_event() {
     // The observer holds event 0 (waiting for a permit) while 1..=10 arrive: the mailbox keeps
     // the 4 newest (7..=10), 6 are dropped.
     bus.publish(Num(0)).unwrap();
-    wait_until("event 0 taken", || bus.stats().hub.delivered == 1).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    obs.wait_taken(1).await;
     for n in 1..=10 {
         bus.publish(Num(n)).unwrap();
     }
@@ -126,7 +131,7 @@ async fn drop_newest_keeps_the_oldest() {
         ArcObs(obs.clone()),
     );
     bus.publish(Num(0)).unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    obs.wait_taken(1).await;
     for n in 1..=10 {
         bus.publish(Num(n)).unwrap();
     }
@@ -150,7 +155,7 @@ async fn block_waits_for_room_then_times_out_and_counts() {
         ArcObs(obs.clone()),
     );
     bus.publish(Num(0)).unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    obs.wait_taken(1).await;
     // 1 and 2 fill the mailbox; 3 waits 30 ms for room that never comes, and is dropped.
     let b = bus.clone();
     let started = std::time::Instant::now();
@@ -188,7 +193,7 @@ async fn disconnect_unsubscribes_after_delivering_what_was_queued() {
         ArcObs(obs.clone()),
     );
     bus.publish(Num(0)).unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    obs.wait_taken(1).await;
     for n in 1..=5 {
         bus.publish(Num(n)).unwrap();
     }
@@ -263,22 +268,39 @@ async fn dropping_the_guard_discards_the_mailbox_and_stops() {
     for n in 0..10 {
         bus.publish(Num(n)).unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    obs.wait_taken(1).await;
     drop(g);
     obs.permits.add_permits(100);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The observer's task lets go of the observer when it ends: nothing can be called after.
+    wait_until("the observer's task to end", || {
+        obs.released.load(Ordering::SeqCst)
+    })
+    .await;
     // Event 0 was already in on_next (waiting for its permit); nothing after it starts.
-    assert!(
-        obs.seen.lock().unwrap().len() <= 1,
-        "{:?}",
-        obs.seen.lock().unwrap()
-    );
+    assert_eq!(*obs.seen.lock().unwrap(), [0]);
+    assert_eq!(obs.taken.load(Ordering::SeqCst), 1);
     bus.close().await;
     assert_eq!(obs.completed.load(Ordering::SeqCst), 0);
 }
 
-/// Shares one `Gated` between the test and the bus.
+impl Gated {
+    /// Waits until the observer has taken `n` events (each then waits for its permit).
+    async fn wait_taken(&self, n: u64) {
+        wait_until(&format!("{n} events taken"), || {
+            self.taken.load(Ordering::SeqCst) >= n
+        })
+        .await;
+    }
+}
+
+/// Shares one `Gated` between the test and the bus; says when the bus lets go of it.
 struct ArcObs(Arc<Gated>);
+
+impl Drop for ArcObs {
+    fn drop(&mut self) {
+        self.0.released.store(true, Ordering::SeqCst);
+    }
+}
 
 #[async_trait]
 impl AsyncObserver<Received<Num>> for ArcObs {
@@ -299,14 +321,21 @@ impl AsyncObserver<Received<Num>> for ArcObs {
 async fn a_blocked_publisher_does_not_hold_up_unsubscribe_or_close() {
     for close in [false, true] {
         let bus = bus();
+        let taken = Arc::new(tokio::sync::Notify::new());
+        let t = taken.clone();
         let sub = bus.subscribe_async::<Num, _, _>(
             Mailbox::bounded(1).overflow(Overflow::Block {
                 timeout: Duration::from_secs(60),
             }),
-            |_| std::future::pending::<()>(),
+            move |_| {
+                t.notify_one();
+                std::future::pending::<()>()
+            },
         );
         bus.publish(Num(1)).unwrap();
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        tokio::time::timeout(Duration::from_secs(10), taken.notified())
+            .await
+            .expect("the observer never took event 1");
         bus.publish(Num(2)).unwrap();
         let b = bus.clone();
         let blocked = std::thread::spawn(move || {

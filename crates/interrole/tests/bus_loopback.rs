@@ -309,8 +309,68 @@ impl Wire {
     }
 }
 
+/// An event that counts how often it is decoded.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+struct Counted(u64);
+interrole::impl_event!(Counted = "interrole.test.counted");
+
+static DECODED: AtomicU64 = AtomicU64::new(0);
+
+impl<'de> Deserialize<'de> for Counted {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        DECODED.fetch_add(1, Ordering::SeqCst);
+        u64::deserialize(d).map(Counted)
+    }
+}
+
+/// An event off the wire is decoded once however many observers take it typed, synchronous and
+/// async, and not at all for observers of every event.
 #[test]
-fn events_off_the_wire_are_decoded_once_and_unknown_tags_reach_raw_observers() {
+fn events_off_the_wire_are_decoded_once() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _enter = rt.enter();
+    let wire = Wire::default();
+    let bus = Bus::builder()
+        .instance("local")
+        .transport(wire.clone())
+        .build()
+        .unwrap();
+    let raw = Arc::new(AtomicU64::new(0));
+    let r = raw.clone();
+    let _all = bus.subscribe_all(move |_| {
+        r.fetch_add(1, Ordering::SeqCst);
+    });
+    let (seen, _g1) = collect::<Counted>(&bus);
+    let (again, _g2) = collect::<Counted>(&bus);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _g3 = bus.subscribe_async::<Counted, _, _>(interrole::Mailbox::default(), move |c| {
+        tx.send(c.0).unwrap();
+        async {}
+    });
+    assert_eq!(raw.load(Ordering::SeqCst), 0);
+    let before = DECODED.load(Ordering::SeqCst);
+    wire.deliver(1, Counted(7));
+    assert_eq!(
+        rx.recv_timeout(std::time::Duration::from_secs(10)),
+        Ok(7),
+        "the async observer got nothing"
+    );
+    assert_eq!(*seen.lock().unwrap(), [Counted(7)]);
+    assert_eq!(*again.lock().unwrap(), [Counted(7)]);
+    assert_eq!(raw.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        DECODED.load(Ordering::SeqCst) - before,
+        1,
+        "decoded more than once for three typed observers"
+    );
+}
+
+#[test]
+fn unknown_tags_off_the_wire_reach_raw_observers() {
     let wire = Wire::default();
     let bus = Bus::builder()
         .instance("local")

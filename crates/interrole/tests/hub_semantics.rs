@@ -265,6 +265,12 @@ fn no_overlapping_calls_and_per_publisher_order_under_contention() {
         }
         if mode == Dispatch::Parallel && interrole::pool_threads() >= 2 {
             assert!(bus.stats().hub.parallel_dispatches > 0);
+        } else if mode == Dispatch::Parallel {
+            assert_eq!(
+                bus.stats().hub.parallel_dispatches,
+                0,
+                "parallel on one core"
+            );
         }
     }
 }
@@ -407,37 +413,92 @@ fn publishing_from_a_callback_is_queued_depth_first() {
 }
 
 /// After the guard's drop returns, nothing more is delivered, even with a publisher running
-/// concurrently on another thread.
+/// concurrently on another thread: a call under way when the drop starts is waited for, and no
+/// call starts after it.
 #[test]
 fn nothing_is_delivered_after_the_guard_drop_returns() {
-    for round in 0..50 {
+    const PATIENCE: Duration = Duration::from_secs(10);
+    for round in 0..20 {
         let bus = bus();
+        // Set once the drop has returned.
         let dropped = Arc::new(AtomicBool::new(false));
+        // Calls that started after the drop returned.
         let late = Arc::new(AtomicU64::new(0));
-        let (d, l) = (dropped.clone(), late.clone());
+        // The call held open while the drop starts: 1 once it is under way, 2 once it saw the
+        // drop begin, 3 if it ended after the drop returned.
+        let held = Arc::new(AtomicU64::new(0));
+        let calls = Arc::new(AtomicU64::new(0));
+        let hub = bus.hub().clone();
+        let (d, l, h, c) = (dropped.clone(), late.clone(), held.clone(), calls.clone());
         let guard = bus.subscribe::<Num, _>(move |_| {
             if d.load(Ordering::SeqCst) {
                 l.fetch_add(1, Ordering::SeqCst);
             }
-            thread::sleep(Duration::from_micros(50));
+            if c.fetch_add(1, Ordering::SeqCst) == 10 {
+                // The eleventh call: a dispatch under way. It stays in the observer until the
+                // drop has begun (the observer is unregistered first), then gives a drop that
+                // did not wait for it every chance to return first.
+                h.store(1, Ordering::SeqCst);
+                let deadline = std::time::Instant::now() + PATIENCE;
+                while hub.stats().observers != 0 && std::time::Instant::now() < deadline {
+                    thread::yield_now();
+                }
+                h.store(2, Ordering::SeqCst);
+                for _ in 0..1000 {
+                    if d.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    thread::yield_now();
+                }
+                if d.load(Ordering::SeqCst) {
+                    h.store(3, Ordering::SeqCst);
+                }
+            }
         });
         let stop = Arc::new(AtomicBool::new(false));
+        let published = Arc::new(AtomicU64::new(0));
         let publisher = {
-            let (bus, stop) = (bus.clone(), stop.clone());
+            let (bus, stop, published) = (bus.clone(), stop.clone(), published.clone());
             thread::spawn(move || {
                 let mut n = 0;
                 while !stop.load(Ordering::SeqCst) {
                     n += 1;
                     bus.publish(Num(n)).unwrap();
+                    published.fetch_add(1, Ordering::SeqCst);
                 }
             })
         };
-        thread::sleep(Duration::from_millis(2));
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while held.load(Ordering::SeqCst) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the publisher never reached the observer"
+            );
+            thread::yield_now();
+        }
         drop(guard);
         dropped.store(true, Ordering::SeqCst);
-        thread::sleep(Duration::from_millis(2));
+        // The publisher goes on after the drop: wait until it has published 200 more events.
+        let after = published.load(Ordering::SeqCst) + 200;
+        while published.load(Ordering::SeqCst) < after {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the publisher stalled after the drop"
+            );
+            thread::yield_now();
+        }
         stop.store(true, Ordering::SeqCst);
         publisher.join().unwrap();
+        assert_eq!(
+            held.load(Ordering::SeqCst),
+            2,
+            "round {round}: the call under way {}",
+            if held.load(Ordering::SeqCst) == 3 {
+                "ended after the drop returned: the drop did not wait for it"
+            } else {
+                "never saw the drop begin"
+            }
+        );
         assert_eq!(
             late.load(Ordering::SeqCst),
             0,
@@ -535,12 +596,10 @@ fn detached_observers_live_until_close() {
     assert_eq!(bus.stats().hub.observers, 1);
 }
 
+/// Heavy observers go parallel on their own, cheap ones never do; on one core (a pool of one
+/// thread) nothing goes parallel, however heavy.
 #[test]
 fn heavy_observers_go_parallel_on_their_own() {
-    if interrole::pool_threads() < 2 {
-        eprintln!("skipped: one core, the hub never goes parallel");
-        return;
-    }
     let bus = bus();
     let _guards: Vec<_> = (0..8)
         .map(|_| {
@@ -558,10 +617,18 @@ fn heavy_observers_go_parallel_on_their_own() {
         bus.publish(Num(n)).unwrap();
         cheap.publish(Num(n)).unwrap();
     }
-    assert!(
-        bus.stats().hub.parallel_dispatches > 0,
-        "8 × 30 µs never went parallel"
-    );
+    if interrole::pool_threads() >= 2 {
+        assert!(
+            bus.stats().hub.parallel_dispatches > 0,
+            "8 × 30 µs never went parallel"
+        );
+    } else {
+        assert_eq!(
+            bus.stats().hub.parallel_dispatches,
+            0,
+            "went parallel on a pool of one thread"
+        );
+    }
     assert_eq!(
         cheap.stats().hub.parallel_dispatches,
         0,
@@ -595,10 +662,12 @@ fn close_works_outside_a_tokio_runtime() {
 }
 
 /// Parallel fan-out from inside tokio: on a multi-thread worker it runs under `block_in_place`
-/// (other tasks keep running on the other worker meanwhile); on a current-thread runtime, where
-/// `block_in_place` is not allowed, it still works.
+/// (other tasks keep running meanwhile, even on a runtime of one worker); on a current-thread
+/// runtime, where `block_in_place` is not allowed, it still works. On one core nothing goes
+/// parallel, and the observers run inline.
 #[test]
 fn parallel_dispatch_works_from_both_tokio_flavours() {
+    let parallel = interrole::pool_threads() >= 2;
     let heavy = |bus: &Bus| -> Vec<Subscription> {
         (0..4)
             .map(|_| {
@@ -621,21 +690,49 @@ fn parallel_dispatch_works_from_both_tokio_flavours() {
             bus.publish(Num(n)).unwrap();
         }
         assert_eq!(bus.stats().hub.delivered, 20);
+        let expected = if parallel { 5 } else { 0 };
+        assert_eq!(bus.stats().hub.parallel_dispatches, expected);
     });
+    // One worker: a dispatch that held it without `block_in_place` would leave no thread to run
+    // any other task until it ends.
     let multi = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
     multi.block_on(async {
         let bus = bus_with(Dispatch::Parallel);
         let _g = heavy(&bus);
-        let ticks = Arc::new(AtomicU64::new(0));
-        let t = ticks.clone();
-        let ticker = tokio::spawn(async move {
-            for _ in 0..20 {
-                t.fetch_add(1, Ordering::SeqCst);
-                tokio::task::yield_now().await;
+        // A task waiting for the first dispatch to be under way, then answering.
+        let under_way = Arc::new(tokio::sync::Notify::new());
+        let answered = Arc::new(AtomicBool::new(false));
+        let (u, a) = (under_way.clone(), answered.clone());
+        let other_task = tokio::spawn(async move {
+            u.notified().await;
+            a.store(true, Ordering::SeqCst);
+        });
+        // The first call of the first dispatch (on a pool thread) waits for the other task's
+        // answer; it gives up after a while, so that a failure is reported, not a hang.
+        let stalled = Arc::new(AtomicBool::new(false));
+        let first = Arc::new(AtomicBool::new(true));
+        let (u, a, st, f) = (
+            under_way.clone(),
+            answered.clone(),
+            stalled.clone(),
+            first.clone(),
+        );
+        let _waiter = bus.subscribe::<Num, _>(move |_| {
+            if !parallel || !f.swap(false, Ordering::SeqCst) {
+                return;
+            }
+            u.notify_one();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !a.load(Ordering::SeqCst) {
+                if std::time::Instant::now() > deadline {
+                    st.store(true, Ordering::SeqCst);
+                    return;
+                }
+                thread::yield_now();
             }
         });
         let b = bus.clone();
@@ -646,11 +743,18 @@ fn parallel_dispatch_works_from_both_tokio_flavours() {
         })
         .await
         .unwrap();
-        ticker.await.unwrap();
-        assert_eq!(ticks.load(Ordering::SeqCst), 20);
-        assert_eq!(bus.stats().hub.delivered, 200);
-        if interrole::pool_threads() >= 2 {
-            assert_eq!(bus.stats().hub.parallel_dispatches, 50);
+        assert!(
+            !stalled.load(Ordering::SeqCst),
+            "no other task ran while the parallel dispatch was under way"
+        );
+        assert_eq!(bus.stats().hub.delivered, 250);
+        let expected = if parallel { 50 } else { 0 };
+        assert_eq!(bus.stats().hub.parallel_dispatches, expected);
+        if parallel {
+            assert!(answered.load(Ordering::SeqCst));
+            other_task.await.unwrap();
+        } else {
+            other_task.abort();
         }
     });
 }
