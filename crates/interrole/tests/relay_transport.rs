@@ -1,8 +1,13 @@
 //! The bus over a real relay server on a real socket: the transport conformance kit, then the
 //! bus's own promises across the relay (typed publish/subscribe, no echo, directed delivery,
-//! request/reply, fatal errors, the outbox across a relay restart).
+//! request/reply, fatal errors, the outbox across a relay killed with SIGKILL).
+//!
+//! A relay that is killed runs in a child process: this test binary again, running the ignored
+//! `relay_child_process` (see [`ChildRelay`]).
 
+use std::io::BufRead;
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::Mutex as StdMutex;
 use std::time::Duration;
@@ -30,7 +35,7 @@ fn config(listen: SocketAddr) -> Config {
     }
 }
 
-/// A relay server in this process that can be restarted on the same port.
+/// A relay server in this process.
 struct RelayHarness {
     addr: SocketAddr,
     server: Mutex<Option<Server>>,
@@ -55,45 +60,164 @@ impl RelayHarness {
         format!("ws://{}", self.addr)
     }
 
-    fn relay(&self) -> Relay {
-        Relay::connect_to(&self.url(), Credentials::key(KEY.0, KEY.1)).unwrap()
-    }
-
+    /// Shuts the server down (gracefully: its connections are closed).
     async fn stop(&self) {
         if let Some(s) = self.server.lock().await.take() {
             s.shutdown().await;
         }
     }
+}
 
+/// Where [`relay_child_process`] is told the address to listen on.
+const CHILD_LISTEN: &str = "INTERROLE_TEST_RELAY_CHILD_LISTEN";
+/// What [`relay_child_process`] prints, followed by its address, once it listens.
+const CHILD_READY: &str = "relay child process listening on ";
+
+/// A relay server in a child process, killed with SIGKILL and started again on the same port.
+///
+/// The child is this test binary, running [`relay_child_process`]. It exits when its standard
+/// input closes, so that it does not outlive a test process that died without killing it.
+struct ChildRelay {
+    addr: SocketAddr,
+    child: StdMutex<Option<Child>>,
+}
+
+impl ChildRelay {
+    fn start() -> Self {
+        let (child, addr) =
+            tokio::task::block_in_place(|| spawn_child("127.0.0.1:0".parse().unwrap()))
+                .unwrap_or_else(|e| panic!("the relay child process did not start: {e}"));
+        Self {
+            addr,
+            child: StdMutex::new(Some(child)),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Kills the relay process with SIGKILL and waits for it to be gone.
+    fn kill(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            child.kill().expect("SIGKILL the relay process");
+            child.wait().expect("the killed relay process");
+        }
+    }
+
+    /// Starts the relay process again on the same port; returns once it accepts connections.
     async fn start_again(&self) {
-        let mut guard = self.server.lock().await;
-        for _ in 0..50 {
-            match Server::bind(config(self.addr)).await {
-                Ok(s) => {
-                    *guard = Some(s);
+        let deadline = tokio::time::Instant::now() + LONG;
+        loop {
+            match tokio::task::block_in_place(|| spawn_child(self.addr)) {
+                Ok((child, _)) => {
+                    *self.child.lock().unwrap() = Some(child);
                     return;
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => {
+                    // The port may not be free again yet.
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "could not start the relay on {} again: {e}",
+                        self.addr
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         }
-        panic!("could not bind {} again", self.addr);
+    }
+}
+
+impl Drop for ChildRelay {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
 #[async_trait]
-impl Harness for RelayHarness {
+impl Harness for ChildRelay {
     async fn transport(&self) -> Arc<dyn Transport> {
-        Arc::new(RelayTransport::new(self.relay()))
+        Arc::new(RelayTransport::new(
+            Relay::connect_to(&self.url(), Credentials::key(KEY.0, KEY.1)).unwrap(),
+        ))
     }
 
     async fn restart_far_end(&self) -> bool {
-        self.stop().await;
+        self.kill();
         self.start_again().await;
         true
     }
 }
 
-interrole::core::conformance_suite!(relay, RelayHarness::start().await);
+/// Starts [`relay_child_process`] listening on `listen`, and waits until it says it listens
+/// (its listener is bound: connections are accepted from then on).
+fn spawn_child(listen: SocketAddr) -> Result<(Child, SocketAddr), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .args([
+            "relay_child_process",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_LISTEN, listen.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let stdout = child.stdout.take().expect("a piped stdout");
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        if let Some((_, addr)) = line.split_once(CHILD_READY) {
+            let addr = addr.trim().parse().map_err(|e| format!("{addr:?}: {e}"))?;
+            return Ok((child, addr));
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    Err(format!(
+        "the relay child process exited before listening ({status})"
+    ))
+}
+
+/// Not a test of its own: the relay of [`ChildRelay`], in the child process it starts. Ignored,
+/// so that `cargo test` does not run it; run without [`CHILD_LISTEN`] (as `cargo test --
+/// --ignored` does), it returns at once.
+#[test]
+#[ignore = "the relay process of the SIGKILL tests; serves only when they start it"]
+fn relay_child_process() {
+    let Some(listen) = std::env::var_os(CHILD_LISTEN) else {
+        return;
+    };
+    let listen: SocketAddr = listen.to_str().unwrap().parse().unwrap();
+    // Exit when the test process goes away (its end of the pipe closes).
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let server = match Server::bind(config(listen)).await {
+            Ok(server) => server,
+            Err(e) => {
+                eprintln!("relay child process: cannot listen on {listen}: {e}");
+                std::process::exit(2);
+            }
+        };
+        println!("\n{CHILD_READY}{}", server.local_addr());
+        server.wait().await;
+    });
+}
+
+interrole::core::conformance_suite!(relay, ChildRelay::start());
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Tick {
@@ -117,11 +241,11 @@ fn fast_retry() -> RetryPolicy {
     RetryPolicy::exponential(Duration::from_millis(50), 2.0, Duration::from_millis(500))
 }
 
-async fn bus(h: &RelayHarness, topic: &str, id: &str) -> Bus {
+async fn bus(url: &str, topic: &str, id: &str) -> Bus {
     let bus = Bus::builder()
         .instance(id)
         .topic(topic)
-        .relay(&h.url(), Credentials::key(KEY.0, KEY.1))
+        .relay(url, Credentials::key(KEY.0, KEY.1))
         .retry(fast_retry())
         .build()
         .unwrap();
@@ -163,20 +287,30 @@ fn ns(seen: &Seen) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_events_cross_the_relay_once_and_never_echo() {
     let h = RelayHarness::start().await;
-    let a = bus(&h, "typed", "a").await;
-    let b = bus(&h, "typed", "b").await;
+    let a = bus(&h.url(), "typed", "a").await;
+    let b = bus(&h.url(), "typed", "b").await;
     let (sa, sb) = (Arc::new(Seen::default()), Arc::new(Seen::default()));
     let _ga = a.observe::<Tick, _>(sa.clone());
     let _gb = b.observe::<Tick, _>(sb.clone());
-    for n in 0..200 {
+    // 200 ticks, then 200 as a marker: once it arrives, everything a sent before it has.
+    for n in 0..=200 {
         a.publish(Tick { n }).unwrap();
     }
-    wait_until("b to get 200", || ns(&sb).len() >= 200).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(ns(&sb), (0..200).collect::<Vec<_>>());
+    wait_until("b to get a's marker", || ns(&sb).contains(&200)).await;
+    assert_eq!(ns(&sb), (0..=200).collect::<Vec<_>>());
+    // b answers with a marker of its own: an echo of a's events would have come back to a
+    // through the relay before it.
+    b.publish(Tick { n: 1000 }).unwrap();
+    wait_until("a to get b's marker", || ns(&sa).contains(&1000)).await;
     // a's own observers got its events directly, once each: nothing came back through the relay.
-    assert_eq!(ns(&sa), (0..200).collect::<Vec<_>>());
-    assert_eq!(a.stats().received, 0);
+    let mut expected: Vec<u64> = (0..=200).collect();
+    expected.push(1000);
+    assert_eq!(ns(&sa), expected);
+    assert_eq!(
+        a.stats().received,
+        1,
+        "only b's marker came through the relay"
+    );
     a.close().await;
     b.close().await;
 }
@@ -184,9 +318,9 @@ async fn typed_events_cross_the_relay_once_and_never_echo() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_to_and_request_reply() {
     let h = RelayHarness::start().await;
-    let a = bus(&h, "rr", "a").await;
-    let b = bus(&h, "rr", "b").await;
-    let c = bus(&h, "rr", "c").await;
+    let a = bus(&h.url(), "rr", "a").await;
+    let b = bus(&h.url(), "rr", "b").await;
+    let c = bus(&h.url(), "rr", "c").await;
     let _serve = b.serve(|q: &Ask| Answer { y: q.x * 2 });
     let (sb, sc) = (Arc::new(Seen::default()), Arc::new(Seen::default()));
     let _gb = b.observe::<Tick, _>(sb.clone());
@@ -220,8 +354,11 @@ async fn send_to_and_request_reply() {
         .await
         .unwrap_err();
     assert!(matches!(err, interrole::RequestError::Timeout(_)), "{err}");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(ns(&sc).is_empty(), "a bystander saw directed events");
+    // A marker for the bystander, after everything else a sent: it arrives alone.
+    a.send_to(&InstanceId::new("c").unwrap(), Tick { n: 99 })
+        .unwrap();
+    wait_until("c to get its marker", || !ns(&sc).is_empty()).await;
+    assert_eq!(ns(&sc), [99], "a bystander saw directed events");
     for bus in [a, b, c] {
         bus.close().await;
     }
@@ -281,11 +418,13 @@ async fn a_bad_url_fails_the_build() {
     assert!(err.to_string().contains("ws://"), "{err}");
 }
 
+/// The relay process is killed with SIGKILL (no goodbye to anyone) and started again on the
+/// same port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_published_while_the_relay_is_down_arrive_once_in_order() {
-    let h = RelayHarness::start().await;
-    let a = bus(&h, "outage", "a").await;
-    let b = bus(&h, "outage", "b").await;
+async fn events_published_while_the_relay_is_killed_arrive_once_in_order() {
+    let h = ChildRelay::start();
+    let a = bus(&h.url(), "outage", "a").await;
+    let b = bus(&h.url(), "outage", "b").await;
     let sb = Arc::new(Seen::default());
     let _gb = b.observe::<Tick, _>(sb.clone());
     let mut states = a.host().unwrap().watch();
@@ -293,7 +432,7 @@ async fn events_published_while_the_relay_is_down_arrive_once_in_order() {
         a.publish(Tick { n }).unwrap();
     }
     wait_until("100 before the outage", || ns(&sb).len() >= 100).await;
-    h.stop().await;
+    h.kill();
     states
         .wait_for(|s| s.state != HostState::Opened)
         .await
@@ -304,9 +443,10 @@ async fn events_published_while_the_relay_is_down_arrive_once_in_order() {
     }
     assert!(a.reliable_stats().unwrap().outbox_events >= 200);
     h.start_again().await;
-    wait_until("300 after the outage", || ns(&sb).len() >= 300).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(ns(&sb), (0..300).collect::<Vec<_>>());
+    // 300 as a marker, after the rest: once it arrives, everything before it has.
+    a.publish(Tick { n: 300 }).unwrap();
+    wait_until("the marker after the outage", || ns(&sb).contains(&300)).await;
+    assert_eq!(ns(&sb), (0..=300).collect::<Vec<_>>());
     assert!(
         sb.errors.lock().unwrap().is_empty(),
         "{:?}",
@@ -345,9 +485,15 @@ async fn a_full_outbox_fails_fast() {
     for n in 0..50 {
         a.publish(Tick { n }).unwrap();
     }
-    let started = std::time::Instant::now();
-    let err = a.publish(Tick { n: 50 }).unwrap_err();
-    assert!(started.elapsed() < Duration::from_millis(50));
+    // The relay stays down: a publish that waited for room would wait for good.
+    let full = a.clone();
+    let err = tokio::time::timeout(
+        LONG,
+        tokio::task::spawn_blocking(move || full.publish(Tick { n: 50 }).unwrap_err()),
+    )
+    .await
+    .expect("a publish into a full outbox waited instead of failing")
+    .unwrap();
     assert!(
         matches!(err, PublishError::OutboxFull { events: 50, .. }),
         "{err}"
@@ -355,39 +501,53 @@ async fn a_full_outbox_fails_fast() {
     assert!(err.is_transient());
 }
 
+/// The status the host reports next that satisfies `f`.
+async fn reported(
+    rx: &mut tokio::sync::watch::Receiver<interrole::HostStatus>,
+    what: &str,
+    f: impl FnMut(&interrole::HostStatus) -> bool,
+) -> interrole::HostStatus {
+    tokio::time::timeout(LONG, rx.wait_for(f))
+        .await
+        .unwrap_or_else(|_| panic!("the host never reported {what}"))
+        .expect("the host is gone")
+        .clone()
+}
+
+/// The host reports each state as it goes through it: opened, faulted (reconnecting, with the
+/// transient error) while the relay process is killed, opened again once it is back, closed.
+/// Each is waited for on one watch, so each was reported, in this order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_reports_its_states() {
-    let h = RelayHarness::start().await;
-    let a = bus(&h, "states", "a").await;
-    let mut rx = a.host().unwrap().watch();
-    let seen = Arc::new(StdMutex::new(vec![rx.borrow().state]));
-    let s2 = seen.clone();
-    let watcher = tokio::spawn(async move {
-        while rx.changed().await.is_ok() {
-            let st = rx.borrow().state;
-            s2.lock().unwrap().push(st);
-            if st == HostState::Closed {
-                break;
-            }
-        }
-    });
-    h.restart_far_end().await;
-    wait_until("reopened", || {
-        seen.lock()
-            .unwrap()
-            .iter()
-            .filter(|s| **s == HostState::Opened)
-            .count()
-            >= 2
+    let h = ChildRelay::start();
+    let a = bus(&h.url(), "states", "a").await;
+    let host = a.host().unwrap();
+    let mut rx = host.watch();
+    let mut seen = Vec::new();
+    let s = reported(&mut rx, "opened", |s| s.state == HostState::Opened).await;
+    assert_eq!((s.opened, s.faults), (1, 0), "{s:?}");
+    seen.push(s.state);
+    h.kill();
+    // While the relay is down: faulted, then retrying (opening), the last error kept.
+    let s = reported(&mut rx, "the fault", |s| {
+        s.faults >= 1 && s.state != HostState::Opened
     })
     .await;
+    assert!(
+        matches!(s.state, HostState::Faulted | HostState::Opening),
+        "{s:?}"
+    );
+    let error = s.error.as_ref().expect("the fault's error");
+    assert!(error.is_transient(), "{error}");
+    seen.push(s.state);
+    h.start_again().await;
+    let s = reported(&mut rx, "opened again", |s| s.state == HostState::Opened).await;
+    assert!(s.opened >= 2 && s.faults >= 1, "{s:?}");
+    seen.push(s.state);
     a.close().await;
-    watcher.await.unwrap();
-    let seen = seen.lock().unwrap().clone();
-    let status = a.host().unwrap().status();
-    assert!(status.faults >= 1 && status.opened >= 2, "{status:?}");
-    // A watch keeps the latest state only: the watcher saw the end, and the counters the rest.
-    assert_eq!(seen.last(), Some(&HostState::Closed), "{seen:?}");
+    let s = reported(&mut rx, "closed", |s| s.state == HostState::Closed).await;
+    seen.push(s.state);
+    assert_eq!(seen.len(), 4, "{seen:?}");
 }
 
 /// A TCP proxy in front of the relay that can freeze the connections made so far: they stay
@@ -472,7 +632,7 @@ async fn an_idle_connection_stays_open_and_a_dead_one_is_found_within_seconds() 
         .unwrap();
     let host = a.host().unwrap();
     host.wait_opened(LONG).await.unwrap();
-    let b = bus(&h, "alive", "b").await;
+    let b = bus(&h.url(), "alive", "b").await;
     let sb = Arc::new(Seen::default());
     let _gb = b.observe::<Tick, _>(sb.clone());
     // Idle for longer than the dead-connection limit (6 s): pings keep it open.
@@ -535,7 +695,7 @@ async fn tokens_are_renewed_before_they_expire_without_losing_events() {
         .build()
         .unwrap();
     a.host().unwrap().wait_opened(LONG).await.unwrap();
-    let b = bus(&h, "renew", "b").await;
+    let b = bus(&h.url(), "renew", "b").await;
     let sb = Arc::new(Seen::default());
     let _gb = b.observe::<Tick, _>(sb.clone());
     // Publish through three token lifetimes.
@@ -543,9 +703,9 @@ async fn tokens_are_renewed_before_they_expire_without_losing_events() {
         a.publish(Tick { n }).unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    wait_until("all 400", || ns(&sb).len() >= 400).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(ns(&sb), (0..400).collect::<Vec<_>>());
+    a.publish(Tick { n: 400 }).unwrap();
+    wait_until("the marker after 400", || ns(&sb).contains(&400)).await;
+    assert_eq!(ns(&sb), (0..=400).collect::<Vec<_>>());
     let s = a.host().unwrap().status();
     assert!(s.opened >= 3, "the token was not renewed: {s:?}");
     assert_eq!(s.state, HostState::Opened);
@@ -577,7 +737,7 @@ async fn what_the_relay_drops_for_a_slow_subscriber_is_repaired_by_the_publisher
         .build()
         .unwrap();
     a.host().unwrap().wait_opened(LONG).await.unwrap();
-    let b = bus(&h, "repair", "b").await;
+    let b = bus(&h.url(), "repair", "b").await;
     let got = Arc::new(StdMutex::new(Vec::new()));
     let errors = Arc::new(StdMutex::new(Vec::new()));
     struct Slow(Arc<StdMutex<Vec<u64>>>, Arc<StdMutex<Vec<ObserverError>>>);
@@ -602,8 +762,10 @@ async fn what_the_relay_drops_for_a_slow_subscriber_is_repaired_by_the_publisher
         })
         .unwrap();
     }
+    // N as a marker: once it arrives, everything before it has.
+    a.publish(Big { n: N, blob: vec![] }).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while (got.lock().unwrap().len() as u64) < N {
+    while !got.lock().unwrap().contains(&N) {
         assert!(
             std::time::Instant::now() < deadline,
             "not every event arrived: {} of {N}; {:?}",
@@ -612,8 +774,15 @@ async fn what_the_relay_drops_for_a_slow_subscriber_is_repaired_by_the_publisher
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(*got.lock().unwrap(), (0..N).collect::<Vec<_>>());
+    let got = got.lock().unwrap().clone();
+    let missing: Vec<u64> = (0..=N).filter(|n| !got.contains(n)).collect();
+    assert_eq!(
+        got,
+        (0..=N).collect::<Vec<_>>(),
+        "{} missing: {missing:?}; {:?}",
+        missing.len(),
+        b.reliable_stats()
+    );
     assert!(
         errors.lock().unwrap().is_empty(),
         "{:?}",
