@@ -1,5 +1,6 @@
 //! A relay server in this process on an ephemeral port, and buses on it that are known to be
 //! live: the tests that need a relay and no restart share these.
+#![allow(dead_code, unreachable_pub)]
 
 use std::time::Duration;
 
