@@ -20,6 +20,9 @@
 //! not tracked); `reply_to` is the sequence number of the request a reply answers (0: none).
 //! A `bool` is one byte, 0 or 1. A `str` is a varint length followed by UTF-8 bytes; a `u64` is a varint (one byte below 251).
 //! The payload has no length prefix: it runs to the end of the buffer the transport delivered.
+//!
+//! Section 10 of `docs/protocol.md` defines every byte of this, and how bincode lays out each
+//! serde shape, for clients in other languages; `tests/envelope_bytes.rs` checks its examples.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
