@@ -67,6 +67,10 @@ max_envelope_bytes = 1048576
 max_message_bytes = 4195328
 # The most frames in one multicast message (close 1009 over it).
 max_frames_per_message = 8192
+# The most events one publisher connection may publish per second (a token bucket holding one
+# second's worth); over it, events are refused with REJECT 4 BUSY, and clients resend them.
+# 0: no limit.
+max_publish_rate = 0
 # The read buffer of each WebSocket connection, in bytes: small keeps idle subscribers cheap.
 ws_read_buffer_bytes = 4096
 
@@ -277,6 +281,10 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// The most frames per multicast message (default 8192).
     pub max_frames_per_message: usize,
+    /// The most events one publisher connection may publish per second, as a token bucket
+    /// holding one second's worth; over it, events are refused with REJECT 4 BUSY (default 0:
+    /// no limit).
+    pub max_publish_rate: u32,
     /// The read buffer of each WebSocket connection, in bytes (default 4096). Allocated per
     /// connection: it dominates the memory of many idle subscribers.
     pub ws_read_buffer_bytes: usize,
@@ -300,6 +308,7 @@ impl Default for Limits {
             max_envelope_bytes: 1024 * 1024,
             max_message_bytes: 4 * 1024 * 1024 + 1024,
             max_frames_per_message: 8192,
+            max_publish_rate: 0,
             ws_read_buffer_bytes: 4096,
         }
     }

@@ -24,12 +24,14 @@ pub enum Reason {
     TooLarge,
     /// REJECT TARGET_NOT_CONNECTED.
     TargetNotConnected,
+    /// REJECT BUSY (over `limits.max_publish_rate`).
+    Busy,
     /// A failed TLS handshake.
     Tls,
 }
 
 impl Reason {
-    const ALL: [Reason; 10] = [
+    const ALL: [Reason; 11] = [
         Reason::BadRequest,
         Reason::BadAddress,
         Reason::Unauthorized,
@@ -39,6 +41,7 @@ impl Reason {
         Reason::Protocol,
         Reason::TooLarge,
         Reason::TargetNotConnected,
+        Reason::Busy,
         Reason::Tls,
     ];
 
@@ -53,6 +56,7 @@ impl Reason {
             Reason::Protocol => "protocol",
             Reason::TooLarge => "too_large",
             Reason::TargetNotConnected => "target_not_connected",
+            Reason::Busy => "busy",
             Reason::Tls => "tls",
         }
     }

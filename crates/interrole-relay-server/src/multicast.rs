@@ -6,8 +6,8 @@
 //! each subscriber's bounded outbox; it never waits on a socket. One writer task per connection
 //! drains its outbox into batched WebSocket messages.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,8 @@ use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use interrole_core::InstanceId;
 use interrole_relay::frame::{
-    CloseCode, Frame, FrameLimits, MessageBuilder, MessageReader, RejectCode, SharedFrame,
+    CloseCode, Frame, FrameLimits, FrameType, MessageBuilder, MessageReader, RejectCode,
+    SharedFrame,
 };
 use tokio::sync::{Notify, watch};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -42,8 +43,10 @@ struct OutState {
     missed: HashMap<InstanceId, u64>,
     /// Queued events.
     events: VecDeque<(InstanceId, SharedFrame)>,
-    /// The highest ACK to send (0: none).
+    /// The ACK to send (0: none).
     ack: u64,
+    /// The highest sequence number handled on this connection so far: ACKs never go below it.
+    ack_high: u64,
 }
 
 /// The send queue of one connection, drained by its writer task.
@@ -51,6 +54,9 @@ pub(crate) struct Outbox {
     state: Mutex<OutState>,
     notify: Notify,
     close: watch::Sender<Option<Close>>,
+    /// The protocol version written to the connection: that of the first message it sent (0
+    /// until then, when nothing but a close is written).
+    version: AtomicU8,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -65,7 +71,23 @@ impl Outbox {
             state: Mutex::new(OutState::default()),
             notify: Notify::new(),
             close: watch::Sender::new(None),
+            version: AtomicU8::new(0),
         })
+    }
+
+    /// Records the version of a message the peer sent; the first one sets the version this
+    /// connection is written in.
+    fn peer_version(&self, version: u8) {
+        let _ = self
+            .version
+            .compare_exchange(0, version, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    fn version(&self) -> u8 {
+        match self.version.load(Ordering::Acquire) {
+            0 => interrole_relay::frame::VERSION,
+            v => v,
+        }
     }
 
     /// Asks the connection to close (the first request wins).
@@ -95,10 +117,14 @@ impl Outbox {
         n
     }
 
+    /// Acknowledges a message that handled PUBLISH frames up to `seq`: the ACK carries the
+    /// highest sequence number handled on the connection so far, so ACKs never go backwards,
+    /// and a message that handled only a resent lower number is still answered.
     fn set_ack(&self, seq: u64) {
         {
             let mut s = lock(&self.state);
-            s.ack = s.ack.max(seq);
+            s.ack_high = s.ack_high.max(seq);
+            s.ack = s.ack_high;
         }
         self.notify.notify_one();
     }
@@ -135,17 +161,28 @@ impl Outbox {
     }
 
     fn take(&self) -> OutState {
-        std::mem::take(&mut *lock(&self.state))
+        let mut s = lock(&self.state);
+        let ack_high = s.ack_high;
+        let batch = std::mem::take(&mut *s);
+        s.ack_high = ack_high;
+        batch
     }
 }
 
-/// Writes `batch` as messages of at most `max_message` bytes and `max_frames` frames.
-fn build_messages(batch: OutState, max_message: usize, max_frames: usize) -> Vec<Bytes> {
+/// Writes `batch` as messages of protocol `version`, of at most `max_message` bytes and
+/// `max_frames` frames.
+fn build_messages(
+    batch: OutState,
+    version: u8,
+    max_message: usize,
+    max_frames: usize,
+) -> Vec<Bytes> {
     let mut out = Vec::new();
-    let mut b = MessageBuilder::new();
+    let new = || MessageBuilder::with_version(version, 256);
+    let mut b = new();
     let flush = |b: &mut MessageBuilder, out: &mut Vec<Bytes>, next: usize| {
         if !b.is_empty() && (b.len() + next > max_message || b.frame_count() >= max_frames) {
-            out.push(std::mem::take(b).finish());
+            out.push(std::mem::replace(b, new()).finish());
         }
     };
     for f in &batch.controls {
@@ -220,7 +257,8 @@ pub(crate) async fn write_loop<W>(
             }
             () = outbox.notify.notified() => {
                 let batch = outbox.take();
-                for m in build_messages(batch, limits.max_message, limits.max_frames) {
+                let version = outbox.version();
+                for m in build_messages(batch, version, limits.max_message, limits.max_frames) {
                     metrics.bytes_out.fetch_add(m.len() as u64, Ordering::Relaxed);
                     if sink.feed(Message::Binary(m)).await.is_err() {
                         outbox.request_close(CloseCode::Normal, "");
@@ -254,11 +292,75 @@ struct Stored {
     at: Instant,
 }
 
+/// How many refused sequence numbers the relay remembers per publisher and path, so that their
+/// resends are handled as new (`docs/protocol.md`, section 6).
+pub(crate) const REFUSALS_REMEMBERED: usize = 4096;
+
+/// A publisher's refused sequence numbers on a path.
+#[derive(Default)]
+struct Refusals {
+    /// The latest ones, at most [`REFUSALS_REMEMBERED`].
+    seqs: BTreeSet<u64>,
+    /// The highest one forgotten: at or below it, a sequence number not in `seqs` may have been
+    /// refused, so a resend is handled as new rather than dropped.
+    forgotten: u64,
+}
+
+impl Refusals {
+    fn record(&mut self, seq: u64) {
+        self.seqs.insert(seq);
+        if self.seqs.len() > REFUSALS_REMEMBERED {
+            if let Some(oldest) = self.seqs.pop_first() {
+                self.forgotten = self.forgotten.max(oldest);
+            }
+        }
+    }
+}
+
+/// A publisher connection's allowance under `limits.max_publish_rate`: a token bucket holding
+/// one second's worth.
+pub(crate) struct Allowance {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Allowance {
+    /// An allowance of `rate` events per second; 0 means no limit.
+    pub(crate) fn new(rate: u32) -> Self {
+        Self {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes one event's token; false when the publisher is over the rate.
+    fn admit(&mut self) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[derive(Default)]
 struct PathInner {
     subscribers: HashMap<InstanceId, Arc<Outbox>>,
     publishers: HashMap<InstanceId, Arc<Outbox>>,
+    /// The highest sequence number accepted from each sender.
     last_seq: HashMap<InstanceId, u64>,
+    /// The sequence numbers refused to each sender.
+    refused: HashMap<InstanceId, Refusals>,
     /// The highest sequence number evicted from the window, per sender.
     evicted: HashMap<InstanceId, u64>,
     window: VecDeque<Stored>,
@@ -361,7 +463,8 @@ impl Hub {
         Ok(path)
     }
 
-    /// Registers a subscriber after its RESUME, queueing what the window holds for it first.
+    /// Registers a subscriber after its RESUME, queueing what the window holds for it first; a
+    /// version 2 subscriber is told READY before the replay.
     pub(crate) fn add_subscriber(
         &self,
         name: &str,
@@ -370,6 +473,7 @@ impl Hub {
         replay_unlisted: bool,
         positions: &[(InstanceId, u64)],
     ) -> Result<Arc<Path>, Full> {
+        let ready = outbox.version() >= FrameType::Ready.since();
         let mut paths = lock(&self.paths);
         let path = self.path_locked(&mut paths, name)?;
         let mut inner = lock(&path.inner);
@@ -398,6 +502,23 @@ impl Hub {
                     });
                 }
             }
+        }
+        if ready {
+            // Registered below, under this same lock: every event accepted after it reaches the
+            // subscriber.
+            let most = self.config.limits.frame_limits().max_resume_entries;
+            let mut known: Vec<(InstanceId, u64)> = inner
+                .last_seq
+                .iter()
+                .map(|(s, q)| (s.clone(), *q))
+                .collect();
+            known.sort_unstable();
+            let partial = known.len() > most;
+            known.truncate(most);
+            outbox.push_control(Frame::Ready {
+                partial,
+                positions: known,
+            });
         }
         {
             let mut s = lock(&outbox.state);
@@ -482,7 +603,9 @@ impl Hub {
         }
     }
 
-    /// Handles one accepted-size PUBLISH from `sender`.
+    /// Handles one PUBLISH from `sender`: a duplicate, refused, or accepted (fanned out and kept
+    /// in the replay window). A refused sequence number is remembered, so that its resend is
+    /// handled as new.
     pub(crate) fn publish(
         &self,
         path: &Path,
@@ -490,23 +613,59 @@ impl Hub {
         seq: u64,
         target: Option<InstanceId>,
         envelope: &[u8],
+        allowance: &mut Allowance,
     ) -> Published {
         let config = &self.config;
         let mut inner = lock(&path.inner);
-        if inner.last_seq.get(sender).is_some_and(|&l| seq <= l) {
-            self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
-            return Published::Duplicate;
-        }
-        if let Some(t) = &target {
-            if inner.subscribers.get(t).is_none_or(|o| o.is_closing()) {
-                self.metrics.reject(Reason::TargetNotConnected);
-                return Published::Rejected(
-                    RejectCode::TargetNotConnected,
-                    format!("no subscriber {t} on this path"),
-                );
+        let last = inner.last_seq.get(sender).copied().unwrap_or(0);
+        if seq <= last {
+            // Accepted before, unless it was refused (then this is its resend), or the relay
+            // forgot whether it was refused (then it is delivered again rather than dropped).
+            let refusals = inner.refused.get_mut(sender);
+            let resend = refusals.is_some_and(|r| r.seqs.remove(&seq) || seq <= r.forgotten);
+            if !resend {
+                self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+                return Published::Duplicate;
             }
         }
-        inner.last_seq.insert(sender.clone(), seq);
+        let refusal = if envelope.len() > config.limits.max_envelope_bytes {
+            self.metrics.reject(Reason::TooLarge);
+            Some((
+                RejectCode::TooLarge,
+                format!(
+                    "envelope of {} bytes, the limit is {}",
+                    envelope.len(),
+                    config.limits.max_envelope_bytes
+                ),
+            ))
+        } else if !allowance.admit() {
+            self.metrics.reject(Reason::Busy);
+            Some((
+                RejectCode::Busy,
+                format!(
+                    "over the publish rate of {} events per second: resend later",
+                    config.limits.max_publish_rate
+                ),
+            ))
+        } else {
+            match &target {
+                Some(t) if inner.subscribers.get(t).is_none_or(|o| o.is_closing()) => {
+                    self.metrics.reject(Reason::TargetNotConnected);
+                    Some((
+                        RejectCode::TargetNotConnected,
+                        format!("no subscriber {t} on this path"),
+                    ))
+                }
+                _ => None,
+            }
+        };
+        if let Some((code, reason)) = refusal {
+            inner.refused.entry(sender.clone()).or_default().record(seq);
+            return Published::Rejected(code, reason);
+        }
+        if seq > last {
+            inner.last_seq.insert(sender.clone(), seq);
+        }
         self.metrics.events_in.fetch_add(1, Ordering::Relaxed);
         let frame = SharedFrame::event(sender, seq, envelope);
         let cap = config.subscribers.queue_len;
@@ -526,6 +685,10 @@ impl Hub {
                     self.metrics
                         .slow_disconnects
                         .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        queue = cap,
+                        "a subscriber's send queue is full: closing it (4000, slow consumer)"
+                    );
                     o.request_close(CloseCode::SlowConsumer, "slow consumer: send queue full");
                 }
             }
@@ -594,6 +757,7 @@ async fn next_binary<R>(
     idle: Duration,
     expires: Option<Instant>,
     metrics: &Metrics,
+    info: &ConnInfo,
 ) -> Next
 where
     R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
@@ -623,7 +787,7 @@ where
                     _ => CloseCode::Normal,
                 };
                 if code != CloseCode::Normal {
-                    metrics.reject(Reason::Protocol);
+                    violation(metrics, info, code, &e.to_string());
                 }
                 outbox.request_close(code, e.to_string());
                 return Next::Stop;
@@ -635,8 +799,9 @@ where
                 return Next::Message(b);
             }
             Ok(Some(Ok(Message::Text(_)))) => {
-                metrics.reject(Reason::Protocol);
-                outbox.request_close(CloseCode::UnsupportedData, "text messages are not used");
+                let why = "text messages are not used";
+                violation(metrics, info, CloseCode::UnsupportedData, why);
+                outbox.request_close(CloseCode::UnsupportedData, why);
                 return Next::Stop;
             }
             Ok(Some(Ok(_))) => {} // ping, pong
@@ -657,7 +822,6 @@ pub(crate) async fn run_publisher<R>(
     R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
     let limits = hub.config.limits.frame_limits();
-    let max_envelope = hub.config.limits.max_envelope_bytes;
     let path = match hub.add_publisher(&info.path, &info.id, outbox) {
         Ok(p) => p,
         Err(Full(why)) => {
@@ -666,6 +830,7 @@ pub(crate) async fn run_publisher<R>(
             return;
         }
     };
+    let mut allowance = Allowance::new(hub.config.limits.max_publish_rate);
     let mut close_rx = outbox.close.subscribe();
     let idle = hub.config.limits.idle_timeout();
     while let Next::Message(bytes) = next_binary(
@@ -675,13 +840,14 @@ pub(crate) async fn run_publisher<R>(
         idle,
         info.expires,
         &hub.metrics,
+        info,
     )
     .await
     {
         if let Err((code, why)) =
-            publish_message(hub, &path, info, outbox, &bytes, &limits, max_envelope)
+            publish_message(hub, &path, info, outbox, &bytes, &limits, &mut allowance)
         {
-            hub.metrics.reject(Reason::Protocol);
+            violation(&hub.metrics, info, code, &why);
             outbox.request_close(code, why);
             break;
         }
@@ -689,6 +855,8 @@ pub(crate) async fn run_publisher<R>(
     hub.remove(&info.path, &info.id, outbox, true);
 }
 
+/// Handles one publisher message: decoded and checked whole first, so that a message refused
+/// for a decoding error or a limit has none of its frames acted on.
 fn publish_message(
     hub: &Hub,
     path: &Path,
@@ -696,39 +864,35 @@ fn publish_message(
     outbox: &Outbox,
     bytes: &Bytes,
     limits: &FrameLimits,
-    max_envelope: usize,
+    allowance: &mut Allowance,
 ) -> Result<(), Close> {
     let reader =
         MessageReader::shared(bytes, limits).map_err(|e| (e.close_code(), e.to_string()))?;
+    outbox.peer_version(reader.version());
+    let frames = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| (e.close_code(), e.to_string()))?;
+    if let Some(other) = frames.iter().find(|f| !matches!(f, Frame::Publish { .. })) {
+        return Err((
+            CloseCode::ProtocolError,
+            format!("{} frame on a publisher connection", other.frame_type()),
+        ));
+    }
     let mut handled = 0;
     let mut pending = 0;
-    for frame in reader {
-        let frame = frame.map_err(|e| (e.close_code(), e.to_string()))?;
+    for frame in frames {
         let Frame::Publish {
             seq,
             target,
             envelope,
         } = frame
         else {
-            return Err((
-                CloseCode::ProtocolError,
-                format!("{} frame on a publisher connection", frame.frame_type()),
-            ));
+            continue;
         };
         handled = handled.max(seq);
-        let outcome = if envelope.len() > max_envelope {
-            hub.metrics.reject(Reason::TooLarge);
-            Published::Rejected(
-                RejectCode::TooLarge,
-                format!(
-                    "envelope of {} bytes, the limit is {max_envelope}",
-                    envelope.len()
-                ),
-            )
-        } else {
-            hub.publish(path, &info.id, seq, target, &envelope)
-        };
-        if let Published::Rejected(code, reason) = outcome {
+        if let Published::Rejected(code, reason) =
+            hub.publish(path, &info.id, seq, target, &envelope, allowance)
+        {
             pending = outbox.push_control(Frame::Reject { seq, code, reason });
         }
     }
@@ -738,11 +902,39 @@ fn publish_message(
             "not reading acknowledgements".into(),
         ));
     }
-    if handled > 0 {
-        outbox.set_ack(handled);
-    }
+    outbox.set_ack(handled);
     Ok(())
 }
+
+/// A connection closed for breaking the protocol: counted, and logged (at most
+/// [`VIOLATIONS_LOGGED_PER_SECOND`] lines a second; the lines after say how many were not).
+fn violation(metrics: &Metrics, info: &ConnInfo, code: CloseCode, why: &str) {
+    metrics.reject(Reason::Protocol);
+    static SECOND: AtomicU64 = AtomicU64::new(0);
+    static LOGGED: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let now = START.elapsed().as_secs() + 1;
+    if SECOND.swap(now, Ordering::AcqRel) != now {
+        LOGGED.store(0, Ordering::Release);
+    }
+    if LOGGED.fetch_add(1, Ordering::AcqRel) >= VIOLATIONS_LOGGED_PER_SECOND {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
+    tracing::warn!(
+        path = %info.path,
+        instance = %info.id,
+        code = code.code(),
+        suppressed,
+        "protocol violation, connection closed: {why}"
+    );
+}
+
+/// At most this many protocol violations are logged per second.
+const VIOLATIONS_LOGGED_PER_SECOND: u64 = 20;
+
+static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
 
 /// Runs a subscriber connection until it closes: RESUME first, then only reads to notice the
 /// close (a subscriber sends nothing else).
@@ -766,13 +958,15 @@ pub(crate) async fn run_subscriber<R>(
             idle,
             info.expires,
             &hub.metrics,
+            info,
         ),
     )
     .await;
     let bytes = match first {
         Err(_) => {
-            hub.metrics.reject(Reason::Protocol);
-            outbox.request_close(CloseCode::ProtocolError, "no RESUME in time");
+            let why = "no RESUME in time";
+            violation(&hub.metrics, info, CloseCode::ProtocolError, why);
+            outbox.request_close(CloseCode::ProtocolError, why);
             return;
         }
         Ok(Next::Stop) => return,
@@ -781,11 +975,18 @@ pub(crate) async fn run_subscriber<R>(
     let (replay_unlisted, positions) = match read_resume(&bytes, &limits) {
         Ok(r) => r,
         Err((code, why)) => {
-            hub.metrics.reject(Reason::Protocol);
+            violation(&hub.metrics, info, code, &why);
             outbox.request_close(code, why);
             return;
         }
     };
+    // A version 2 RESUME is answered with READY, and the connection written in version 2.
+    outbox.peer_version(
+        bytes
+            .first()
+            .copied()
+            .unwrap_or(interrole_relay::frame::MIN_VERSION),
+    );
     if let Err(Full(why)) =
         hub.add_subscriber(&info.path, &info.id, outbox, replay_unlisted, &positions)
     {
@@ -801,10 +1002,10 @@ pub(crate) async fn run_subscriber<R>(
         idle,
         info.expires,
         &hub.metrics,
+        info,
     )
     .await
     {
-        hub.metrics.reject(Reason::Protocol);
         let why = match interrole_relay::frame::decode_message_bytes(&bytes, &limits) {
             Err(e) => (e.close_code(), e.to_string()),
             Ok(_) => (
@@ -812,6 +1013,7 @@ pub(crate) async fn run_subscriber<R>(
                 "RESUME repeated, or a frame in the wrong direction".to_owned(),
             ),
         };
+        violation(&hub.metrics, info, why.0, &why.1);
         outbox.request_close(why.0, why.1);
     }
     hub.remove(&info.path, &info.id, outbox, false);

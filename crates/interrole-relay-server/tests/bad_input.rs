@@ -190,7 +190,7 @@ async fn protocol_violations_close_only_the_offender() {
 
     // Another version: 4002.
     let mut p = connect(addr, Action::Publish, "pv", "bad1").await;
-    p.send(Message::Binary(vec![2, 1, 0].into())).await.unwrap();
+    p.send(Message::Binary(vec![3, 1, 0].into())).await.unwrap();
     assert_eq!(until_closed(&mut p).await.0, Some(4002));
     // Text: 1003.
     let mut p = connect(addr, Action::Publish, "pv", "bad2").await;

@@ -116,8 +116,24 @@ async fn resume_after_reconnect_replays_what_was_missed() {
     let mut q = connect(addr, Action::Publish, "feed", "q").await;
     send_frames(&mut q, &[publish(7, None, b"q7")]).await;
     until_ack(&mut q, 7).await;
-    // The replay comes before the probe, which the relay queued last.
-    let (mut sub, replayed) = subscribed(addr, "feed", "s", true, &[("p", 2)]).await;
+    // READY says where each sender stands; the replay follows it.
+    let (mut sub, seen) = subscribed(addr, "feed", "s", true, &[("p", 2)]).await;
+    let ready = seen
+        .iter()
+        .find(|f| matches!(f, Frame::Ready { .. }))
+        .unwrap();
+    let id = |s: &str| interrole_core::InstanceId::new(s).unwrap();
+    assert_eq!(
+        *ready,
+        Frame::Ready {
+            partial: false,
+            positions: vec![(id("p"), 4), (id("q"), 7)]
+        }
+    );
+    let mut replayed = after_ready(&seen);
+    if replayed.len() < 3 {
+        replayed.extend(frames(&mut sub, 3 - replayed.len()).await);
+    }
     let got: Vec<_> = replayed.iter().map(event_of).collect();
     assert_eq!(
         got,
@@ -144,15 +160,23 @@ async fn resume_beyond_the_window_reports_missed() {
     send_frames(&mut p, &batch).await;
     until_ack(&mut p, 10).await;
     let mut sub = subscribe(addr, "w", "s", false, &[("p", 2)]).await;
-    let got = frames(&mut sub, 4).await;
+    let got = frames(&mut sub, 5).await;
+    let p = interrole_core::InstanceId::new("p").unwrap();
     assert_eq!(
         got[0],
         Frame::Missed {
-            sender: Some(interrole_core::InstanceId::new("p").unwrap()),
+            sender: Some(p.clone()),
             count: 5
         }
     );
-    let seqs: Vec<u64> = got[1..].iter().map(|f| event_of(f).1).collect();
+    assert_eq!(
+        got[1],
+        Frame::Ready {
+            partial: false,
+            positions: vec![(p, 10)]
+        }
+    );
+    let seqs: Vec<u64> = got[2..].iter().map(|f| event_of(f).1).collect();
     assert_eq!(seqs, vec![8, 9, 10]);
     server.shutdown().await;
 }

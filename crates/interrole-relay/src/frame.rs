@@ -59,8 +59,15 @@ use std::fmt;
 use bytes::{BufMut, Bytes, BytesMut};
 use interrole_core::{InstanceId, MAX_NAME_LEN, TransportErrorKind};
 
-/// The version byte that starts every message this build writes and reads.
-pub const VERSION: u8 = 1;
+/// The version byte that starts every message this build writes (the newest it reads).
+///
+/// Version 2 adds the READY frame ([`Frame::Ready`]), the relay's answer to RESUME. This build
+/// reads versions [`MIN_VERSION`] to [`VERSION`]; a relay answers each connection in the version
+/// of the first message it received from it.
+pub const VERSION: u8 = 2;
+
+/// The oldest version this build reads (and writes, to a peer that spoke it).
+pub const MIN_VERSION: u8 = 1;
 
 /// The longest encoded `u64` varint, in bytes.
 pub const MAX_VARINT_LEN: usize = 10;
@@ -71,6 +78,10 @@ pub const MAX_REASON_LEN: usize = 1024;
 /// The RESUME flag bit asking for a replay of senders not listed. The other bits are reserved:
 /// written as 0, and refused by this version's decoder.
 pub const RESUME_REPLAY_UNLISTED: u8 = 0x01;
+
+/// The READY flag bit saying that the path has more senders than READY lists. The other bits
+/// are reserved: written as 0, and refused by this version's decoder.
+pub const READY_PARTIAL: u8 = 0x01;
 
 /// The most bytes a PUBLISH or EVENT body adds to its envelope: a sequence number (10), an
 /// instance length (2) and the longest instance id (256).
@@ -107,6 +118,8 @@ pub enum FrameType {
     Event,
     /// `0x12`: events a subscriber will not receive.
     Missed,
+    /// `0x13` (version 2): the relay has registered a subscriber; the answer to RESUME.
+    Ready,
 }
 
 impl FrameType {
@@ -119,6 +132,16 @@ impl FrameType {
             Self::Resume => 0x10,
             Self::Event => 0x11,
             Self::Missed => 0x12,
+            Self::Ready => 0x13,
+        }
+    }
+
+    /// The first protocol version that has this frame type: a message of an older version that
+    /// carries it is refused as an unknown type.
+    pub fn since(self) -> u8 {
+        match self {
+            Self::Ready => 2,
+            _ => 1,
         }
     }
 
@@ -131,6 +154,7 @@ impl FrameType {
             0x10 => Self::Resume,
             0x11 => Self::Event,
             0x12 => Self::Missed,
+            0x13 => Self::Ready,
             _ => return None,
         })
     }
@@ -142,7 +166,7 @@ impl FrameType {
             Self::Publish => Direction::PublisherToRelay,
             Self::Ack | Self::Reject => Direction::RelayToPublisher,
             Self::Resume => Direction::SubscriberToRelay,
-            Self::Event | Self::Missed => Direction::RelayToSubscriber,
+            Self::Event | Self::Missed | Self::Ready => Direction::RelayToSubscriber,
         }
     }
 
@@ -155,6 +179,7 @@ impl FrameType {
             Self::Resume => "RESUME",
             Self::Event => "EVENT",
             Self::Missed => "MISSED",
+            Self::Ready => "READY",
         }
     }
 }
@@ -174,8 +199,8 @@ pub enum RejectCode {
     TargetNotConnected,
     /// `3`: the publisher may not send directed events to that target (fatal for the event).
     TargetForbidden,
-    /// `4`: the relay is over its rate or queue limits for this publisher (transient: resend
-    /// later).
+    /// `4`: the publisher is over the relay's publish rate (transient: resend later, with the
+    /// same sequence number).
     Busy,
     /// `5`: the frame was well formed but its content is not acceptable (fatal for the event).
     Malformed,
@@ -278,6 +303,15 @@ pub enum Frame {
         /// How many.
         count: u64,
     },
+    /// Relay → subscriber (version 2): the answer to RESUME. The subscriber is registered:
+    /// every event accepted on the path from now on reaches it.
+    Ready {
+        /// The path has more senders than `positions` lists.
+        partial: bool,
+        /// For each sender the path has accepted events from, the highest sequence number
+        /// accepted when the subscriber was registered.
+        positions: Vec<(InstanceId, u64)>,
+    },
 }
 
 impl Frame {
@@ -290,6 +324,7 @@ impl Frame {
             Self::Resume { .. } => FrameType::Resume,
             Self::Event { .. } => FrameType::Event,
             Self::Missed { .. } => FrameType::Missed,
+            Self::Ready { .. } => FrameType::Ready,
         }
     }
 
@@ -313,6 +348,7 @@ impl Frame {
                 envelope,
             } => encode_event(out, sender, *seq, envelope),
             Self::Missed { sender, count } => encode_missed(out, sender.as_ref(), *count),
+            Self::Ready { partial, positions } => encode_ready(out, *partial, positions),
         }
     }
 
@@ -333,6 +369,7 @@ impl Frame {
                 envelope,
             } => event_body_len(sender, *seq, envelope.len()),
             Self::Missed { sender, count } => missed_body_len(sender.as_ref(), *count),
+            Self::Ready { positions, .. } => resume_body_len(positions),
         };
         1 + varint_len(body as u64) + body
     }
@@ -356,7 +393,7 @@ pub fn varint_len(value: u64) -> usize {
     bits.div_ceil(7)
 }
 
-/// Appends the version byte that starts every message. Frames follow.
+/// Appends the version byte that starts every message ([`VERSION`]). Frames follow.
 pub fn start_message<B: BufMut>(out: &mut B) {
     out.put_u8(VERSION);
 }
@@ -477,6 +514,17 @@ pub fn encode_event<B: BufMut>(out: &mut B, sender: &InstanceId, seq: u64, envel
     out.put_slice(envelope);
 }
 
+/// Appends a READY frame (version 2).
+pub fn encode_ready<B: BufMut>(out: &mut B, partial: bool, positions: &[(InstanceId, u64)]) {
+    put_header(out, FrameType::Ready, resume_body_len(positions));
+    out.put_u8(if partial { READY_PARTIAL } else { 0 });
+    put_varint(out, positions.len() as u64);
+    for (sender, seq) in positions {
+        put_instance(out, Some(sender));
+        put_varint(out, *seq);
+    }
+}
+
 /// Appends a MISSED frame.
 pub fn encode_missed<B: BufMut>(out: &mut B, sender: Option<&InstanceId>, count: u64) {
     put_header(out, FrameType::Missed, missed_body_len(sender, count));
@@ -580,8 +628,15 @@ impl MessageBuilder {
 
     /// An empty message with room for `capacity` bytes.
     pub fn with_capacity(capacity: usize) -> Self {
+        Self::with_version(VERSION, capacity)
+    }
+
+    /// An empty message of protocol `version` (for a peer that speaks an older one, between
+    /// [`MIN_VERSION`] and [`VERSION`]) with room for `capacity` bytes. The caller pushes only
+    /// frames that `version` has ([`FrameType::since`]).
+    pub fn with_version(version: u8, capacity: usize) -> Self {
         let mut buf = BytesMut::with_capacity(capacity.max(1));
-        start_message(&mut buf);
+        buf.put_u8(version);
         Self { buf, frames: 0 }
     }
 
@@ -1052,6 +1107,7 @@ impl<'a> Cursor<'a> {
 #[derive(Debug)]
 pub struct MessageReader<'a> {
     input: Input<'a>,
+    version: u8,
     pos: usize,
     frames: usize,
     limits: FrameLimits,
@@ -1090,7 +1146,7 @@ impl<'a> MessageReader<'a> {
                 ),
             ));
         }
-        match bytes.first() {
+        let version = match bytes.first() {
             None => {
                 return Err(FrameError::new(
                     FrameErrorKind::BadVersion,
@@ -1098,15 +1154,15 @@ impl<'a> MessageReader<'a> {
                     "empty message",
                 ));
             }
-            Some(&VERSION) => {}
+            Some(&v) if (MIN_VERSION..=VERSION).contains(&v) => v,
             Some(&v) => {
                 return Err(FrameError::new(
                     FrameErrorKind::BadVersion,
                     0,
-                    format!("version {v}, this build reads {VERSION}"),
+                    format!("version {v}, this build reads {MIN_VERSION} to {VERSION}"),
                 ));
             }
-        }
+        };
         if bytes.len() == 1 {
             return Err(FrameError::new(
                 FrameErrorKind::Malformed,
@@ -1116,11 +1172,17 @@ impl<'a> MessageReader<'a> {
         }
         Ok(Self {
             input,
+            version,
             pos: 1,
             frames: 0,
             limits: *limits,
             done: false,
         })
+    }
+
+    /// The message's protocol version (its first byte).
+    pub fn version(&self) -> u8 {
+        self.version
     }
 
     fn next_frame(&mut self) -> Result<Frame, FrameError> {
@@ -1138,13 +1200,18 @@ impl<'a> MessageReader<'a> {
             ));
         }
         let code = head.u8("frame type")?;
-        let ty = FrameType::from_code(code).ok_or_else(|| {
-            FrameError::new(
-                FrameErrorKind::UnknownType,
-                at,
-                format!("frame type {code:#04x}"),
-            )
-        })?;
+        let ty = FrameType::from_code(code)
+            .filter(|ty| ty.since() <= self.version)
+            .ok_or_else(|| {
+                FrameError::new(
+                    FrameErrorKind::UnknownType,
+                    at,
+                    format!(
+                        "frame type {code:#04x} in a version {} message",
+                        self.version
+                    ),
+                )
+            })?;
         let len_at = head.pos;
         let len = head.varint("frame length")?;
         if len > self.limits.max_frame as u64 {
@@ -1232,35 +1299,7 @@ impl<'a> MessageReader<'a> {
                         format!("RESUME flags {flags:#04x} set reserved bits"),
                     ));
                 }
-                let at = c.pos;
-                let count = c.varint("RESUME count")?;
-                if count > self.limits.max_resume_entries as u64 {
-                    return Err(FrameError::new(
-                        FrameErrorKind::TooLarge,
-                        at,
-                        format!(
-                            "RESUME of {count} senders, the limit is {}",
-                            self.limits.max_resume_entries
-                        ),
-                    ));
-                }
-                // Each entry takes at least 3 bytes: never reserve for more than are present.
-                let room = (count as usize).min(c.remaining() / 3);
-                let mut positions = Vec::with_capacity(room);
-                let mut seen = HashSet::with_capacity(room);
-                for _ in 0..count {
-                    let at = c.pos;
-                    let sender = c.required_instance("RESUME sender")?;
-                    let seq = c.varint("RESUME seq")?;
-                    if !seen.insert(sender.clone()) {
-                        return Err(FrameError::new(
-                            FrameErrorKind::Malformed,
-                            at,
-                            format!("RESUME lists {sender} twice"),
-                        ));
-                    }
-                    positions.push((sender, seq));
-                }
+                let positions = self.positions(c, "RESUME", false)?;
                 Frame::Resume {
                     replay_unlisted: flags & RESUME_REPLAY_UNLISTED != 0,
                     positions,
@@ -1281,9 +1320,72 @@ impl<'a> MessageReader<'a> {
                 sender: c.instance("MISSED sender", false)?,
                 count: c.varint("MISSED count")?,
             },
+            FrameType::Ready => {
+                let at = c.pos;
+                let flags = c.u8("READY flags")?;
+                if flags & !READY_PARTIAL != 0 {
+                    return Err(FrameError::new(
+                        FrameErrorKind::Malformed,
+                        at,
+                        format!("READY flags {flags:#04x} set reserved bits"),
+                    ));
+                }
+                let positions = self.positions(c, "READY", true)?;
+                Frame::Ready {
+                    partial: flags & READY_PARTIAL != 0,
+                    positions,
+                }
+            }
         };
         c.finish(ty)?;
         Ok(frame)
+    }
+}
+
+impl<'a> MessageReader<'a> {
+    /// Reads the `count` and `(sender, seq)` entries of a RESUME or READY body: at most
+    /// [`FrameLimits::max_resume_entries`], no sender twice; READY's sequence numbers are at
+    /// least 1 (`seq_at_least_one`).
+    fn positions(
+        &self,
+        c: &mut Cursor<'a>,
+        what: &str,
+        seq_at_least_one: bool,
+    ) -> Result<Vec<(InstanceId, u64)>, FrameError> {
+        let at = c.pos;
+        let count = c.varint(&format!("{what} count"))?;
+        if count > self.limits.max_resume_entries as u64 {
+            return Err(FrameError::new(
+                FrameErrorKind::TooLarge,
+                at,
+                format!(
+                    "{what} of {count} senders, the limit is {}",
+                    self.limits.max_resume_entries
+                ),
+            ));
+        }
+        // Each entry takes at least 3 bytes: never reserve for more than are present.
+        let room = (count as usize).min(c.remaining() / 3);
+        let mut positions = Vec::with_capacity(room);
+        let mut seen = HashSet::with_capacity(room);
+        for _ in 0..count {
+            let at = c.pos;
+            let sender = c.required_instance(&format!("{what} sender"))?;
+            let seq = if seq_at_least_one {
+                c.seq(&format!("{what} seq"))?
+            } else {
+                c.varint(&format!("{what} seq"))?
+            };
+            if !seen.insert(sender.clone()) {
+                return Err(FrameError::new(
+                    FrameErrorKind::Malformed,
+                    at,
+                    format!("{what} lists {sender} twice"),
+                ));
+            }
+            positions.push((sender, seq));
+        }
+        Ok(positions)
     }
 }
 
@@ -1426,18 +1528,40 @@ mod tests {
         assert_eq!(
             message,
             [
-                0x01, 0x01, 0x04, 0x01, 0x00, 0x68, 0x69, 0x01, 0x05, 0x02, 0x02, 0x77, 0x32, 0x00
+                0x02, 0x01, 0x04, 0x01, 0x00, 0x68, 0x69, 0x01, 0x05, 0x02, 0x02, 0x77, 0x32, 0x00
             ]
         );
         let event = SharedFrame::event(&id("w1"), 300, b"hi");
         assert_eq!(
             &event.message()[..],
-            [0x01, 0x11, 0x07, 0x02, 0x77, 0x31, 0xac, 0x02, 0x68, 0x69]
+            [0x02, 0x11, 0x07, 0x02, 0x77, 0x31, 0xac, 0x02, 0x68, 0x69]
         );
         let mut out = Vec::new();
         start_message(&mut out);
         encode_resume(&mut out, true, &[(id("w1"), 41)]);
-        assert_eq!(out, [0x01, 0x10, 0x06, 0x01, 0x01, 0x02, 0x77, 0x31, 0x29]);
+        assert_eq!(out, [0x02, 0x10, 0x06, 0x01, 0x01, 0x02, 0x77, 0x31, 0x29]);
+        // The new subscriber's RESUME, and READY for a new path.
+        let empty = encode_message(&[Frame::Resume {
+            replay_unlisted: false,
+            positions: vec![],
+        }]);
+        assert_eq!(empty, [0x02, 0x10, 0x02, 0x00, 0x00]);
+        let ready = encode_message(&[Frame::Ready {
+            partial: false,
+            positions: vec![],
+        }]);
+        assert_eq!(ready, [0x02, 0x13, 0x02, 0x00, 0x00]);
+        // READY: "w1" up to 300, "w2" up to 7.
+        let ready = encode_message(&[Frame::Ready {
+            partial: false,
+            positions: vec![(id("w1"), 300), (id("w2"), 7)],
+        }]);
+        assert_eq!(
+            ready,
+            [
+                0x02, 0x13, 0x0b, 0x00, 0x02, 0x02, 0x77, 0x31, 0xac, 0x02, 0x02, 0x77, 0x32, 0x07
+            ]
+        );
         let mut batch = MessageBuilder::new();
         batch.push_shared(&event);
         batch.push(&Frame::Missed {
@@ -1447,7 +1571,7 @@ mod tests {
         assert_eq!(
             &batch.finish()[..],
             [
-                0x01, 0x11, 0x07, 0x02, 0x77, 0x31, 0xac, 0x02, 0x68, 0x69, 0x12, 0x02, 0x00, 0x05
+                0x02, 0x11, 0x07, 0x02, 0x77, 0x31, 0xac, 0x02, 0x68, 0x69, 0x12, 0x02, 0x00, 0x05
             ]
         );
         let mut out = Vec::new();
@@ -1457,7 +1581,7 @@ mod tests {
         assert_eq!(
             out,
             [
-                0x01, 0x02, 0x01, 0x02, 0x03, 0x07, 0x03, 0x04, 0x04, b'f', b'u', b'l', b'l'
+                0x02, 0x02, 0x01, 0x02, 0x03, 0x07, 0x03, 0x04, 0x04, b'f', b'u', b'l', b'l'
             ]
         );
     }
@@ -1543,7 +1667,36 @@ mod tests {
     #[test]
     fn version_and_envelope_of_the_message() {
         assert_eq!(kind(&[]), FrameErrorKind::BadVersion);
-        assert_eq!(kind(&[2, 2, 1, 0]), FrameErrorKind::BadVersion);
+        assert_eq!(kind(&[3, 2, 1, 0]), FrameErrorKind::BadVersion);
+        assert_eq!(kind(&[0, 2, 1, 0]), FrameErrorKind::BadVersion);
+        // Both versions read; a version 1 message has no READY.
+        let limits = FrameLimits::default();
+        for version in [1, 2] {
+            let message = [version, 2, 1, 0];
+            let reader = MessageReader::new(&message, &limits).unwrap();
+            assert_eq!(reader.version(), version);
+        }
+        assert_eq!(kind(&[1, 0x13, 2, 0, 0]), FrameErrorKind::UnknownType);
+        assert_eq!(
+            decode(&[2, 0x13, 2, 0, 0]).unwrap(),
+            [Frame::Ready {
+                partial: false,
+                positions: vec![]
+            }]
+        );
+        // READY's reserved flags, a sequence number 0, a sender twice.
+        assert_eq!(kind(&[2, 0x13, 2, 2, 0]), FrameErrorKind::Malformed);
+        assert_eq!(
+            kind(&[2, 0x13, 5, 0, 1, 1, b'a', 0]),
+            FrameErrorKind::Malformed
+        );
+        assert_eq!(
+            kind(&[2, 0x13, 8, 1, 2, 1, b'a', 1, 1, b'a', 2]),
+            FrameErrorKind::Malformed
+        );
+        let mut old = MessageBuilder::with_version(1, 8);
+        old.push(&Frame::Ack { seq: 4 });
+        assert_eq!(&old.finish()[..], [1, 2, 1, 4]);
         assert_eq!(kind(&[1]), FrameErrorKind::Malformed);
         let err = decode(&[7]).unwrap_err();
         assert_eq!(err.close_code(), CloseCode::UnsupportedVersion);

@@ -59,6 +59,17 @@ fn frame() -> impl Strategy<Value = Frame> {
         }),
         (prop::option::of(instance()), any::<u64>())
             .prop_map(|(sender, count)| Frame::Missed { sender, count }),
+        (
+            any::<bool>(),
+            prop::collection::btree_map("[A-Za-z0-9._:-]{1,12}", seq(), 0..8)
+        )
+            .prop_map(|(partial, positions)| Frame::Ready {
+                partial,
+                positions: positions
+                    .into_iter()
+                    .map(|(s, q)| (InstanceId::new(s).unwrap(), q))
+                    .collect(),
+            }),
     ]
 }
 
@@ -134,7 +145,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = decode_message(&bytes, &limits());
-        let mut versioned = vec![1u8];
+        let mut versioned = vec![1 + u8::from(bytes.len() % 2 == 0)];
         versioned.extend_from_slice(&bytes);
         let a = decode_message(&versioned, &limits());
         let b = decode_message_bytes(&Bytes::from(versioned.clone()), &limits());
@@ -173,14 +184,14 @@ proptest! {
             .with_max_frame(max_frame)
             .with_max_frames(max_frames)
             .with_max_resume_entries(max_resume);
-        let mut versioned = vec![1u8];
+        let mut versioned = vec![1 + u8::from(bytes.len() % 2 == 0)];
         versioned.extend_from_slice(&bytes);
         if let Ok(frames) = decode_message(&versioned, &limits) {
             prop_assert!(versioned.len() <= max_message);
             prop_assert!(frames.len() <= max_frames);
             for f in &frames {
                 prop_assert!(body_len(f) <= max_frame);
-                if let Frame::Resume { positions, .. } = f {
+                if let Frame::Resume { positions, .. } | Frame::Ready { positions, .. } = f {
                     prop_assert!(positions.len() <= max_resume);
                 }
             }

@@ -214,7 +214,8 @@ pub struct ReliableStats {
     pub outbox_bytes: usize,
     /// Acknowledged events retained for repair.
     pub retained: usize,
-    /// Events re-sent after reconnections.
+    /// Events sent again: the outbox after reconnections, and events the far end refused for
+    /// now (the relay over its publish rate), which are sent again until taken.
     pub resent: u64,
     /// Events the far end refused (each was logged).
     pub rejected: u64,
@@ -280,7 +281,9 @@ impl Link {
 struct Lane {
     /// The next position expected; `None` before the first event (a subscriber joins midway).
     next: Option<u64>,
-    held: BTreeMap<u64, InterRoleEvent>,
+    /// Events behind the gap, by position: the event, or only its sequence number for one of the
+    /// layer's own (a repair, a repair request) that was acted on when it arrived.
+    held: BTreeMap<u64, Held>,
     gap_since: Option<Instant>,
     /// When the sender was last asked to repair this lane's gap.
     nak_at: Option<Instant>,
@@ -294,6 +297,39 @@ struct SenderState {
     last_seq: u64,
     multicast: Lane,
     directed: Lane,
+    /// Events of this sender that the transport dropped for this instance before any of its
+    /// events arrived: they precede the first one that does (the relay drops the oldest), so
+    /// that stream starts that much earlier, with a gap to repair, instead of at the first
+    /// event seen as for an instance that joins midway.
+    dropped_before_first: u64,
+}
+
+/// An event held back behind a gap.
+enum Held {
+    /// To be delivered when the gap before it fills.
+    Event(InterRoleEvent),
+    /// Already acted on (the reliability layer's own events are handled as they arrive): only
+    /// its place in the stream, and its sequence number, wait.
+    Done(u64),
+}
+
+impl Held {
+    fn seq(&self) -> u64 {
+        match self {
+            Held::Event(e) => e.seq(),
+            Held::Done(seq) => *seq,
+        }
+    }
+}
+
+/// Whether `event` is one of the reliability layer's own repair events, which are acted on when
+/// they arrive: a repair held behind the very gap it fills (its own stream's) would never be
+/// released.
+fn acts_at_once(event: &InterRoleEvent) -> bool {
+    matches!(
+        event.type_tag().as_str(),
+        <Nak as Event>::TYPE_TAG | <Repair as Event>::TYPE_TAG
+    )
 }
 
 /// The receiver side: per-sender positions, held-back events.
@@ -358,6 +394,24 @@ const NAK_DELAY: Duration = Duration::from_millis(20);
 const GAP_CHECK: Duration = Duration::from_millis(20);
 /// How long before asking again.
 const NAK_RETRY: Duration = Duration::from_secs(1);
+
+/// An event the far end refused for now.
+struct Busy {
+    /// How many times it was refused.
+    refusals: u32,
+    /// When to send it again (or, sent, when to stop waiting for its outcome).
+    due: Instant,
+    /// Sent again; its acknowledgement (or a new refusal) is awaited.
+    in_flight: bool,
+}
+
+/// How long to wait before sending an event again after its `refusals`-th refusal: 50 ms,
+/// doubling, at most 2 s.
+fn busy_delay(refusals: u32) -> Duration {
+    Duration::from_millis(50u64 << refusals.saturating_sub(1).min(5)).min(Duration::from_secs(2))
+}
+/// The most holes of one stream asked for in one check.
+const MAX_NAKS_PER_CHECK: usize = 64;
 /// The most envelope bytes in one repair event.
 const REPAIR_BYTES: usize = 256 * 1024;
 
@@ -378,6 +432,8 @@ impl Sequencer {
         if pos.epoch > state.epoch {
             // The sender restarted: what was held from its previous life is released.
             let old = std::mem::take(state);
+            // (Drops counted before any event arrived belong to the stream that starts now.)
+            state.dropped_before_first = old.dropped_before_first;
             for mut lane in [old.multicast, old.directed] {
                 Self::give_up(&sender, &mut lane, out);
             }
@@ -388,7 +444,10 @@ impl Sequencer {
         } else {
             &mut state.multicast
         };
-        let next = *lane.next.get_or_insert(pos.n);
+        let dropped = std::mem::take(&mut state.dropped_before_first);
+        let next = *lane
+            .next
+            .get_or_insert_with(|| pos.n.saturating_sub(dropped).max(1));
         if pos.n < next || lane.held.contains_key(&pos.n) {
             out.duplicates += 1;
             return;
@@ -396,7 +455,14 @@ impl Sequencer {
         if pos.n > next {
             self.gaps_open = true;
             lane.gap_since.get_or_insert_with(Instant::now);
-            lane.held.insert(pos.n, event);
+            let held = if acts_at_once(&event) {
+                let seq = event.seq();
+                out.deliver.push(event);
+                Held::Done(seq)
+            } else {
+                Held::Event(event)
+            };
+            lane.held.insert(pos.n, held);
             if lane.held.len() > config.max_held {
                 Self::give_up(&sender, lane, out);
                 if let Some(e) = out.deliver.last() {
@@ -405,28 +471,34 @@ impl Sequencer {
             }
             return;
         }
-        lane.held.insert(pos.n, event);
+        lane.held.insert(pos.n, Held::Event(event));
         Self::release(lane, &mut state.last_seq, out);
     }
 
     /// Delivers the held events that follow `next` without a hole.
     fn release(lane: &mut Lane, last_seq: &mut u64, out: &mut Outcome) {
         let Some(mut next) = lane.next else { return };
+        let start = next;
         while let Some(entry) = lane.held.first_entry() {
             if *entry.key() != next {
                 break;
             }
-            let e = entry.remove();
-            *last_seq = (*last_seq).max(e.seq());
-            out.deliver.push(e);
+            let held = entry.remove();
+            *last_seq = (*last_seq).max(held.seq());
+            if let Held::Event(e) = held {
+                out.deliver.push(e);
+            }
             next += 1;
         }
         lane.next = Some(next);
         if lane.held.is_empty() {
             lane.gap_since = None;
             lane.nak_at = None;
-        } else {
-            lane.gap_since.get_or_insert_with(Instant::now);
+        } else if next != start || lane.gap_since.is_none() {
+            // A hole was filled and another is next: its wait starts now, so that a stream with
+            // many holes being repaired one after the other is not given up while it makes
+            // progress.
+            lane.gap_since = Some(Instant::now());
         }
     }
 
@@ -434,10 +506,12 @@ impl Sequencer {
     fn give_up(sender: &InstanceId, lane: &mut Lane, out: &mut Outcome) {
         let Some(mut next) = lane.next else { return };
         let mut missed = 0;
-        for (n, e) in std::mem::take(&mut lane.held) {
+        for (n, held) in std::mem::take(&mut lane.held) {
             missed += n.saturating_sub(next);
             next = n + 1;
-            out.deliver.push(e);
+            if let Held::Event(e) = held {
+                out.deliver.push(e);
+            }
         }
         lane.next = Some(next);
         lane.gap_since = None;
@@ -457,24 +531,36 @@ impl Sequencer {
         let mut open = false;
         for (sender, state) in &mut self.senders {
             for (directed, lane) in [(false, &mut state.multicast), (true, &mut state.directed)] {
-                if let (Some(since), Some(next), Some(&first)) =
-                    (lane.gap_since, lane.next, lane.held.keys().next())
-                {
+                if let (Some(since), Some(next)) = (lane.gap_since, lane.next) {
                     let due = lane
                         .nak_at
                         .is_none_or(|at| now.duration_since(at) >= NAK_RETRY);
-                    if now.duration_since(since) >= NAK_DELAY && due && first > next && !lane.doomed
-                    {
-                        lane.nak_at = Some(now);
-                        out.naks.push((
-                            sender.clone(),
-                            Nak {
-                                epoch: state.epoch,
-                                directed,
-                                from: next,
-                                to: first - 1,
-                            },
-                        ));
+                    if now.duration_since(since) >= NAK_DELAY && due && !lane.doomed {
+                        // Every hole at once (up to a bound), not only the first: holes repaired
+                        // one per retry would take a second each.
+                        let mut from = next;
+                        let mut asked = 0;
+                        for &n in lane.held.keys() {
+                            if n > from {
+                                out.naks.push((
+                                    sender.clone(),
+                                    Nak {
+                                        epoch: state.epoch,
+                                        directed,
+                                        from,
+                                        to: n - 1,
+                                    },
+                                ));
+                                asked += 1;
+                                if asked == MAX_NAKS_PER_CHECK {
+                                    break;
+                                }
+                            }
+                            from = n + 1;
+                        }
+                        if asked > 0 {
+                            lane.nak_at = Some(now);
+                        }
                     }
                 }
                 let timed_out = lane
@@ -494,6 +580,16 @@ impl Sequencer {
             }
         }
         self.gaps_open = open;
+    }
+
+    /// The transport dropped `count` events of `sender` for this instance: when none of the
+    /// sender's events has arrived yet, its first stream starts that much before the first that
+    /// does.
+    fn dropped(&mut self, sender: &InstanceId, count: u64) {
+        let state = self.senders.entry(sender.clone()).or_default();
+        if state.multicast.next.is_none() && state.directed.next.is_none() {
+            state.dropped_before_first += count;
+        }
     }
 
     fn held(&self) -> usize {
@@ -543,6 +639,9 @@ pub(crate) struct Reliable {
     lost_rx: Mutex<Option<mpsc::UnboundedReceiver<(u64, TransportError)>>>,
     close: watch::Sender<bool>,
     next_gen: AtomicU64,
+    /// Events the far end refused for now (the relay over its publish rate), by sequence
+    /// number: sent again after a delay that doubles with each refusal.
+    busy: Mutex<HashMap<u64, Busy>>,
     resent: AtomicU64,
     rejected: AtomicU64,
     duplicates: AtomicU64,
@@ -596,6 +695,7 @@ impl Reliable {
             lost_rx: Mutex::new(Some(lost_rx)),
             close: watch::channel(false).0,
             next_gen: AtomicU64::new(1),
+            busy: Mutex::new(HashMap::new()),
             resent: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
@@ -730,9 +830,64 @@ impl Reliable {
         }
         let connected = link.conn.is_some();
         link.trim(&self.config, connected);
+        drop(link);
+        let mut busy = self.busy.lock();
+        if !busy.is_empty() {
+            // Sent again and acknowledged without a new refusal before the acknowledgement.
+            busy.retain(|&s, b| !(b.in_flight && s <= seq));
+        }
+    }
+
+    /// Sends again the events refused for now whose delay is over.
+    fn resend_busy(&self) {
+        let mut busy = self.busy.lock();
+        if busy.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let link = self.link.lock();
+        let Some((_, conn)) = &link.conn else { return };
+        let mut gone = Vec::new();
+        // Due: its delay is over, or, sent again, no outcome came in time.
+        for (&seq, b) in busy.iter_mut().filter(|(_, b)| b.due <= now) {
+            match link.entries.iter().find(|e| e.seq == seq) {
+                Some(e) => {
+                    if conn.send(&e.event, e.target.as_ref()).is_ok() {
+                        b.in_flight = true;
+                        b.due = now + busy_delay(b.refusals + 1);
+                        self.resent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                None => gone.push(seq),
+            }
+        }
+        drop(link);
+        for seq in gone {
+            // Out of the retention before the far end took it: it cannot be sent again.
+            busy.remove(&seq);
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(instance = %self.instance, seq, "an event refused for now left the retention before it could be sent again");
+        }
     }
 
     fn rejected(&self, seq: u64, error: TransportError) {
+        if error.kind() == TransportErrorKind::Unavailable
+            && self.link.lock().entries.iter().any(|e| e.seq == seq)
+        {
+            // Refused for now: sent again later, with the same sequence number (the relay
+            // handles a refused event's resend as new).
+            let mut busy = self.busy.lock();
+            let b = busy.entry(seq).or_insert(Busy {
+                refusals: 0,
+                due: Instant::now(),
+                in_flight: false,
+            });
+            b.refusals += 1;
+            b.due = Instant::now() + busy_delay(b.refusals);
+            b.in_flight = false;
+            tracing::debug!(instance = %self.instance, seq, %error, "an event was refused for now: sending it again later");
+            return;
+        }
         self.rejected.fetch_add(1, Ordering::Relaxed);
         let target = {
             let link = self.link.lock();
@@ -760,6 +915,9 @@ impl Reliable {
     /// relay restart, senders re-send them anyway.
     fn missed(&self, sender: Option<&InstanceId>, count: u64) {
         self.hints.fetch_add(count, Ordering::Relaxed);
+        if let Some(sender) = sender {
+            self.sequencer.lock().dropped(sender, count);
+        }
         tracing::debug!(instance = %self.instance, sender = ?sender.map(|s| s.as_str()), count, "the transport dropped events");
     }
 
@@ -907,6 +1065,10 @@ impl Reliable {
 
     /// Installs a new connection and re-sends the outbox (retained events first), in order.
     fn install(&self, generation: u64, conn: Arc<dyn Connection>) {
+        // The events refused for now are among those re-sent.
+        for b in self.busy.lock().values_mut() {
+            b.in_flight = true;
+        }
         let mut link = self.link.lock();
         let mut resent = 0u64;
         for e in &link.entries {
@@ -1003,6 +1165,7 @@ impl Reliable {
                     _ = close.wait_for(|c| *c) => break 'outer,
                     _ = tick.tick() => {
                         self.expire_gaps();
+                        self.resend_busy();
                         self.heartbeat(&mut last_heartbeat);
                     }
                 }
@@ -1076,8 +1239,9 @@ impl Reliable {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let (unacked, connected) = {
+                let busy = self.busy.lock().len();
                 let l = self.link.lock();
-                (l.unacked(), l.conn.is_some())
+                (l.unacked() + busy, l.conn.is_some())
             };
             if unacked == 0 || tokio::time::Instant::now() >= deadline {
                 if unacked > 0 {
@@ -1189,6 +1353,102 @@ mod tests {
         assert_eq!(s.held(), 2);
         assert_eq!(run(&mut s, &c, &[9, 7]), (vec![7, 8, 9], vec![], 1));
         assert_eq!(s.positions(), vec![(InstanceId::new("a").unwrap(), 109)]);
+    }
+
+    /// The repair requests an expiry check sends, as (from, to) ranges, once the NAK delay
+    /// has passed.
+    fn naks(s: &mut Sequencer, c: &Reliability) -> Vec<(u64, u64)> {
+        for lane in s
+            .senders
+            .values_mut()
+            .flat_map(|st| [&mut st.multicast, &mut st.directed])
+        {
+            if let Some(since) = lane.gap_since.as_mut() {
+                *since -= NAK_DELAY;
+            }
+        }
+        let mut out = Outcome::default();
+        s.expire(c, &mut out);
+        out.naks.iter().map(|(_, n)| (n.from, n.to)).collect()
+    }
+
+    #[test]
+    fn every_hole_is_asked_for_at_once() {
+        let c = Reliability::default();
+        let mut s = Sequencer::default();
+        assert_eq!(run(&mut s, &c, &[1, 3, 6, 7, 9]), (vec![1], vec![], 0));
+        assert_eq!(naks(&mut s, &c), [(2, 2), (4, 5), (8, 8)]);
+        // Asked once: not again before the retry interval.
+        assert_eq!(naks(&mut s, &c), []);
+        // A filled hole restarts the wait of the next one (the gap timeout counts from progress).
+        let before = s.senders.values().next().unwrap().multicast.gap_since;
+        assert_eq!(run(&mut s, &c, &[2]), (vec![2, 3], vec![], 0));
+        let after = s.senders.values().next().unwrap().multicast.gap_since;
+        assert!(after > before);
+    }
+
+    #[test]
+    fn events_dropped_before_the_first_arrival_are_a_gap_not_a_late_join() {
+        let c = Reliability::default();
+        let mut s = Sequencer::default();
+        // The transport says 3 events of "a" were dropped before any arrived.
+        s.dropped(&InstanceId::new("a").unwrap(), 3);
+        assert_eq!(run(&mut s, &c, &[4, 5]), (vec![], vec![], 0));
+        assert_eq!(naks(&mut s, &c), [(1, 3)]);
+        assert_eq!(
+            run(&mut s, &c, &[2, 1, 3]),
+            (vec![1, 2, 3, 4, 5], vec![], 0)
+        );
+        // Without such a count, a first event far into the stream is where this instance
+        // joined.
+        let mut s = Sequencer::default();
+        assert_eq!(run(&mut s, &c, &[40, 41]), (vec![40, 41], vec![], 0));
+        // A count after events arrived says nothing about the start.
+        s.dropped(&InstanceId::new("a").unwrap(), 5);
+        assert_eq!(run(&mut s, &c, &[42]), (vec![42], vec![], 0));
+    }
+
+    #[test]
+    fn a_repair_behind_a_gap_of_its_own_stream_is_acted_on_at_once() {
+        let c = Reliability::default();
+        let mut s = Sequencer::default();
+        let directed = |n: u64, repair: bool| {
+            let id = EventId {
+                sender: InstanceId::new("a").unwrap(),
+                seq: 100 + n,
+            };
+            let pos = StreamPos {
+                epoch: 100,
+                directed: true,
+                n,
+            };
+            if repair {
+                let r = Repair {
+                    directed: false,
+                    envelopes: vec![],
+                    unavailable: 0,
+                };
+                InterRoleEvent::in_stream(id, r, pos, None)
+            } else {
+                InterRoleEvent::in_stream(id, Tick(n), pos, None)
+            }
+        };
+        let mut out = Outcome::default();
+        s.arrive(directed(1, false), &c, &mut out);
+        // 2 was lost; the repair at 3 cannot wait for 2 to be repaired: it may carry it.
+        s.arrive(directed(3, true), &c, &mut out);
+        let tags = |out: &Outcome| -> Vec<String> {
+            out.deliver
+                .iter()
+                .map(|e| e.type_tag().to_string())
+                .collect()
+        };
+        assert_eq!(tags(&out), ["test.tick", "interrole.reliable.repair"]);
+        // Once 2 comes, the stream moves past 3 without acting on the repair twice.
+        let mut out = Outcome::default();
+        s.arrive(directed(2, false), &c, &mut out);
+        assert_eq!(tags(&out), ["test.tick"]);
+        assert_eq!(s.held(), 0);
     }
 
     #[test]

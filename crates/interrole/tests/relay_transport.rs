@@ -797,3 +797,30 @@ async fn what_the_relay_drops_for_a_slow_subscriber_is_repaired_by_the_publisher
     a.close().await;
     b.close().await;
 }
+
+/// A relay over its publish rate refuses events for now (REJECT BUSY); the publisher sends them
+/// again, with the same sequence numbers, until the relay takes them: every subscriber gets every
+/// event once, in order, and nothing is counted as refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_over_the_publish_rate_are_sent_again_until_taken() {
+    let h = RelayHarness::start_with(|c| c.limits.max_publish_rate = 200).await;
+    let a = bus(&h.url(), "rate", "a").await;
+    let b = bus(&h.url(), "rate", "b").await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let _g = b.subscribe::<Tick, _>(move |t| tx.send(t.n).unwrap());
+    const N: u64 = 600;
+    for n in 0..N {
+        a.publish(Tick { n }).unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < N as usize {
+        match tokio::time::timeout(LONG, rx.recv()).await {
+            Ok(Some(n)) => got.push(n),
+            _ => panic!("{} of {N} arrived; {:?}", got.len(), a.reliable_stats()),
+        }
+    }
+    assert_eq!(got, (0..N).collect::<Vec<_>>());
+    let stats = a.reliable_stats().unwrap();
+    assert!(stats.resent > 0, "the relay never refused: {stats:?}");
+    assert_eq!(stats.rejected, 0, "{stats:?}");
+}

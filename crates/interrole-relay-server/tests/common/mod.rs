@@ -95,16 +95,10 @@ pub async fn subscribe(
     ws
 }
 
-/// The instance that publishes the readiness probes of [`subscribed`].
-pub const PROBE: &str = "ready-probe";
-
-/// A subscriber whose RESUME the relay has taken, with the frames that came before the answer.
-///
-/// The relay does not answer a RESUME, so the answer is made: a probe event is published on the
-/// path first, and the RESUME also asks for the events of [`PROBE`] after the one before it. The
-/// relay queues the probe from its replay window as it registers the subscriber, before anything
-/// published later; once the probe has arrived, every later event reaches the subscriber. The
-/// probes are left out of what [`next`] and the helpers built on it return.
+/// A subscriber that the relay has registered: its RESUME was answered with READY. Returns the
+/// frames of the messages read until READY came, READY included: the MISSED frames of the resume
+/// before it, and after it the first of what the subscriber asked to be replayed (the rest of
+/// the replay, if any, is read with [`frames`]).
 pub async fn subscribed(
     addr: SocketAddr,
     path: &str,
@@ -112,36 +106,26 @@ pub async fn subscribed(
     replay_unlisted: bool,
     positions: &[(&str, u64)],
 ) -> (Ws, Vec<Frame>) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    let seq = NEXT.fetch_add(1, Ordering::Relaxed);
-    let mut prober = connect(addr, Action::Publish, path, PROBE).await;
-    send_frames(&mut prober, &[publish(seq, None, b"probe")]).await;
-    let answer = until_ack(&mut prober, seq).await;
-    assert!(
-        matches!(answer.last(), Some(Frame::Ack { .. })),
-        "the probe was refused: {answer:?}"
-    );
-    drop(prober);
-    let mut positions = positions.to_vec();
-    positions.push((PROBE, seq - 1));
-    let mut ws = subscribe(addr, path, id, replay_unlisted, &positions).await;
-    let mut before = Vec::new();
+    let mut ws = subscribe(addr, path, id, replay_unlisted, positions).await;
+    let mut seen = Vec::new();
     loop {
-        let frames = match next_raw(&mut ws).await {
-            Seen::Frames(frames) => frames,
-            Seen::Closed(c) => panic!("{id} closed with {c:?} before the probe: {before:?}"),
-        };
-        for f in frames {
-            if matches!(&f, Frame::Event { sender, seq: s, .. } if sender.as_str() == PROBE && *s == seq)
-            {
-                return (ws, before);
-            }
-            if !is_probe(&f) {
-                before.push(f);
-            }
+        match next(&mut ws).await {
+            Seen::Frames(frames) => seen.extend(frames),
+            Seen::Closed(c) => panic!("{id} closed with {c:?} before READY: {seen:?}"),
+        }
+        if seen.iter().any(|f| matches!(f, Frame::Ready { .. })) {
+            return (ws, seen);
         }
     }
+}
+
+/// The frames after READY in what [`subscribed`] returned.
+pub fn after_ready(seen: &[Frame]) -> Vec<Frame> {
+    let at = seen
+        .iter()
+        .position(|f| matches!(f, Frame::Ready { .. }))
+        .expect("no READY");
+    seen[at + 1..].to_vec()
 }
 
 pub fn publish(seq: u64, target: Option<&str>, envelope: &[u8]) -> Frame {
@@ -167,36 +151,8 @@ pub enum Seen {
     Closed(Option<u16>),
 }
 
-/// The next data message's frames, or how the connection closed. The probes of [`subscribed`]
-/// (events from [`PROBE`], and MISSED notices for them) are left out: a subscriber registered
-/// earlier receives the probes of those registered after it.
+/// The next data message's frames, or how the connection closed.
 pub async fn next(ws: &mut Ws) -> Seen {
-    loop {
-        match next_raw(ws).await {
-            Seen::Frames(frames) => {
-                let frames: Vec<Frame> = frames.into_iter().filter(|f| !is_probe(f)).collect();
-                if !frames.is_empty() {
-                    return Seen::Frames(frames);
-                }
-            }
-            closed => return closed,
-        }
-    }
-}
-
-fn is_probe(f: &Frame) -> bool {
-    match f {
-        Frame::Event { sender, .. } => sender.as_str() == PROBE,
-        Frame::Missed {
-            sender: Some(sender),
-            ..
-        } => sender.as_str() == PROBE,
-        _ => false,
-    }
-}
-
-/// The next data message's frames, probes included, or how the connection closed.
-async fn next_raw(ws: &mut Ws) -> Seen {
     loop {
         let m = tokio::time::timeout(LONG, ws.next())
             .await

@@ -2,7 +2,8 @@
 //!
 //! [`RelayTransport::open`] makes one attempt: it opens the publisher connection
 //! (`sb-hc-action=publish`) and the subscriber connection (`sb-hc-action=subscribe`, which sends
-//! its RESUME at once) for the instance on the topic's path. Each connection has one task that
+//! its RESUME at once) for the instance on the topic's path, and returns once the relay has
+//! answered the RESUME with READY: from then on, every event published on the path reaches it. Each connection has one task that
 //! batches what is queued into as few WebSocket messages as the limits allow, reads what arrives,
 //! pings the relay and declares the connection dead when the relay has been silent too long.
 //! Reconnecting, re-sending and de-duplicating belong to the bus's reliability layer.
@@ -143,8 +144,8 @@ impl Transport for RelayTransport {
             link: LinkState::new(inbound),
             stop: stop_tx,
         });
-        // RESUME, then a ping: the relay registers the subscriber when it reads the RESUME, so
-        // its pong means that everything published from now on reaches this instance.
+        // RESUME, answered with READY once the relay has registered the subscriber: from then
+        // on, everything published on the path reaches this instance.
         let mut resume = BytesMut::new();
         start_message(&mut resume);
         frame::encode_resume(&mut resume, spec.rejoin, &positions);
@@ -153,15 +154,14 @@ impl Transport for RelayTransport {
                 .send(Message::Binary(resume.freeze()))
                 .await
                 .map_err(|e| lost(format!("sending RESUME: {e}")))?;
-            subscriber
-                .send(Message::Ping(Bytes::from_static(READY)))
-                .await
-                .map_err(|e| lost(format!("subscribing: {e}")))?;
             let limits = FrameLimits::default();
             loop {
                 match subscriber.next().await {
-                    Some(Ok(Message::Pong(p))) if p.as_ref() == READY => return Ok(()),
-                    Some(Ok(Message::Binary(bytes))) => handle(&shared, &bytes, &limits)?,
+                    Some(Ok(Message::Binary(bytes))) => {
+                        if handle(&shared, &bytes, &limits, false)? == Readiness::Ready {
+                            return Ok(());
+                        }
+                    }
                     Some(Ok(Message::Close(f))) => {
                         return Err(match f {
                             Some(f) => {
@@ -229,8 +229,6 @@ impl Transport for RelayTransport {
         }))
     }
 }
-
-const READY: &[u8] = b"interrole-ready";
 
 fn lost(message: impl Into<String>) -> TransportError {
     TransportError::new(TransportErrorKind::ConnectionLost, message)
@@ -308,7 +306,7 @@ async fn run(
             incoming = ws.next() => {
                 last_heard = Instant::now();
                 let result = match incoming {
-                    Some(Ok(Message::Binary(bytes))) => handle(&shared, &bytes, &limits),
+                    Some(Ok(Message::Binary(bytes))) => handle(&shared, &bytes, &limits, true).map(drop),
                     Some(Ok(Message::Text(_))) => Err(TransportError::new(
                         TransportErrorKind::Protocol,
                         format!("the relay sent a text message on the {what} connection"),
@@ -398,14 +396,32 @@ async fn renewal(at: Option<Instant>) {
     }
 }
 
-/// Hands the frames of one message to the inbound.
-fn handle(shared: &Shared, bytes: &Bytes, limits: &FrameLimits) -> Result<(), TransportError> {
+/// Whether a subscriber connection has seen READY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Readiness {
+    Waiting,
+    Ready,
+}
+
+/// Hands the frames of one message to the inbound; says whether READY was among them (`ready`:
+/// it was seen before, and a second one is a protocol error).
+fn handle(
+    shared: &Shared,
+    bytes: &Bytes,
+    limits: &FrameLimits,
+    ready: bool,
+) -> Result<Readiness, TransportError> {
     let protocol = |m: String| TransportError::new(TransportErrorKind::Protocol, m);
     let reader = MessageReader::shared(bytes, limits)
         .map_err(|e| protocol(format!("undecodable message from the relay: {e}")))?;
+    let mut readiness = if ready {
+        Readiness::Ready
+    } else {
+        Readiness::Waiting
+    };
     for frame in reader {
         if shared.is_ending() {
-            return Ok(());
+            return Ok(readiness);
         }
         let frame =
             frame.map_err(|e| protocol(format!("undecodable frame from the relay: {e}")))?;
@@ -437,7 +453,10 @@ fn handle(shared: &Shared, bytes: &Bytes, limits: &FrameLimits) -> Result<(), Tr
                 }
             },
             Frame::Missed { sender, count } => shared.inbound().missed(sender.as_ref(), count),
-            Frame::Publish { .. } | Frame::Resume { .. } => {
+            Frame::Ready { .. } if readiness == Readiness::Waiting => {
+                readiness = Readiness::Ready;
+            }
+            Frame::Publish { .. } | Frame::Resume { .. } | Frame::Ready { .. } => {
                 return Err(protocol(format!(
                     "the relay sent a {} frame",
                     frame.frame_type()
@@ -445,7 +464,7 @@ fn handle(shared: &Shared, bytes: &Bytes, limits: &FrameLimits) -> Result<(), Tr
             }
         }
     }
-    Ok(())
+    Ok(readiness)
 }
 
 /// An open relay connection: the publisher and subscriber WebSockets of one instance.
