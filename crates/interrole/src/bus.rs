@@ -773,6 +773,9 @@ impl Bus {
     /// closure subscriber) and its answer goes back to the requester. Dropping the guard stops
     /// serving.
     ///
+    /// A handler that panics fails that request only: no reply is sent (the requester's
+    /// [`Bus::request`] ends with [`RequestError::Timeout`]), the panic is logged and counted
+    /// ([`HubStats::panics`](crate::HubStats::panics)), and the next request is served as usual.
     pub fn serve<Q, R, F>(&self, handler: F) -> Subscription
     where
         Q: Event,

@@ -208,3 +208,33 @@ mod relay {
         server.shutdown().await;
     }
 }
+
+/// A `serve` handler that panics fails that request only: the requester is not answered (it
+/// times out), and the next request is served as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_serve_handler_fails_that_request_only() {
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    struct Ask(u64);
+    interrole::impl_event!(Ask = "test.panics.ask");
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    struct Answer(u64);
+    interrole::impl_event!(Answer = "test.panics.answer");
+
+    let fabric = Loopback::new();
+    let server = Bus::builder().instance("server").transport(fabric.clone()).build().unwrap();
+    let client = Bus::builder().instance("client").transport(fabric).build().unwrap();
+    let _serving = server.serve::<Ask, Answer, _>(|a| {
+        assert!(a.0 != 1, "handler exploded");
+        Answer(a.0 * 10)
+    });
+    let target = interrole::InstanceId::new("server").unwrap();
+    let short = Duration::from_millis(200);
+    let failed = client.request::<Ask, Answer>(&target, Ask(1), short).await;
+    assert!(
+        matches!(failed, Err(interrole::RequestError::Timeout(_))),
+        "{failed:?}"
+    );
+    let answered = client.request::<Ask, Answer>(&target, Ask(2), WAIT).await;
+    assert_eq!(answered.unwrap().0, 20);
+    assert_eq!(server.stats().hub.panics, 1);
+}
