@@ -312,6 +312,12 @@ async fn connection(
         }
         return;
     }
+    if head.header("host").is_none_or(str::is_empty) {
+        // HTTP/1.1 requires it (RFC 9112, 3.2), and a token's audience is checked against it.
+        ctx.metrics.reject(Reason::BadRequest);
+        http::respond_error(&mut stream, 400, "the Host header is missing").await;
+        return;
+    }
     let address = match RelayAddress::parse(&head.target, &limits.url_limits()) {
         Ok(a) => a,
         Err(e) => {

@@ -273,3 +273,24 @@ async fn a_connection_is_closed_with_1008_when_its_token_expires() {
     assert_eq!(until_closed(&mut p).await.0, Some(1008));
     server.shutdown().await;
 }
+
+/// A handshake without a `Host` header is refused 400: HTTP/1.1 requires it, and the token's
+/// audience is checked against it.
+#[tokio::test]
+async fn a_handshake_without_a_host_header_is_refused() {
+    let server = start(config()).await;
+    let addr = server.local_addr();
+    let t = target(
+        interrole_relay::url::Action::Subscribe,
+        "nohost",
+        "s",
+        Some(token(addr, "nohost", ROOT)),
+    );
+    let request = format!(
+        "GET {t} HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    let (status, text) = raw_request(addr, request.as_bytes()).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("Host"), "{text}");
+    server.shutdown().await;
+}
