@@ -2,8 +2,7 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The most headers a request head may carry.
-const MAX_HEADERS: usize = 100;
+use interrole_relay::http::{HttpErrorKind, RequestHead};
 
 /// A parsed request head.
 #[derive(Debug)]
@@ -47,7 +46,7 @@ pub(crate) enum HeadError {
     TooLarge,
 }
 
-/// Reads a request head of at most `max` bytes.
+/// Reads a request head of at most `max` bytes ([`RequestHead::parse`] on what has arrived).
 pub(crate) async fn read_head<S: AsyncRead + Unpin>(
     stream: &mut S,
     max: usize,
@@ -64,31 +63,17 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
             });
         }
         buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                if len > max {
-                    return Err(HeadError::TooLarge);
-                }
-                let head = Head {
-                    method: req.method.unwrap_or_default().to_owned(),
-                    target: req.path.unwrap_or_default().to_owned(),
-                    headers: req
-                        .headers
-                        .iter()
-                        .map(|h| (h.name.to_owned(), h.value.to_vec()))
-                        .collect(),
-                    rest: buf[len..].to_vec(),
-                };
-                return Ok(head);
+        match RequestHead::parse(&buf, max) {
+            Ok(Some((head, len))) => {
+                return Ok(Head {
+                    method: head.method,
+                    target: head.target,
+                    headers: head.headers,
+                    rest: buf.split_off(len),
+                });
             }
-            Ok(httparse::Status::Partial) => {
-                if buf.len() > max {
-                    return Err(HeadError::TooLarge);
-                }
-            }
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Ok(None) => {}
+            Err(e) if e.kind() == HttpErrorKind::HeadTooLarge => return Err(HeadError::TooLarge),
             Err(_) => return Err(HeadError::Malformed),
         }
     }

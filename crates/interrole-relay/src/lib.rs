@@ -89,6 +89,8 @@
 pub mod client;
 pub mod control;
 pub mod frame;
+#[doc(hidden)]
+pub mod http;
 mod pct;
 pub mod sas;
 pub mod url;

@@ -111,6 +111,7 @@ use super::connect::{Credentials, Endpoint, Io, Relay, Ws, handshake_error};
 use crate::control::{
     self, ControlMessage, DEFAULT_MAX_CONTROL_LEN, Headers, RemoteEndpoint, RenewToken,
 };
+use crate::http::{self, HttpErrorKind};
 use crate::url::{Action, RelayAddress, UrlLimits};
 
 /// How often a listener pings the relay on its control channel. A channel from which nothing
@@ -1421,159 +1422,35 @@ fn cut_short() -> TransportError {
 }
 
 /// Reads one HTTP/1.1 response (skipping interim 1xx ones): the body by `Content-Length`,
-/// chunked, or up to the end of the stream.
+/// chunked, or up to the end of the stream ([`http::ResponseReader`]).
 async fn read_response(
     stream: &mut Box<dyn Io>,
     is_head: bool,
 ) -> Result<HcResponse, TransportError> {
+    let mut reader = http::ResponseReader::new(is_head, MAX_RESPONSE_HEAD, MAX_RESPONSE_BODY);
     let mut buf = Vec::with_capacity(16 * 1024);
+    let mut end = false;
     loop {
-        // The head.
-        let (status, headers, consumed) = loop {
-            let parsed = {
-                let mut slots = [httparse::EMPTY_HEADER; 128];
-                let mut response = httparse::Response::new(&mut slots);
-                match response.parse(&buf) {
-                    Ok(httparse::Status::Complete(n)) => {
-                        let mut headers = Headers::new();
-                        for h in response.headers.iter() {
-                            let value = String::from_utf8_lossy(h.value).trim().to_owned();
-                            match headers
-                                .iter_mut()
-                                .find(|(k, _)| k.eq_ignore_ascii_case(h.name))
-                            {
-                                Some((_, v)) => {
-                                    v.push_str(", ");
-                                    v.push_str(&value);
-                                }
-                                None => {
-                                    headers.insert(h.name.to_owned(), value);
-                                }
-                            }
-                        }
-                        Some((response.code.unwrap_or_default(), headers, n))
-                    }
-                    Ok(httparse::Status::Partial) => None,
-                    Err(e) => return Err(protocol(format!("HTTP response: {e}"))),
-                }
-            };
-            if let Some(head) = parsed {
-                break head;
-            }
-            if buf.len() > MAX_RESPONSE_HEAD {
-                return Err(protocol("HTTP response head over 64 KiB"));
-            }
-            if read_more(stream, &mut buf).await? == 0 {
-                return Err(cut_short());
-            }
-        };
-        buf.drain(..consumed);
-        if (100..200).contains(&status) && status != 101 {
-            continue;
+        let read = reader.advance(&mut buf, end).map_err(|e| match e.kind() {
+            HttpErrorKind::Incomplete => cut_short(),
+            HttpErrorKind::BodyTooLarge => TransportError::new(
+                TransportErrorKind::PayloadTooLarge,
+                "HTTP response body over 64 MiB",
+            ),
+            HttpErrorKind::HeadTooLarge => protocol(format!("HTTP response: {e} (over 64 KiB)")),
+            _ => protocol(format!("HTTP response: {e}")),
+        })?;
+        if let Some(response) = read {
+            return Ok(HcResponse {
+                status: response.status,
+                headers: response.headers,
+                body: Bytes::from(response.body),
+            });
         }
-        let body = if is_head || status == 204 || status == 304 || status == 101 {
-            Vec::new()
-        } else if control::header(&headers, "transfer-encoding").is_some_and(|c| {
-            c.rsplit(',')
-                .next()
-                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
-        }) {
-            read_chunked(stream, buf).await?
-        } else if let Some(len) = control::header(&headers, "content-length") {
-            let len = len
-                .trim()
-                .parse::<usize>()
-                .map_err(|_| protocol(format!("Content-Length {len:?}")))?;
-            if len > MAX_RESPONSE_BODY {
-                return Err(too_large());
-            }
-            while buf.len() < len {
-                if read_more(stream, &mut buf).await? == 0 {
-                    return Err(cut_short());
-                }
-            }
-            buf.truncate(len);
-            buf
-        } else {
-            while read_more(stream, &mut buf).await? > 0 {
-                if buf.len() > MAX_RESPONSE_BODY {
-                    return Err(too_large());
-                }
-            }
-            buf
-        };
-        return Ok(HcResponse {
-            status,
-            headers,
-            body: Bytes::from(body),
-        });
-    }
-}
-
-fn too_large() -> TransportError {
-    TransportError::new(
-        TransportErrorKind::PayloadTooLarge,
-        "HTTP response body over 64 MiB",
-    )
-}
-
-/// Decodes a chunked body (RFC 9112 §7.1) from what was read after the head and the rest of the
-/// stream; trailers are dropped.
-async fn read_chunked(
-    stream: &mut Box<dyn Io>,
-    mut raw: Vec<u8>,
-) -> Result<Vec<u8>, TransportError> {
-    let mut body = Vec::new();
-    let mut at = 0;
-    // The chunks.
-    loop {
-        match httparse::parse_chunk_size(&raw[at..]) {
-            Ok(httparse::Status::Complete((n, size))) => {
-                let size = usize::try_from(size).map_err(|_| too_large())?;
-                if size == 0 {
-                    at += n;
-                    break;
-                }
-                if body.len() + size > MAX_RESPONSE_BODY {
-                    return Err(too_large());
-                }
-                while raw.len() < at + n + size + 2 {
-                    if read_more(stream, &mut raw).await? == 0 {
-                        return Err(cut_short());
-                    }
-                }
-                let data = at + n;
-                if &raw[data + size..data + size + 2] != b"\r\n" {
-                    return Err(protocol("HTTP chunk not followed by CRLF"));
-                }
-                body.extend_from_slice(&raw[data..data + size]);
-                at = data + size + 2;
-            }
-            Ok(httparse::Status::Partial) => {
-                if raw.len() - at > 4096 {
-                    return Err(protocol("HTTP chunk size line too long"));
-                }
-                if read_more(stream, &mut raw).await? == 0 {
-                    return Err(cut_short());
-                }
-            }
-            Err(_) => return Err(protocol("bad HTTP chunk size")),
+        if end {
+            return Err(cut_short());
         }
-    }
-    // The trailers, up to an empty line; a stream that ends first is forgiven.
-    loop {
-        match raw[at..].windows(2).position(|w| w == b"\r\n") {
-            Some(0) => return Ok(body),
-            Some(eol) => at += eol + 2,
-            None => {
-                if raw.len() - at > 64 * 1024 {
-                    return Err(protocol("HTTP trailers too long"));
-                }
-                if read_more(stream, &mut raw).await? == 0 {
-                    return Ok(body);
-                }
-            }
-        }
+        end = read_more(stream, &mut buf).await? == 0;
     }
 }
 
