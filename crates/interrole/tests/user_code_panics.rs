@@ -221,8 +221,16 @@ async fn a_panicking_serve_handler_fails_that_request_only() {
     interrole::impl_event!(Answer = "test.panics.answer");
 
     let fabric = Loopback::new();
-    let server = Bus::builder().instance("server").transport(fabric.clone()).build().unwrap();
-    let client = Bus::builder().instance("client").transport(fabric).build().unwrap();
+    let server = Bus::builder()
+        .instance("server")
+        .transport(fabric.clone())
+        .build()
+        .unwrap();
+    let client = Bus::builder()
+        .instance("client")
+        .transport(fabric)
+        .build()
+        .unwrap();
     let _serving = server.serve::<Ask, Answer, _>(|a| {
         assert!(a.0 != 1, "handler exploded");
         Answer(a.0 * 10)
