@@ -437,6 +437,14 @@ impl InterRoleEvent {
     pub fn ptr_eq(a: &Self, b: &Self) -> bool {
         Arc::ptr_eq(&a.body, &b.body)
     }
+
+    /// Whether other handles to this envelope exist, so that dropping this one cannot drop the
+    /// payload. A snapshot: another thread may drop its handle at any time, so `false` is
+    /// certain only for a handle no other thread can reach.
+    #[inline]
+    pub fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.body) > 1
+    }
 }
 
 impl fmt::Debug for InterRoleEvent {

@@ -227,7 +227,7 @@ impl Hub {
             push(vec![(self.inner.clone(), Item::Event(event))]);
         } else {
             let children = self.inner.run(&event);
-            drop_guarded(event);
+            drop_event(event);
             drain(children);
         }
         Ok(())
@@ -529,6 +529,18 @@ pub(crate) fn run_guarded(what: &'static str, f: impl FnOnce()) {
     }
 }
 
+/// Drops an event: a handle that shares its envelope with others only lowers a count, and only
+/// the drop that may be the last goes through [`drop_guarded`] (whose `catch_unwind` costs a
+/// call on every dispatch otherwise).
+#[inline]
+pub(crate) fn drop_event(event: InterRoleEvent) {
+    if event.is_shared() {
+        drop(event);
+    } else {
+        drop_guarded(event);
+    }
+}
+
 /// Drops `value`, whose drop may run user code (the last reference to an event drops its
 /// payload): a panic there is logged and goes no further, so that it can neither unwind through
 /// the hub's state nor abort a thread that is already unwinding.
@@ -771,7 +783,7 @@ pub(crate) fn publish_group<T, E>(
     }
     drain(children);
     sent.map(|(event, value)| {
-        drop_guarded(event);
+        drop_event(event);
         value
     })
 }
@@ -780,7 +792,7 @@ fn run_item(hub: &Arc<HubInner>, item: Item) -> Vec<Group> {
     match item {
         Item::Event(event) => {
             let children = hub.run(&event);
-            drop_guarded(event);
+            drop_event(event);
             children
         }
         // Like `on_next`, `on_error` and `on_completed` run with the lane held: what they publish
