@@ -57,10 +57,13 @@ pub mod fanout {
         fn publish_once(&mut self);
         /// How many deliveries were made so far (the shared counter).
         fn delivered(&self) -> u64;
+        /// How many publishes were made so far: every one must have reached every receiver
+        /// (`delivered == published × receivers`).
+        fn published(&self) -> u64;
     }
 
     /// The systems measured, in table order: interrole and its two peers, then interrole's hub
-    /// alone (a breakdown, not a peer).
+    /// alone (a breakdown, not a peer), then the floor: a list of closures called in a loop.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum System {
         /// `interrole::Bus` on a private `Loopback`, sequential dispatch.
@@ -71,15 +74,19 @@ pub mod fanout {
         Crossbeam,
         /// Not a peer: interrole's hub alone ([`HubOnlyFanout`]), to show where the time goes.
         HubOnly,
+        /// Not a peer: the floor, a `Vec<Box<dyn Fn(&Tick)>>` called in a loop ([`FloorFanout`]):
+        /// what calling N closures costs with nothing around it.
+        Floor,
     }
 
     impl System {
         /// Every system, in table order.
-        pub const ALL: [System; 4] = [
+        pub const ALL: [System; 5] = [
             System::Interrole,
             System::TokioBroadcast,
             System::Crossbeam,
             System::HubOnly,
+            System::Floor,
         ];
 
         /// The system's name in tables and benchmark ids.
@@ -89,16 +96,19 @@ pub mod fanout {
                 System::TokioBroadcast => "tokio_broadcast",
                 System::Crossbeam => "crossbeam_channel",
                 System::HubOnly => "interrole_hub_only",
+                System::Floor => "closure_list_floor",
             }
         }
 
         /// A fixture of this system with `n` receivers.
         pub fn fixture(self, n: usize) -> Box<dyn Fanout> {
             match self {
-                System::Interrole => Box::new(InterroleFanout::new(n, Dispatch::Sequential)),
+                // The default a user gets: adaptive dispatch.
+                System::Interrole => Box::new(InterroleFanout::new(n, Dispatch::Adaptive)),
                 System::TokioBroadcast => Box::new(TokioBroadcastFanout::new(n)),
                 System::Crossbeam => Box::new(CrossbeamFanout::new(n)),
                 System::HubOnly => Box::new(HubOnlyFanout::new(n)),
+                System::Floor => Box::new(FloorFanout::new(n)),
             }
         }
     }
@@ -171,6 +181,9 @@ pub mod fanout {
         fn delivered(&self) -> u64 {
             self.counter.load(Ordering::Relaxed)
         }
+        fn published(&self) -> u64 {
+            self.next
+        }
     }
 
     /// Interrole's hub alone, for a breakdown: a prebuilt envelope (cloning it is one reference
@@ -182,6 +195,7 @@ pub mod fanout {
         event: InterRoleEvent,
         guards: Vec<Subscription>,
         counter: Arc<AtomicU64>,
+        published: u64,
     }
 
     impl std::fmt::Debug for HubOnlyFanout {
@@ -220,6 +234,7 @@ pub mod fanout {
                 event,
                 guards,
                 counter,
+                published: 0,
             }
         }
     }
@@ -232,10 +247,14 @@ pub mod fanout {
             self.guards.len()
         }
         fn publish_once(&mut self) {
+            self.published += 1;
             self.hub.publish(self.event.clone()).expect("publish");
         }
         fn delivered(&self) -> u64 {
             self.counter.load(Ordering::Relaxed)
+        }
+        fn published(&self) -> u64 {
+            self.published
         }
     }
 
@@ -280,6 +299,9 @@ pub mod fanout {
         }
         fn delivered(&self) -> u64 {
             self.counter.load(Ordering::Relaxed)
+        }
+        fn published(&self) -> u64 {
+            self.next
         }
     }
 
@@ -326,6 +348,71 @@ pub mod fanout {
         }
         fn delivered(&self) -> u64 {
             self.counter.load(Ordering::Relaxed)
+        }
+        fn published(&self) -> u64 {
+            self.next
+        }
+    }
+
+    /// One observer of the floor: a boxed closure, as a bus keeps its closure observers.
+    type Closure = Box<dyn Fn(&Tick) + Send + Sync>;
+
+    /// The floor: `n` boxed closures, each bumping the shared counter, called in a loop with a
+    /// reference to the value. What a bus's typed closure observers would cost with no bus.
+    pub struct FloorFanout {
+        observers: Vec<Closure>,
+        counter: Arc<AtomicU64>,
+        next: u64,
+    }
+
+    impl std::fmt::Debug for FloorFanout {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("FloorFanout")
+                .field("observers", &self.observers.len())
+                .finish()
+        }
+    }
+
+    impl FloorFanout {
+        /// `n` counting closures.
+        pub fn new(n: usize) -> Self {
+            let counter = Arc::new(AtomicU64::new(0));
+            let observers = (0..n)
+                .map(|_| {
+                    let counter = counter.clone();
+                    Box::new(move |t: &Tick| {
+                        std::hint::black_box(t);
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }) as Closure
+                })
+                .collect();
+            Self {
+                observers,
+                counter,
+                next: 0,
+            }
+        }
+    }
+
+    impl Fanout for FloorFanout {
+        fn name(&self) -> &'static str {
+            System::Floor.name()
+        }
+        fn receivers(&self) -> usize {
+            self.observers.len()
+        }
+        fn publish_once(&mut self) {
+            self.next += 1;
+            let tick = std::hint::black_box(Tick(self.next));
+            for o in &self.observers {
+                o(&tick);
+            }
+        }
+        fn delivered(&self) -> u64 {
+            self.counter.load(Ordering::Relaxed)
+        }
+        fn published(&self) -> u64 {
+            self.next
         }
     }
 
