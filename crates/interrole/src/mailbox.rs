@@ -230,6 +230,9 @@ pub(crate) struct Shared {
     ready: Notify,
     hub: std::sync::Weak<HubInner>,
     disconnect: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// `State::cancelled`, readable without the lock: the task checks it before each event of
+    /// the batch it took.
+    cancelled: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -248,6 +251,7 @@ impl Shared {
             ready: Notify::new(),
             hub,
             disconnect: OnceLock::new(),
+            cancelled: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -260,6 +264,7 @@ impl Shared {
     pub(crate) fn cancel(&self) {
         let mut s = self.state.lock();
         s.cancelled = true;
+        self.cancelled.store(true, Ordering::Release);
         let discarded = std::mem::take(&mut s.queue);
         drop(s);
         self.space.notify_all();
@@ -381,19 +386,36 @@ impl Observer<InterRoleEvent> for Pusher {
 enum Step {
     Lagged(u64),
     Error(ObserverError),
-    Next(InterRoleEvent),
+    /// Events were moved from the queue to the task's batch.
+    Batch,
     Disconnected(u64),
     Completed,
     Wait,
     Stop,
 }
 
-/// The observer's task: takes events out in order and awaits the observer for each.
+/// The most events the task takes from the queue at once (one lock, one wake-up of waiting
+/// publishers, for all of them).
+const BATCH: usize = 64;
+
+/// The observer's task: takes events out in order, a batch at a time, and awaits the observer
+/// for each.
 pub(crate) async fn drain<T: FromEnvelope>(
     shared: Arc<Shared>,
     observer: Arc<dyn AsyncObserver<T>>,
 ) {
+    let mut batch = VecDeque::new();
     loop {
+        if let Some(event) = batch.pop_front() {
+            if shared.cancelled.load(Ordering::Acquire) {
+                // The guard was dropped: what is left is discarded.
+                crate::hub::drop_guarded(std::mem::take(&mut batch));
+                crate::hub::drop_guarded(event);
+                return;
+            }
+            next(&shared, &*observer, event).await;
+            continue;
+        }
         let step = {
             let mut s = shared.state.lock();
             if s.cancelled {
@@ -402,9 +424,11 @@ pub(crate) async fn drain<T: FromEnvelope>(
                 Step::Lagged(std::mem::take(&mut s.missed))
             } else if let Some(e) = s.errors.pop_front() {
                 Step::Error(e)
-            } else if let Some(event) = s.queue.pop_front() {
-                shared.space.notify_one();
-                Step::Next(event)
+            } else if !s.queue.is_empty() {
+                let n = s.queue.len().min(BATCH);
+                batch.extend(s.queue.drain(..n));
+                shared.space.notify_all();
+                Step::Batch
             } else if s.disconnected {
                 Step::Disconnected(std::mem::take(&mut s.missed))
             } else if s.completed {
@@ -424,35 +448,7 @@ pub(crate) async fn drain<T: FromEnvelope>(
                 call_error(&*observer, ObserverError::Lagged { missed }).await;
             }
             Step::Error(error) => call_error(&*observer, error).await,
-            Step::Next(event) => {
-                // Decoding (the payload's `Deserialize`) and the call both run user code: a panic
-                // in either goes to `on_error`, and this task carries on with the next event.
-                let call = async {
-                    match T::from_envelope(event.clone()) {
-                        Ok(value) => {
-                            observer.on_next(value).await;
-                            None
-                        }
-                        Err(error) => Some(error),
-                    }
-                };
-                match std::panic::AssertUnwindSafe(call).catch_unwind().await {
-                    Ok(None) => {}
-                    Ok(Some(error)) => {
-                        call_error(&*observer, ObserverError::from_payload(&event, error)).await;
-                    }
-                    Err(payload) => {
-                        if let Some(hub) = shared.hub.upgrade() {
-                            hub.counters.panics.fetch_add(1, Ordering::Relaxed);
-                        }
-                        let error = ObserverError::panicked(&*payload);
-                        tracing::warn!(event = %event.id(), %error, "async observer panicked; routed to its on_error");
-                        crate::hub::drop_payload(payload);
-                        call_error(&*observer, error).await;
-                    }
-                }
-                crate::hub::drop_guarded(event);
-            }
+            Step::Batch => {}
             Step::Disconnected(missed) => {
                 let reason = format!(
                     "mailbox of {} events overflowed ({missed} dropped)",
@@ -474,6 +470,41 @@ pub(crate) async fn drain<T: FromEnvelope>(
             }
         }
     }
+}
+
+/// Hands one event to the observer. Decoding (the payload's `Deserialize`) and the call both
+/// run user code: a panic in either goes to `on_error`, and the task carries on with the next
+/// event.
+async fn next<T: FromEnvelope>(
+    shared: &Shared,
+    observer: &dyn AsyncObserver<T>,
+    event: InterRoleEvent,
+) {
+    let call = async {
+        match T::from_envelope(event.clone()) {
+            Ok(value) => {
+                observer.on_next(value).await;
+                None
+            }
+            Err(error) => Some(error),
+        }
+    };
+    match std::panic::AssertUnwindSafe(call).catch_unwind().await {
+        Ok(None) => {}
+        Ok(Some(error)) => {
+            call_error(observer, ObserverError::from_payload(&event, error)).await;
+        }
+        Err(payload) => {
+            if let Some(hub) = shared.hub.upgrade() {
+                hub.counters.panics.fetch_add(1, Ordering::Relaxed);
+            }
+            let error = ObserverError::panicked(&*payload);
+            tracing::warn!(event = %event.id(), %error, "async observer panicked; routed to its on_error");
+            crate::hub::drop_payload(payload);
+            call_error(observer, error).await;
+        }
+    }
+    crate::hub::drop_guarded(event);
 }
 
 async fn call_error<T: Send + 'static>(observer: &dyn AsyncObserver<T>, error: ObserverError) {
