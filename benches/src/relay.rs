@@ -41,7 +41,7 @@ pub const THROUGHPUT_MAX: Duration = Duration::from_secs(10);
 /// PUBLISH frames per WebSocket message at most.
 pub const BATCH: usize = 64;
 /// How far the publisher may run ahead of the slowest subscriber, in events (below the relay's
-/// default subscriber queue of 4096, so that the drop-oldest policy never applies).
+/// default subscriber queue of 16,384 events, so that the drop-oldest policy never applies).
 pub const WINDOW: u64 = 2048;
 /// Subscriber counts of `compare sweep`, one max-throughput run each.
 pub const SWEEP_SUBSCRIBERS: [usize; 7] = [1, 2, 5, 10, 20, 50, 100];
@@ -53,8 +53,14 @@ pub const SWEEP_MAX: Duration = Duration::from_secs(3);
 pub const LATENCY_RATE: u64 = 20_000;
 /// How long the latency run publishes.
 pub const LATENCY_RUN: Duration = Duration::from_secs(5);
-/// Idle subscribers of `compare scale`.
+/// Idle subscribers of `compare scale` (`--subscribers N` chooses another count).
 pub const SCALE_SUBSCRIBERS: usize = 10_000;
+/// The most subscribers `compare scale` takes: the relay process's connections but one, the
+/// publisher's.
+pub const SCALE_MAX_SUBSCRIBERS: usize = RELAY_MAX_CONNECTIONS - 1;
+/// The connections, and subscribers per path, the relay process allows (the defaults, 10,000,
+/// are too few for 10,000 subscribers and a publisher).
+const RELAY_MAX_CONNECTIONS: usize = 20_000;
 /// Subscribers connecting at once in `compare scale`.
 pub const CONNECT_CONCURRENCY: usize = 500;
 /// Single events published to the idle subscribers of `compare scale`, one at a time.
@@ -97,9 +103,8 @@ pub fn serve(args: &[String]) -> Result<(), Error> {
             keys,
             ..interrole_relay_server::Config::default()
         };
-        // 10,000 subscribers and a publisher exceed the default 10,000 connections.
-        config.limits.max_connections = 20_000;
-        config.limits.max_subscribers_per_path = 20_000;
+        config.limits.max_connections = RELAY_MAX_CONNECTIONS;
+        config.limits.max_subscribers_per_path = RELAY_MAX_CONNECTIONS;
         let server = interrole_relay_server::Server::bind(config).await?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", server.local_addr())?;

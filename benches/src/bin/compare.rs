@@ -7,6 +7,7 @@
 //! cargo run --release -p benches --bin compare -- multicast
 //! cargo run --release -p benches --bin compare -- sweep --csv target/sweep.csv
 //! cargo run --release -p benches --bin compare -- scale
+//! cargo run --release -p benches --bin compare -- scale --subscribers 2000 --check
 //! cargo run --release -p benches --bin compare -- recovery
 //! ```
 //!
@@ -63,8 +64,8 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "scale",
-        about: "relay (child process): 10,000 idle subscribers; memory each, publish-to-last latency",
-        run: Run::Bare(scale),
+        about: "relay (child process): idle subscribers; memory each, publish-to-last latency; [--subscribers N] [--check]",
+        run: Run::Args(scale),
     },
     Command {
         name: "recovery",
@@ -452,8 +453,48 @@ fn multicast() -> ExitCode {
     report("multicast", multicast_inner())
 }
 
-fn scale() -> ExitCode {
-    report("scale", scale_inner())
+/// `compare scale [--subscribers N] [--check]`: N idle subscribers (default
+/// [`relay::SCALE_SUBSCRIBERS`]); with `--check`, a missed memory target is a failure (exit code
+/// 1), so that CI can run it; without, only the verdict line says so.
+fn scale(args: &[String]) -> ExitCode {
+    let mut n = relay::SCALE_SUBSCRIBERS;
+    let mut check = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match (a.as_str(), it.clone().next()) {
+            ("--check", _) => check = true,
+            ("--subscribers", Some(v)) => match v.parse::<usize>() {
+                Ok(v) if (1..=relay::SCALE_MAX_SUBSCRIBERS).contains(&v) => {
+                    n = v;
+                    it.next();
+                }
+                _ => {
+                    eprintln!(
+                        "compare scale: --subscribers takes 1 to {}, not {v:?}",
+                        relay::SCALE_MAX_SUBSCRIBERS
+                    );
+                    return ExitCode::from(2);
+                }
+            },
+            _ => {
+                eprintln!(
+                    "compare scale: unexpected arguments {args:?} (expected: [--subscribers N] [--check])\n"
+                );
+                eprint!("{}", usage());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match scale_inner(n) {
+        Ok(met) if check && !met => {
+            eprintln!(
+                "compare scale: over the target of {} KiB per idle subscriber (--check)",
+                relay::TARGET_KIB_PER_SUBSCRIBER
+            );
+            ExitCode::FAILURE
+        }
+        r => report("scale", r.map(|_| ())),
+    }
 }
 
 fn report(name: &str, result: Result<(), Box<dyn std::error::Error + Send + Sync>>) -> ExitCode {
@@ -965,9 +1006,9 @@ fn sweep_inner(csv: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync
     Ok(())
 }
 
-fn scale_inner() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// Runs `compare scale` with `n` subscribers; returns whether the memory target was met.
+fn scale_inner(n: usize) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
     print_machine(interrole::pool_threads());
-    let n = relay::SCALE_SUBSCRIBERS;
     let server = start_relay()?;
     println!(
         "{n} idle subscribers on one path, {} connecting at a time, each sends RESUME",
@@ -1027,10 +1068,11 @@ fn scale_inner() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         );
     }
     println!();
+    let met = per <= relay::TARGET_KIB_PER_SUBSCRIBER;
     println!(
         "target: <= {} KiB per idle subscriber: {per:.2} -> {}",
         relay::TARGET_KIB_PER_SUBSCRIBER,
-        verdict(per <= relay::TARGET_KIB_PER_SUBSCRIBER)
+        verdict(met)
     );
     if latencies.len() < r.rounds.len() {
         return Err("an event did not reach every subscriber".into());
@@ -1044,7 +1086,7 @@ fn scale_inner() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     println!(
         "scale subscribers={n} rss_per_subscriber_kib={per:.2} publish_to_last_delivery_ms={last_ms:.2}"
     );
-    Ok(())
+    Ok(met)
 }
 
 /// Starts `nats-server` in a child process, when it is installed, and says where it listens.

@@ -242,12 +242,36 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Serves one accepted connection: its handshake, then, for a multicast connection, its life.
+///
+/// The handshake is a boxed future of its own, freed when it ends, and within it a Hybrid
+/// Connections exchange is boxed again. A task's future is allocated once, as large as its
+/// largest state, and kept until the task ends: were they inlined, every idle multicast
+/// subscriber would keep the request head's 4 KiB read buffer and a Hybrid Connections request
+/// body's 16 KiB one (an 18.4 KiB future instead of 1.6 KiB), and every multicast handshake would
+/// allocate the latter (`docs/benchmarks.md`, "Where the memory went").
 async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
     ctx: Arc<Ctx>,
     shutdown: watch::Receiver<bool>,
 ) {
+    let Some((ws, admitted)) = Box::pin(handshake(tcp, peer, &ctx, &shutdown)).await else {
+        return;
+    };
+    multicast_connection(ws, peer, admitted, &ctx, shutdown).await;
+}
+
+/// Everything before a multicast connection runs: TLS, the request head, the health and metrics
+/// answers, Hybrid Connections (served here to their end), a multicast connection's admission and
+/// upgrade. Returns the upgraded multicast connection, or `None` when the connection was
+/// answered, refused or served.
+async fn handshake(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    ctx: &Arc<Ctx>,
+    shutdown: &watch::Receiver<bool>,
+) -> Option<(WebSocketStream<Conn>, Admitted)> {
     let gauge = Gauge::new(ctx.metrics.gauge(Kind::Handshake));
     let limits = &ctx.config.limits;
     // The TLS handshake and the request head share the handshake timeout.
@@ -258,12 +282,12 @@ async fn connection(
             Err(_) => {
                 ctx.metrics.reject(Reason::HandshakeTimeout);
                 tracing::debug!(%peer, "TLS handshake timeout");
-                return;
+                return None;
             }
             Ok(Err(e)) => {
                 ctx.metrics.reject(Reason::Tls);
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                return;
+                return None;
             }
             Ok(Ok(tls)) => Conn::Tls(Box::new(tls)),
         },
@@ -277,18 +301,18 @@ async fn connection(
         Err(_) => {
             ctx.metrics.reject(Reason::HandshakeTimeout);
             tracing::debug!(%peer, "handshake timeout");
-            return;
+            return None;
         }
-        Ok(Err(HeadError::Io)) => return,
+        Ok(Err(HeadError::Io)) => return None,
         Ok(Err(HeadError::Malformed)) => {
             ctx.metrics.reject(Reason::BadRequest);
             http::respond_error(&mut stream, 400, "malformed request").await;
-            return;
+            return None;
         }
         Ok(Err(HeadError::TooLarge)) => {
             ctx.metrics.reject(Reason::BadRequest);
             http::respond_error(&mut stream, 431, "request head too large").await;
-            return;
+            return None;
         }
         Ok(Ok(head)) => head,
     };
@@ -310,13 +334,13 @@ async fn connection(
             }
             http::respond(&mut stream, 200, ct, "", &body).await;
         }
-        return;
+        return None;
     }
     if head.header("host").is_none_or(str::is_empty) {
         // HTTP/1.1 requires it (RFC 9112, 3.2), and a token's audience is checked against it.
         ctx.metrics.reject(Reason::BadRequest);
         http::respond_error(&mut stream, 400, "the Host header is missing").await;
-        return;
+        return None;
     }
     let address = match RelayAddress::parse(&head.target, &limits.url_limits()) {
         Ok(a) => a,
@@ -324,39 +348,61 @@ async fn connection(
             refuse(
                 &mut stream,
                 peer,
-                &ctx,
+                ctx,
                 (e.http_status(), Reason::BadAddress, e.to_string()),
             )
             .await;
-            return;
+            return None;
         }
     };
     if *shutdown.borrow() {
         http::respond_error(&mut stream, 503, "relay shutting down").await;
-        return;
+        return None;
     }
     if !address.action().is_multicast() {
         drop(gauge);
-        hc::serve(stream, peer, head, address, &ctx, shutdown).await;
-        return;
+        // Boxed, so that a multicast handshake's future is not as large as this (see
+        // `connection`).
+        Box::pin(hc::serve(
+            stream,
+            peer,
+            head,
+            address,
+            ctx,
+            shutdown.clone(),
+        ))
+        .await;
+        return None;
     }
-    let admitted = match admit(&head, &address, &ctx) {
+    let admitted = match admit(&head, &address, ctx) {
         Ok(a) => a,
         Err(refusal) => {
-            refuse(&mut stream, peer, &ctx, refusal).await;
-            return;
+            refuse(&mut stream, peer, ctx, refusal).await;
+            return None;
         }
     };
     if http::respond_upgrade(&mut stream, &admitted.accept_key, None)
         .await
         .is_err()
     {
-        return;
+        return None;
     }
     let ws =
         WebSocketStream::from_partially_read(stream, head.rest, Role::Server, Some(ctx.ws_config))
             .await;
     drop(gauge);
+    Some((ws, admitted))
+}
+
+/// A multicast connection after its upgrade: reads on this task, writes on a task of its own.
+async fn multicast_connection(
+    ws: WebSocketStream<Conn>,
+    peer: SocketAddr,
+    admitted: Admitted,
+    ctx: &Ctx,
+    shutdown: watch::Receiver<bool>,
+) {
+    let limits = &ctx.config.limits;
     let publisher = admitted.action == Action::Publish;
     let _gauge = Gauge::new(ctx.metrics.gauge(if publisher {
         Kind::Publisher
@@ -512,4 +558,48 @@ pub(crate) fn verify_token(
     keys.verify(&token, &access)?;
     let left = token.expiry().saturating_sub(now);
     Ok(Instant::now().checked_add(Duration::from_secs(left)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection task's future is allocated once, as large as its largest state, and kept
+    /// for the connection's life: what only the handshake needs must not be part of it (see
+    /// [`connection`]). Were the handshake inlined, it would be over 4 KiB (the request head's
+    /// read buffer alone is 4 KiB); were a Hybrid Connections exchange inlined into the
+    /// handshake, that would be over 16 KiB (its request body buffer).
+    #[tokio::test]
+    async fn connection_futures_stay_under_4_kib_and_handshakes_under_8() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = Arc::new(Config::default());
+        let metrics = Arc::new(Metrics::default());
+        let ctx = Arc::new(Ctx {
+            hub: Hub::new(config.clone(), metrics.clone()),
+            hc: hc::Relay::new(),
+            keys: config.key_set().unwrap(),
+            config,
+            metrics,
+            ws_config: WebSocketConfig::default(),
+            tls: None,
+        });
+        let (_tx, shutdown) = watch::channel(false);
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let handshake = handshake(tcp, addr, &ctx, &shutdown);
+        let handshake_bytes = std::mem::size_of_val(&handshake);
+        drop(handshake);
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let connection = connection(tcp, addr, ctx.clone(), shutdown.clone());
+        let connection_bytes = std::mem::size_of_val(&connection);
+        drop(connection);
+        assert!(
+            connection_bytes <= 4096,
+            "a connection task's future is {connection_bytes} bytes: is the handshake inlined?"
+        );
+        assert!(
+            handshake_bytes <= 8192,
+            "a handshake future is {handshake_bytes} bytes: is a Hybrid Connections exchange inlined?"
+        );
+    }
 }
