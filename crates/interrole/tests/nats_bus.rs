@@ -55,6 +55,20 @@ fn ticks(s: &Seen) -> Vec<u64> {
     s.ticks.lock().unwrap().clone()
 }
 
+/// The tick [`settled`] publishes; no test publishes it otherwise.
+const MARKER: u64 = u64::MAX;
+
+/// What `seen` got before a marker that `from` publishes after everything else: per-sender order
+/// puts whatever `from` sent before it (a duplicate included) ahead of it, so once the marker is
+/// in, nothing more of that is coming, and no quiet period is needed to know it.
+async fn settled(from: &Bus, seen: &Seen) -> Vec<u64> {
+    from.publish(Tick { n: MARKER }).unwrap();
+    wait_until("the marker", || ticks(seen).contains(&MARKER)).await;
+    let mut got = ticks(seen);
+    assert_eq!(got.pop(), Some(MARKER), "events after the marker: {got:?}");
+    got
+}
+
 async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + LONG;
     while !f() {
@@ -136,10 +150,10 @@ async fn typed_events_and_request_reply_over_nats() {
         a.publish(Tick { n }).unwrap();
     }
     wait_until("300 at b", || ticks(&sb).len() >= 300).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(ticks(&sb), (0..300).collect::<Vec<_>>());
+    assert_eq!(settled(&a, &sb).await, (0..300).collect::<Vec<_>>());
     // Local observers got the local publishes once: nothing echoed back through NATS.
-    assert_eq!(ticks(&sa), (0..300).collect::<Vec<_>>());
+    let local: Vec<u64> = ticks(&sa).into_iter().filter(|&n| n != MARKER).collect();
+    assert_eq!(local, (0..300).collect::<Vec<_>>());
     assert_eq!(a.stats().received, 0);
     let answer = a
         .request::<Ask, Answer>(&InstanceId::new("b").unwrap(), Ask { x: 41 }, LONG)
@@ -230,7 +244,8 @@ async fn killing_the_node_a_bus_is_on_moves_it_and_nothing_is_lost() {
             n + 400
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Killed while events flow.
+    wait_until("events flowing to b", || ticks(&sb).len() > 20).await;
     let mut states = b.host().unwrap().watch();
     cluster.kill(node);
     let killed_at = Instant::now();
@@ -249,8 +264,11 @@ async fn killing_the_node_a_bus_is_on_moves_it_and_nothing_is_lost() {
     let end = publisher.await.unwrap();
     let expected: Vec<u64> = (start..end).collect();
     wait_until("every event at b", || ticks(&sb).len() >= expected.len()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(ticks(&sb), expected, "b moved after {moved_after:?}");
+    assert_eq!(
+        settled(&a, &sb).await,
+        expected,
+        "b moved after {moved_after:?}"
+    );
     assert!(
         sb.errors.lock().unwrap().is_empty(),
         "{:?}",
@@ -298,8 +316,7 @@ async fn a_durable_subscriber_that_was_down_misses_nothing() {
     let _g2 = b2.observe::<Tick, _>(sb2.clone());
     b2.host().unwrap().wait_opened(LONG).await.unwrap();
     wait_until("the 200 stored events", || ticks(&sb2).len() >= 200).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(ticks(&sb2), (1..=200).collect::<Vec<_>>());
+    assert_eq!(settled(&a, &sb2).await, (1..=200).collect::<Vec<_>>());
     a.close().await;
     b2.close().await;
 }
@@ -368,8 +385,7 @@ async fn a_restarted_subscriber_gets_what_its_previous_life_never_acknowledged()
     }
     // Well inside the acknowledgement wait.
     ticks_within(&sb, 300, Duration::from_secs(10)).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(ticks(&sb), (0..300).collect::<Vec<_>>());
+    assert_eq!(settled(&a, &sb).await, (0..300).collect::<Vec<_>>());
     assert!(sb.errors.lock().unwrap().is_empty());
     a.close().await;
     b.close().await;
@@ -431,7 +447,8 @@ async fn durable_mode_loses_nothing_when_a_cluster_node_dies() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Killed while events flow.
+    wait_until("events flowing to b", || ticks(&sb).len() > 20).await;
     let mut states = b.host().unwrap().watch();
     cluster.kill(node);
     // A JetStream cluster that lost a node may elect a new meta leader first: seconds.
@@ -444,8 +461,7 @@ async fn durable_mode_loses_nothing_when_a_cluster_node_dies() {
     .unwrap();
     publisher.await.unwrap();
     wait_until("all 400 at b", || ticks(&sb).len() >= 400).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(ticks(&sb), (0..400).collect::<Vec<_>>());
+    assert_eq!(settled(&a, &sb).await, (0..400).collect::<Vec<_>>());
     assert!(
         sb.errors.lock().unwrap().is_empty(),
         "{:?}",
