@@ -16,21 +16,6 @@ mod relay_support;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// An event whose `Serialize` panics when `explode` is set.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-struct Fragile {
-    n: u64,
-    explode: bool,
-}
-interrole::impl_event!(Fragile = "test.panics.fragile");
-
-impl Serialize for Fragile {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        assert!(!self.explode, "Serialize exploded");
-        (self.n, self.explode).serialize(s)
-    }
-}
-
 /// An event whose `Drop` panics when `armed` is set.
 #[derive(Debug, Serialize, Deserialize)]
 struct Grenade {
@@ -111,6 +96,21 @@ mod relay {
     #[derive(Debug, Clone, Serialize, Deserialize)]
     struct Probe;
     interrole::impl_event!(Probe = "test.panics.probe");
+
+    /// An event whose `Serialize` panics when `explode` is set.
+    #[derive(Debug, Clone, PartialEq, Deserialize)]
+    struct Fragile {
+        n: u64,
+        explode: bool,
+    }
+    interrole::impl_event!(Fragile = "test.panics.fragile");
+
+    impl Serialize for Fragile {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            assert!(!self.explode, "Serialize exploded");
+            (self.n, self.explode).serialize(s)
+        }
+    }
 
     /// After a publish whose `Serialize` panicked, caught by the publishing thread, the same
     /// thread's next publish reaches both the local and the remote observers.
