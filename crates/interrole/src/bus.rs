@@ -1,102 +1,29 @@
-//! The bus: one per role instance; publish, subscribe, close.
+//! The bus: one per role instance; publish, request, subscribe, close. Built by
+//! [`BusBuilder`](crate::BusBuilder) (`builder.rs`); what arrives goes through `inbound.rs`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-use futures::FutureExt;
 use interrole_core::{
-    Connection, Event, EventId, Inbound, InstanceId, InterRoleEvent, InvalidName, OpenSpec,
-    PayloadError, StreamPos, Topic, Transport, TransportError, TypeTag,
+    Connection, Event, EventId, Inbound, InstanceId, InterRoleEvent, StreamPos, Topic, Transport,
+    TransportError, TypeTag,
 };
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use crate::hub::{DispatchConfig, Hub, publish_group};
-use crate::loopback::Loopback;
-use crate::mailbox::{self, AsyncFn, AsyncObserver, FromEnvelope, Mailbox, Pusher, Received};
-use crate::observer::{FnObserver, Observable, Observer, Typed};
-use crate::reliable::{Control, Reliability, Reliable, ReliableHost, ReliableStats};
-use crate::subscription::Subscription;
-use crate::sync::Arc;
-
-/// Why a publish failed.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum PublishError {
-    /// The bus was closed.
-    #[error("the bus is closed")]
-    Closed,
-    /// The bus is not connected to its transport yet.
-    #[error("the bus is not connected yet")]
-    NotConnected,
-    /// The transport refused the event.
-    #[error("transport: {0}")]
-    Transport(#[from] TransportError),
-    /// Too many published events wait for the far end's acknowledgement (the connection is
-    /// down or slow): the event was not published. Retry later, or raise
-    /// [`Reliability::outbox_events`](crate::Reliability::outbox_events) /
-    /// [`outbox_bytes`](crate::Reliability::outbox_bytes).
-    #[error("the outbox is full: {events} events ({bytes} bytes) wait for acknowledgement")]
-    OutboxFull {
-        /// Events waiting.
-        events: usize,
-        /// Their bytes.
-        bytes: usize,
-    },
-}
-
-impl PublishError {
-    /// Whether publishing the same event again later may succeed.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            Self::NotConnected | Self::OutboxFull { .. } => true,
-            Self::Transport(e) => e.is_transient(),
-            Self::Closed => false,
-        }
-    }
-}
-
-/// Why a bus could not be built.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum BuildError {
-    /// The instance id or the topic is not acceptable.
-    #[error(transparent)]
-    InvalidName(#[from] InvalidName),
-    /// The transport refused to open.
-    #[error("opening the transport: {0}")]
-    Transport(#[from] TransportError),
-    /// A setting given to the builder is not acceptable (a relay URL, say).
-    #[error("{0}")]
-    Config(String),
-    /// The transport opens asynchronously and no tokio runtime was given or current.
-    #[error(
-        "the {0} transport needs a tokio runtime: build the bus inside one or give .runtime(handle)"
-    )]
-    NoRuntime(&'static str),
-}
-
-/// Why a [`Bus::request`] got no reply.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RequestError {
-    /// The request could not be sent.
-    #[error("sending the request: {0}")]
-    Publish(PublishError),
-    /// The transport refused the request (the target is not connected, say).
-    #[error("the request was refused: {0}")]
-    Refused(TransportError),
-    /// No reply came in time.
-    #[error("no reply within {0:?}")]
-    Timeout(Duration),
-    /// The reply is not of the type asked for, or does not decode.
-    #[error("the reply: {0}")]
-    Reply(PayloadError),
-}
+use crate::dispatch::hub::{Hub, HubStats, publish_group};
+use crate::error::{PublishError, RequestError};
+use crate::inbound::{PendingGuard, Receiver};
+use crate::observe::mailbox::{self, AsyncFn, AsyncObserver, FromEnvelope, Mailbox, Pusher, Received};
+use crate::observe::observer::{FnObserver, Observable, Observer, ObserverError, Typed};
+use crate::observe::subscription::Subscription;
+use crate::reliable::host::{Reliable, ReliableHost, ReliableStats};
+use crate::reliable::repair::Control;
+use crate::reliable::sink::Sink;
 
 /// Counters of a bus: its hub's, plus what arrived from other processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -110,281 +37,12 @@ pub struct BusStats {
     /// registered): they reached the observers of every event only.
     pub unknown_tags: u64,
     /// The hub's counters.
-    pub hub: crate::hub::HubStats,
+    pub hub: HubStats,
 }
 
-/// Builds a [`Bus`]: `Bus::builder().instance("worker-1").build()`.
-#[derive(Debug, Default)]
-#[must_use = "a builder does nothing until .build()"]
-pub struct BusBuilder {
-    instance: Option<String>,
-    topic: Option<String>,
-    transport: Option<Arc<dyn Transport>>,
-    dispatch: DispatchConfig,
-    runtime: Option<Handle>,
-    close_timeout: Option<Duration>,
-    reliability: Reliability,
-    config_error: Option<String>,
-}
-
-impl BusBuilder {
-    /// The instance this bus speaks for: the sender of what it publishes. Default: a name made of
-    /// the process id and a counter.
-    pub fn instance(mut self, id: impl Into<String>) -> Self {
-        self.instance = Some(id.into());
-        self
-    }
-
-    /// The topic shared by every instance that should hear each other. Default `"interrole"`.
-    pub fn topic(mut self, topic: impl Into<String>) -> Self {
-        self.topic = Some(topic.into());
-        self
-    }
-
-    /// The transport. Default: [`Loopback::shared`], the process-wide in-process fabric.
-    pub fn transport(mut self, transport: impl Transport) -> Self {
-        self.transport = Some(Arc::new(transport));
-        self
-    }
-
-    /// The transport, already shared.
-    pub fn transport_arc(mut self, transport: Arc<dyn Transport>) -> Self {
-        self.transport = Some(transport);
-        self
-    }
-
-    /// Carries the bus over the interrole relay at `url` (`ws://host:port`, `wss://host`), on
-    /// the path named by the [topic](BusBuilder::topic), proving its rights with `credentials`.
-    /// A bad URL is reported by [`build`](BusBuilder::build).
-    ///
-    /// ```no_run
-    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
-    /// use interrole::Bus;
-    /// use interrole::relay::Credentials;
-    ///
-    /// let bus = Bus::builder()
-    ///     .instance("worker-1")
-    ///     .topic("orders")
-    ///     .relay("ws://127.0.0.1:9400", Credentials::key("root", "s3cret"))
-    ///     .build()?;
-    /// bus.host().unwrap().wait_opened(std::time::Duration::from_secs(10)).await?;
-    /// # Ok(()) }
-    /// ```
-    #[cfg(feature = "relay")]
-    pub fn relay(mut self, url: &str, credentials: crate::relay::Credentials) -> Self {
-        match crate::relay::Relay::connect_to(url, credentials) {
-            Ok(relay) => self.transport = Some(Arc::new(crate::relay::RelayTransport::new(relay))),
-            Err(e) => self.config_error = Some(e.to_string()),
-        }
-        self
-    }
-
-    /// Carries the bus over NATS (see [`interrole::nats`](crate::nats) for the subjects and
-    /// what each mode promises); the topic names the subjects.
-    ///
-    /// ```no_run
-    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
-    /// use interrole::Bus;
-    /// use interrole::nats::NatsOptions;
-    ///
-    /// let bus = Bus::builder()
-    ///     .instance("worker-1")
-    ///     .topic("orders")
-    ///     .nats(NatsOptions::new("nats://127.0.0.1:4222"))
-    ///     .build()?;
-    /// bus.host().unwrap().wait_opened(std::time::Duration::from_secs(10)).await?;
-    /// # Ok(()) }
-    /// ```
-    #[cfg(feature = "nats")]
-    pub fn nats(mut self, options: crate::nats::NatsOptions) -> Self {
-        self.transport = Some(Arc::new(crate::nats::NatsTransport::new(options)));
-        self
-    }
-
-    /// How the bus rides out a network transport's failures: retry policy, outbox, retention,
-    /// gap timeout (see [`Reliability`]). Ignored on an in-process transport.
-    pub fn reliability(mut self, reliability: Reliability) -> Self {
-        self.reliability = reliability;
-        self
-    }
-
-    /// The retry policy of the connection (a shortcut for [`Reliability::retry`]).
-    pub fn retry(mut self, policy: interrole_core::RetryPolicy) -> Self {
-        self.reliability.retry = policy;
-        self
-    }
-
-    /// How the hub calls observers (see [`DispatchConfig`]).
-    pub fn dispatch(mut self, config: DispatchConfig) -> Self {
-        self.dispatch = config;
-        self
-    }
-
-    /// The tokio runtime that runs async observers and transport tasks. Default: the runtime
-    /// current when they are started.
-    pub fn runtime(mut self, handle: Handle) -> Self {
-        self.runtime = Some(handle);
-        self
-    }
-
-    /// How long [`Bus::close`] waits for async observers to drain their mailboxes. Default 10 s.
-    pub fn close_timeout(mut self, timeout: Duration) -> Self {
-        self.close_timeout = Some(timeout);
-        self
-    }
-
-    /// Builds the bus and connects it. Does not block: an in-process transport connects at once,
-    /// others in a task on the runtime.
-    ///
-    /// # Errors
-    /// [`BuildError`] for an invalid instance id or topic, a transport that refuses at once, or a
-    /// transport that needs a runtime when there is none.
-    pub fn build(self) -> Result<Bus, BuildError> {
-        if let Some(e) = self.config_error {
-            return Err(BuildError::Config(e));
-        }
-        let instance = match self.instance {
-            Some(id) => InstanceId::new(id)?,
-            None => {
-                static N: AtomicU64 = AtomicU64::new(1);
-                let n = N.fetch_add(1, Ordering::Relaxed);
-                InstanceId::new(format!("instance-{}-{n}", std::process::id()))?
-            }
-        };
-        let topic = match self.topic {
-            Some(t) => Topic::new(t)?,
-            None => Topic::default(),
-        };
-        let transport = self
-            .transport
-            .unwrap_or_else(|| Arc::new(Loopback::shared()));
-        let lossless = transport.limits().lossless;
-        let hub = Hub::with_config(self.dispatch);
-        let receiver = Arc::new(Receiver {
-            hub: hub.clone(),
-            known: Arc::new(RwLock::new(HashSet::new())),
-            unknown_logged: Mutex::new(HashSet::new()),
-            received: AtomicU64::new(0),
-            unknown: AtomicU64::new(0),
-            pending: Mutex::new(HashMap::new()),
-        });
-        // On a network transport, sequence numbers continue above a previous life of the same
-        // instance: they start from the microsecond the bus was built.
-        let epoch = if lossless { 1 } else { now_micros().max(1) };
-        let link = if lossless {
-            Link::Direct(OnceLock::new())
-        } else {
-            let handle = self
-                .runtime
-                .clone()
-                .or_else(|| Handle::try_current().ok())
-                .ok_or(BuildError::NoRuntime(transport.name()))?;
-            let reliable = Reliable::new(
-                transport.clone(),
-                topic.clone(),
-                instance.clone(),
-                self.reliability,
-                receiver.clone(),
-                epoch,
-            );
-            handle.spawn(reliable.clone().supervise());
-            Link::Reliable(reliable)
-        };
-        let inner = Arc::new(BusInner {
-            instance: instance.clone(),
-            topic: topic.clone(),
-            hub,
-            receiver: receiver.clone(),
-            seq: Mutex::new(Sequence {
-                last: if lossless { 0 } else { epoch - 1 },
-                epoch,
-                published: 0,
-                multicast: 0,
-                directed: HashMap::new(),
-            }),
-            link,
-            transport: transport.clone(),
-            closed: AtomicBool::new(false),
-            runtime: self.runtime.clone(),
-            tasks: Mutex::new(Vec::new()),
-            task_runtime: Mutex::new(None),
-            close_timeout: self.close_timeout.unwrap_or(Duration::from_secs(10)),
-            closing: Closing::default(),
-        });
-        if let Link::Reliable(r) = &inner.link {
-            let weak = Arc::downgrade(&inner);
-            r.set_control(Box::new(move |to, control| {
-                let inner = weak.upgrade().ok_or(PublishError::Closed)?;
-                let bus = Bus { inner };
-                match control {
-                    Control::Nak(n) => bus.send_with(n, Some(to), None, |_| {}),
-                    Control::Repair(r) => bus.send_with(r, Some(to), None, |_| {}),
-                    // To every other instance, and not to this bus's own observers.
-                    Control::Heartbeat(h) => bus.send_remote(h),
-                }
-                .map(|_| ())
-            }));
-        }
-        if let Link::Direct(slot) = &inner.link {
-            let spec = OpenSpec::new(topic, instance);
-            let opening = transport.open(spec.clone(), receiver.clone());
-            match opening.now_or_never() {
-                Some(result) => {
-                    let _ = slot.set(result?);
-                }
-                None => {
-                    let handle = self
-                        .runtime
-                        .or_else(|| Handle::try_current().ok())
-                        .ok_or(BuildError::NoRuntime(transport.name()))?;
-                    let weak = Arc::downgrade(&inner);
-                    handle.spawn(async move {
-                        match transport.open(spec, receiver).await {
-                            Ok(conn) => match weak.upgrade() {
-                                Some(inner) if !inner.closed.load(Ordering::Acquire) => {
-                                    if let Link::Direct(slot) = &inner.link {
-                                        let _ = slot.set(conn);
-                                    }
-                                }
-                                _ => conn.close().await,
-                            },
-                            Err(error) => tracing::error!(%error, "opening the transport failed"),
-                        }
-                    });
-                }
-            }
-        }
-        tracing::debug!(instance = %inner.instance, topic = %inner.topic, transport = inner.transport.name(), "bus built");
-        Ok(Bus { inner })
-    }
-}
-
-/// `E`'s tag, checked at compile time: a type whose tag is not valid does not compile when it is
-/// used with a bus ([`impl_event!`](interrole_core::impl_event) checks it where it is declared).
-fn checked_tag<E: Event>() -> TypeTag {
-    assert_valid_tag::<E>();
-    E::type_tag()
-}
-
-/// Fails the build, not the call, when `E`'s tag is not valid; costs nothing at run time.
-#[inline(always)]
-fn assert_valid_tag<E: Event>() {
-    const {
-        assert!(
-            interrole_core::tag_is_valid(E::TYPE_TAG),
-            "an Event's TYPE_TAG must be 1 to 256 ASCII letters, digits or `- _ . :`"
-        )
-    }
-}
-
-fn now_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
 
 /// How a bus reaches its transport.
-enum Link {
+pub(crate) enum Uplink {
     /// A lossless (in-process) transport: no reliability layer.
     Direct(OnceLock<Arc<dyn Connection>>),
     /// A network transport, through the reliable client and host.
@@ -392,13 +50,13 @@ enum Link {
 }
 
 /// A sender's numbering: sequence numbers and stream positions.
-struct Sequence {
+pub(crate) struct Sequence {
     /// The last sequence number used.
-    last: u64,
-    epoch: u64,
-    published: u64,
-    multicast: u64,
-    directed: HashMap<InstanceId, u64>,
+    pub(crate) last: u64,
+    pub(crate) epoch: u64,
+    pub(crate) published: u64,
+    pub(crate) multicast: u64,
+    pub(crate) directed: HashMap<InstanceId, u64>,
 }
 
 /// The event bus of one role instance: publish typed events, subscribe observers, close.
@@ -408,34 +66,34 @@ struct Sequence {
 /// transport and topic through the transport. See the crate docs for the delivery semantics.
 #[derive(Clone)]
 pub struct Bus {
-    inner: Arc<BusInner>,
+    pub(crate) inner: Arc<BusInner>,
 }
 
-struct BusInner {
-    instance: InstanceId,
-    topic: Topic,
-    hub: Hub,
-    receiver: Arc<Receiver>,
+pub(crate) struct BusInner {
+    pub(crate) instance: InstanceId,
+    pub(crate) topic: Topic,
+    pub(crate) hub: Hub,
+    pub(crate) receiver: Arc<Receiver>,
     /// The numbering; held while an event is numbered and handed to the transport, so that the
     /// transport sees each sender's events in sequence order.
-    seq: Mutex<Sequence>,
+    pub(crate) seq: Mutex<Sequence>,
     /// The transport connection.
-    link: Link,
-    transport: Arc<dyn Transport>,
-    closed: AtomicBool,
-    runtime: Option<Handle>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    pub(crate) uplink: Uplink,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) closed: AtomicBool,
+    pub(crate) runtime: Option<Handle>,
+    pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The runtime the async observers' tasks run on.
-    task_runtime: Mutex<Option<Handle>>,
-    close_timeout: Duration,
+    pub(crate) task_runtime: Mutex<Option<Handle>>,
+    pub(crate) close_timeout: Duration,
     /// How far [`Bus::close`] got.
-    closing: Closing,
+    pub(crate) closing: Closing,
 }
 
 /// The steps of [`Bus::close`] that are done, so that a close whose future was dropped can be
 /// taken up again.
 #[derive(Default)]
-struct Closing {
+pub(crate) struct Closing {
     /// The transport connection was closed.
     transport: AtomicBool,
     /// The async observers' tasks are waited for: `Some(in_time)` once they finished or the close
@@ -475,91 +133,52 @@ impl BusInner {
     }
 }
 
-type PendingReply = tokio::sync::oneshot::Sender<Result<InterRoleEvent, TransportError>>;
 
-/// Removes a request from the pending replies when dropped.
-struct PendingGuard<'a> {
-    pending: &'a Mutex<HashMap<u64, PendingReply>>,
-    key: Option<u64>,
+/// The bus as the reliability layer's [`Sink`]: what the layer releases goes to the receiver;
+/// its own events are numbered and sent by the bus.
+pub(crate) struct BusSink {
+    pub(crate) bus: Weak<BusInner>,
+    pub(crate) receiver: Arc<Receiver>,
 }
 
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(key) = self.key {
-            self.pending.lock().remove(&key);
-        }
-    }
-}
-
-/// What the transport (or the reliable layer) hands arriving events to.
-pub(crate) struct Receiver {
-    pub(crate) hub: Hub,
-    known: Arc<RwLock<HashSet<TypeTag>>>,
-    unknown_logged: Mutex<HashSet<TypeTag>>,
-    received: AtomicU64,
-    unknown: AtomicU64,
-    /// Requests waiting for their reply, by the request's sequence number.
-    pending: Mutex<HashMap<u64, PendingReply>>,
-}
-
-impl Receiver {
-    /// Whether this process knows the type `tag`: some observer was ever subscribed to it
-    /// (however it was subscribed), or it was registered.
-    fn knows(&self, tag: &TypeTag) -> bool {
-        self.hub.knows(tag) || self.known.read().contains(tag)
+impl Sink for BusSink {
+    fn deliver(&self, event: InterRoleEvent) {
+        self.receiver.event(event);
     }
 
-    /// Fails the request `seq`, if one waits.
-    pub(crate) fn fail_request(&self, seq: u64, error: TransportError) {
-        if let Some(tx) = self.pending.lock().remove(&seq) {
-            let _ = tx.send(Err(error));
-        }
+    fn missed(&self, sender: Option<InstanceId>, count: u64) {
+        self.receiver
+            .hub
+            .report(ObserverError::Missed { sender, count });
     }
-}
 
-impl Inbound for Receiver {
-    fn event(&self, event: InterRoleEvent) {
-        self.received.fetch_add(1, Ordering::Relaxed);
-        if let Some(request) = event.reply_to() {
-            if event.stream().directed {
-                if let Some(tx) = self.pending.lock().remove(&request) {
-                    let _ = tx.send(Ok(event));
-                    return;
-                }
+    fn refused(&self, seq: u64, error: TransportError) {
+        self.receiver.fail_request(seq, error);
+    }
+
+    fn control(&self, to: &InstanceId, control: Control) -> bool {
+        let Some(inner) = self.bus.upgrade() else {
+            return false;
+        };
+        let bus = Bus { inner };
+        let what = control.what();
+        let sent = match control {
+            Control::Nak(n) => bus.send_with(n, Some(to), None, |_| {}),
+            Control::Repair(r) => bus.send_with(r, Some(to), None, |_| {}),
+            // To every other instance, and not to this bus's own observers.
+            Control::Heartbeat(h) => bus.send_remote(h),
+        };
+        match sent {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::debug!(%error, "{what} could not be sent");
+                false
             }
         }
-        if !event.is_local() && !self.knows(event.type_tag()) {
-            self.unknown.fetch_add(1, Ordering::Relaxed);
-            if self.unknown_logged.lock().insert(event.type_tag().clone()) {
-                tracing::warn!(type_tag = %event.type_tag(), sender = %event.sender(),
-                    "event of an unknown type: delivered to the observers of every event only (logged once per tag)");
-            }
-        }
-        // A closed hub means the bus is closing: the event is late, not lost by the bus.
-        let _ = self.hub.publish(event);
-    }
-
-    fn rejected(&self, seq: u64, error: TransportError) {
-        tracing::warn!(seq, %error, "an event was refused");
-        self.fail_request(seq, error);
-    }
-
-    fn closed(&self, error: TransportError) {
-        tracing::warn!(%error, transient = error.is_transient(), "transport connection ended");
-    }
-}
-
-impl fmt::Debug for Receiver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Receiver").finish_non_exhaustive()
     }
 }
 
 impl Bus {
-    /// A builder.
-    pub fn builder() -> BusBuilder {
-        BusBuilder::default()
-    }
 
     /// The instance this bus speaks for.
     pub fn instance(&self) -> &InstanceId {
@@ -681,15 +300,15 @@ impl Bus {
             let envelope = InterRoleEvent::in_stream(id.clone(), event, stream, reply_to);
             on_numbered(id.seq);
             if !to_self {
-                match &inner.link {
-                    Link::Direct(slot) => match slot.get() {
+                match &inner.uplink {
+                    Uplink::Direct(slot) => match slot.get() {
                         Some(conn) => conn.send(&envelope, remote_target)?,
                         None if remote_target.is_some() => {
                             return Err(PublishError::NotConnected);
                         }
                         None => {}
                     },
-                    Link::Reliable(r) => r.send(&envelope, remote_target)?,
+                    Uplink::Reliable(r) => r.send(&envelope, remote_target)?,
                 }
             }
             seq.last += 1;
@@ -919,15 +538,8 @@ impl Bus {
             Some(tag) => self.inner.hub.subscribe_tag(tag, pusher),
             None => self.inner.hub.subscribe(pusher),
         };
-        let hub = Arc::downgrade(&self.inner.hub.inner);
-        let slot = subscription.slot_weak();
-        shared.set_disconnect(move || {
-            if let (Some(hub), Some(slot)) = (hub.upgrade(), slot.upgrade()) {
-                hub.unregister(slot.id());
-                // Called from inside the slot's own call: never wait here.
-                slot.deactivate(false);
-            }
-        });
+        // Called from inside the observer's own call: never waits.
+        shared.set_disconnect(subscription.disconnector());
         {
             let mut tasks = self.inner.tasks.lock();
             tasks.retain(|t| !t.is_finished());
@@ -958,8 +570,8 @@ impl Bus {
             return;
         }
         if !inner.closing.transport.load(Ordering::Acquire) {
-            match &inner.link {
-                Link::Direct(slot) => {
+            match &inner.uplink {
+                Uplink::Direct(slot) => {
                     if let Some(conn) = slot.get() {
                         if let Err(error) = conn.flush().await {
                             tracing::warn!(%error, "flushing the transport on close");
@@ -967,7 +579,7 @@ impl Bus {
                         conn.close().await;
                     }
                 }
-                Link::Reliable(r) => r.close(inner.close_timeout).await,
+                Uplink::Reliable(r) => r.close(inner.close_timeout).await,
             }
             inner.closing.transport.store(true, Ordering::Release);
         }
@@ -993,27 +605,27 @@ impl Bus {
 
     /// Whether the bus is connected to its transport.
     pub fn is_connected(&self) -> bool {
-        match &self.inner.link {
-            Link::Direct(slot) => slot.get().is_some_and(|c| c.is_open()),
-            Link::Reliable(r) => r.is_connected(),
+        match &self.inner.uplink {
+            Uplink::Direct(slot) => slot.get().is_some_and(|c| c.is_open()),
+            Uplink::Reliable(r) => r.is_connected(),
         }
     }
 
     /// The reliable host keeping the connection of a bus on a network transport (its state as a
     /// watch channel); `None` on an in-process transport, which never disconnects.
     pub fn host(&self) -> Option<ReliableHost> {
-        match &self.inner.link {
-            Link::Direct(_) => None,
-            Link::Reliable(r) => Some(r.host()),
+        match &self.inner.uplink {
+            Uplink::Direct(_) => None,
+            Uplink::Reliable(r) => Some(r.host()),
         }
     }
 
     /// The reliable client's and receiver's counters (outbox, re-sent, duplicates, missed);
     /// `None` on an in-process transport.
     pub fn reliable_stats(&self) -> Option<ReliableStats> {
-        match &self.inner.link {
-            Link::Direct(_) => None,
-            Link::Reliable(r) => Some(r.stats()),
+        match &self.inner.uplink {
+            Uplink::Direct(_) => None,
+            Uplink::Reliable(r) => Some(r.stats()),
         }
     }
 
@@ -1042,7 +654,7 @@ impl Drop for BusInner {
         // the transport (dropping the connection closes it; a reliable link's host stops).
         self.closed.store(true, Ordering::Release);
         self.hub.complete();
-        if let Link::Reliable(r) = &self.link {
+        if let Uplink::Reliable(r) = &self.uplink {
             r.abandon();
         }
     }
@@ -1075,3 +687,24 @@ const fn is_reliability_tag(tag: &str) -> bool {
     }
     true
 }
+
+
+
+/// `E`'s tag, checked at compile time: a type whose tag is not valid does not compile when it is
+/// used with a bus ([`impl_event!`](interrole_core::impl_event) checks it where it is declared).
+fn checked_tag<E: Event>() -> TypeTag {
+    assert_valid_tag::<E>();
+    E::type_tag()
+}
+
+/// Fails the build, not the call, when `E`'s tag is not valid; costs nothing at run time.
+#[inline(always)]
+fn assert_valid_tag<E: Event>() {
+    const {
+        assert!(
+            interrole_core::tag_is_valid(E::TYPE_TAG),
+            "an Event's TYPE_TAG must be 1 to 256 ASCII letters, digits or `- _ . :`"
+        )
+    }
+}
+

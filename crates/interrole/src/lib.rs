@@ -95,26 +95,31 @@
 //! reaches the observers of every event, is counted ([`BusStats::unknown_tags`]) and logged once
 //! per tag.
 
-#![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    rust_2018_idioms,
-    unreachable_pub
-)]
-#![deny(rustdoc::broken_intra_doc_links)]
+// The module map and the direction of dependencies: docs/architecture.md. In one line:
+// bus and builder -> reliable, inbound -> dispatch -> observe::{observer, subscription};
+// observe::mailbox -> dispatch.
 
+/// Items compiled in every build but the loom model checks' (`--cfg interrole_loom`, in this
+/// crate's own tests), which compile the dispatch core's registry alone.
+macro_rules! cfg_not_loom {
+    ($($item:item)*) => { $( #[cfg(not(all(test, interrole_loom)))] $item )* };
+}
+
+mod dispatch;
+mod loom;
+
+cfg_not_loom! {
+mod builder;
 mod bus;
-mod hub;
+mod error;
+mod inbound;
 mod loopback;
-mod mailbox;
-mod observer;
-mod registry;
+mod observe;
 mod reliable;
-mod subscription;
-mod sync;
 
-pub use bus::{BuildError, Bus, BusBuilder, BusStats, PublishError, RequestError};
+pub use builder::BusBuilder;
+pub use bus::{Bus, BusStats};
+pub use error::{BuildError, PublishError, RequestError};
 pub use reliable::{HostState, HostStatus, Reliability, ReliableHost, ReliableStats};
 
 /// The relay transport and its settings (feature `relay`): [`Credentials`](relay::Credentials),
@@ -131,11 +136,13 @@ pub mod relay {
 pub mod nats {
     pub use interrole_nats::*;
 }
-pub use hub::{Dispatch, DispatchConfig, Hub, HubClosed, HubStats, pool_threads};
+pub use dispatch::hub::{Dispatch, DispatchConfig, Hub, HubClosed, HubStats};
+pub use dispatch::pool::pool_threads;
 pub use loopback::Loopback;
-pub use mailbox::{AsyncObserver, FromEnvelope, Mailbox, Overflow, Received};
-pub use observer::{Observable, Observer, ObserverError};
-pub use subscription::Subscription;
+pub use observe::mailbox::{AsyncObserver, FromEnvelope, Mailbox, Overflow, Received};
+pub use observe::observer::{Observable, Observer, ObserverError};
+pub use observe::subscription::Subscription;
+}
 
 pub use interrole_core::{
     Event, EventId, InstanceId, InterRoleEvent, InvalidName, PayloadError, RetryPolicy, StreamPos,

@@ -12,8 +12,9 @@ use interrole_core::{
 };
 use parking_lot::RwLock;
 
-use crate::hub::{capture, release};
-use crate::sync::Arc;
+use std::sync::Arc;
+
+use crate::dispatch::reentry::{capture, release};
 
 /// The in-process transport: every bus opened on one `Loopback` (or on clones of it) reaches the
 /// others on the same topic, as separate role instances would through a relay.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use interrole_core::{Event, InstanceId, InterRoleEvent, PayloadError, TypeTag};
 
-use crate::subscription::Subscription;
+use super::subscription::Subscription;
 
 /// Receives a sequence of values: the `IObserver<T>` of Reactive Extensions, in Rust.
 ///

@@ -1,10 +1,27 @@
 //! The guard that keeps an observer subscribed.
 
 use std::fmt;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 
-use crate::hub::{HubInner, HubSlot, in_callback};
-use crate::sync::Arc;
+/// One registration of an observer, as its [`Subscription`] sees it.
+pub(crate) trait Registered: Send + Sync {
+    /// The registration's id, unique within its hub.
+    fn id(&self) -> u64;
+    /// Whether the observer still receives events.
+    fn is_active(&self) -> bool;
+    /// Stops calls to the observer; returns once a call under way on another thread has
+    /// ended, unless the caller is itself inside an observer call (then only new calls stop).
+    fn stop(&self);
+    /// Stops calls to the observer without waiting for one under way (called from inside the
+    /// observer's own call).
+    fn stop_now(&self);
+}
+
+/// Where a registration is routed from: a hub.
+pub(crate) trait Unregister: Send + Sync {
+    /// Removes one holder of registration `id`; returns whether that ended it.
+    fn unregister(&self, id: u64) -> bool;
+}
 
 /// Keeps an observer subscribed; dropping it unsubscribes.
 ///
@@ -28,16 +45,16 @@ use crate::sync::Arc;
 /// time.
 #[must_use = "dropping the subscription unsubscribes"]
 pub struct Subscription {
-    slot: Option<Arc<HubSlot>>,
-    hub: Weak<HubInner>,
+    slot: Option<Arc<dyn Registered>>,
+    hub: Option<Weak<dyn Unregister>>,
     on_cancel: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 impl Subscription {
-    pub(crate) fn new(slot: Arc<HubSlot>, hub: Weak<HubInner>) -> Self {
+    pub(crate) fn new(slot: Arc<dyn Registered>, hub: Weak<dyn Unregister>) -> Self {
         Self {
             slot: Some(slot),
-            hub,
+            hub: Some(hub),
             on_cancel: None,
         }
     }
@@ -45,7 +62,7 @@ impl Subscription {
     pub(crate) fn inactive() -> Self {
         Self {
             slot: None,
-            hub: Weak::new(),
+            hub: None,
             on_cancel: None,
         }
     }
@@ -56,8 +73,19 @@ impl Subscription {
         self
     }
 
-    pub(crate) fn slot_weak(&self) -> Weak<HubSlot> {
-        self.slot.as_ref().map_or_else(Weak::new, Arc::downgrade)
+    /// What cuts the observer off from inside its own call (an async observer whose mailbox
+    /// overflowed under `Overflow::Disconnect`): unregisters it, stops new calls, waits for none.
+    pub(crate) fn disconnector(&self) -> impl Fn() + Send + Sync + 'static {
+        let slot = self.slot.as_ref().map(Arc::downgrade);
+        let hub = self.hub.clone();
+        move || {
+            let slot = slot.as_ref().and_then(Weak::upgrade);
+            let hub = hub.as_ref().and_then(Weak::upgrade);
+            if let (Some(hub), Some(slot)) = (hub, slot) {
+                hub.unregister(slot.id());
+                slot.stop_now();
+            }
+        }
     }
 
     /// Whether the observer still receives events: false once the bus closed, or once the hub
@@ -89,7 +117,7 @@ impl Drop for Subscription {
         let Some(slot) = self.slot.take() else {
             return;
         };
-        if let Some(hub) = self.hub.upgrade() {
+        if let Some(hub) = self.hub.as_ref().and_then(Weak::upgrade) {
             if !hub.unregister(slot.id()) && slot.is_active() {
                 // The same observer, subscribed again on the same route, shares this
                 // registration: it stays until its last holder lets go.
@@ -101,7 +129,7 @@ impl Drop for Subscription {
         if let Some(f) = self.on_cancel.take() {
             f();
         }
-        slot.deactivate(!in_callback());
+        slot.stop();
     }
 }
 

@@ -20,9 +20,12 @@ use interrole_core::{Event, InterRoleEvent, PayloadError};
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::Notify;
 
-use crate::hub::HubInner;
-use crate::observer::{Observer, ObserverError};
-use crate::sync::{Arc, Ordering};
+use super::observer::{Observer, ObserverError};
+use crate::dispatch::hub::HubInner;
+use crate::dispatch::reentry::after_dispatch;
+use crate::dispatch::unwind::{drop_guarded, drop_payload};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// Receives values asynchronously: the async form of [`Observer`].
 ///
@@ -270,7 +273,7 @@ impl Shared {
         self.space.notify_all();
         self.ready.notify_one();
         // Outside the lock: dropping events may run their payloads' `Drop`.
-        crate::hub::drop_guarded(discarded);
+        drop_guarded(discarded);
     }
 
     /// Waits for room (up to `deadline`) and pushes `event`; when none comes in time, the event
@@ -346,7 +349,7 @@ impl Observer<InterRoleEvent> for Pusher {
                 let wait: Box<dyn FnOnce() + Send> =
                     Box::new(move || waiter.push_when_room(event, deadline));
                 match shared.hub.upgrade() {
-                    Some(hub) => crate::hub::after_dispatch(&hub, wait),
+                    Some(hub) => after_dispatch(hub, wait),
                     None => wait(),
                 }
                 return;
@@ -369,7 +372,7 @@ impl Observer<InterRoleEvent> for Pusher {
         shared.ready.notify_one();
         // The dropped event may hold the last reference to its payload: dropped with no lock
         // held, and a panicking `Drop` is not this observer's panic.
-        crate::hub::drop_guarded(oldest);
+        drop_guarded(oldest);
     }
 
     fn on_error(&self, error: ObserverError) {
@@ -409,8 +412,8 @@ pub(crate) async fn drain<T: FromEnvelope>(
         if let Some(event) = batch.pop_front() {
             if shared.cancelled.load(Ordering::Acquire) {
                 // The guard was dropped: what is left is discarded.
-                crate::hub::drop_guarded(std::mem::take(&mut batch));
-                crate::hub::drop_guarded(event);
+                drop_guarded(std::mem::take(&mut batch));
+                drop_guarded(event);
                 return;
             }
             next(&shared, &*observer, event).await;
@@ -464,7 +467,7 @@ pub(crate) async fn drain<T: FromEnvelope>(
                     .await;
                 if let Err(payload) = r {
                     tracing::error!(error = %ObserverError::panicked(&*payload), "async observer on_completed panicked; ignored");
-                    crate::hub::drop_payload(payload);
+                    drop_payload(payload);
                 }
                 return;
             }
@@ -500,11 +503,11 @@ async fn next<T: FromEnvelope>(
             }
             let error = ObserverError::panicked(&*payload);
             tracing::warn!(event = %event.id(), %error, "async observer panicked; routed to its on_error");
-            crate::hub::drop_payload(payload);
+            drop_payload(payload);
             call_error(observer, error).await;
         }
     }
-    crate::hub::drop_guarded(event);
+    drop_guarded(event);
 }
 
 async fn call_error<T: Send + 'static>(observer: &dyn AsyncObserver<T>, error: ObserverError) {
@@ -513,7 +516,7 @@ async fn call_error<T: Send + 'static>(observer: &dyn AsyncObserver<T>, error: O
         .await;
     if let Err(payload) = r {
         tracing::error!(error = %ObserverError::panicked(&*payload), "async observer on_error panicked; ignored");
-        crate::hub::drop_payload(payload);
+        drop_payload(payload);
     }
 }
 

@@ -1,58 +1,13 @@
 //! Model checks (loom) of the registry core: lanes, their gates, the hand-over of observer lists
 //! and the lookup table.
 //!
-//! `src/registry.rs` is compiled here against loom's primitives, and loom explores every
-//! interleaving of the threads in each model.
+//! Built only with `--cfg interrole_loom` (`.ci/loom`), where [`crate::loom`] and the lane
+//! gate are loom's: loom explores every interleaving of the threads in each model.
 
-#![allow(dead_code, unreachable_pub)]
-
-mod sync {
-    pub(crate) use loom::sync::Arc;
-    pub(crate) type GateGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
-
-    /// The gate on loom's mutex: the model checks what the gate is for (mutual exclusion and
-    /// its ordering), not how the real one waits.
-    pub(crate) struct Gate<T>(loom::sync::Mutex<T>);
-
-    impl<T> Gate<T> {
-        pub(crate) fn new(value: T) -> Self {
-            Self(loom::sync::Mutex::new(value))
-        }
-        pub(crate) fn lock(&self) -> GateGuard<'_, T> {
-            self.0.lock().unwrap()
-        }
-        pub(crate) fn try_lock(&self) -> Option<GateGuard<'_, T>> {
-            self.0.try_lock().ok()
-        }
-    }
-    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-    pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
-
-    impl<T> Mutex<T> {
-        pub(crate) fn new(value: T) -> Self {
-            Self(loom::sync::Mutex::new(value))
-        }
-        pub(crate) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
-            self.0.lock().unwrap()
-        }
-        pub(crate) fn try_lock(&self) -> Option<loom::sync::MutexGuard<'_, T>> {
-            self.0.try_lock().ok()
-        }
-    }
-
-    /// The lookup table's write-once entries. Loom has no `OnceLock`; std's is used (lanes are
-    /// added under the state mutex, which the model does see).
-    pub(crate) use std::sync::OnceLock;
-}
-
-#[path = "../src/registry.rs"]
-mod registry;
-
+use super::registry::{Key, Registry};
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use loom::thread;
-use registry::{Key, Registry};
 
 #[derive(Default)]
 struct Obs {

@@ -1,7 +1,7 @@
 //! The registry core: observer slots, the lanes that hold them, and the table that finds a lane.
 //!
-//! This file uses only `super::sync` and std, so that `tests/loom_registry.rs` can compile it
-//! against loom and model-check it. What it guarantees:
+//! This file uses only [`crate::loom`], the lane gate and std, so that `loom_tests` can run it on
+//! loom's primitives and model-check it (`.ci/loom`). What it guarantees:
 //!
 //! - **Lanes.** The observers of one key (one event type) are one [`Lane`]; the keyless ("every
 //!   event") observers are another. A lane's gate is held for every call into its observers: a
@@ -28,7 +28,8 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
-use super::sync::{Arc, AtomicBool, AtomicU64, Gate, GateGuard, Mutex, OnceLock, Ordering};
+use super::gate::{Gate, GateGuard};
+use crate::loom::{Arc, AtomicBool, AtomicU64, Mutex, OnceLock, Ordering};
 
 /// What observers are keyed by: cheap to compare, with a hash computed once (for type tags,
 /// when the tag was made), so that a publish does not hash the key again.

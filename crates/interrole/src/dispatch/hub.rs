@@ -29,20 +29,23 @@
 //!    thread's later publishes are delivered as usual. Events are dropped where a panicking
 //!    payload `Drop` cannot unwind through the hub's state ([`drop_guarded`]).
 
-use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::OnceLock;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use interrole_core::{InterRoleEvent, TypeTag};
 use rayon::prelude::*;
 
-use crate::observer::{Observable, Observer, ObserverError};
-use crate::registry::{Entry, Key, Lane, Registry, Slot};
-use crate::subscription::Subscription;
-use crate::sync::Arc;
+use super::pool::{pool, pool_threads};
+use super::reentry::{
+    Group, Item, Target, capture, deferred, dispatch, drain, enter, in_callback, push, run_group,
+};
+use super::registry::{Entry, Key, Lane, Registry, Slot};
+use super::unwind::{drop_event, drop_payload, run_guarded};
+use crate::observe::observer::{Observable, Observer, ObserverError};
+use crate::observe::subscription::{Registered, Subscription, Unregister};
 
 pub(crate) type DynObserver = dyn Observer<InterRoleEvent>;
 pub(crate) type HubSlot = Slot<TypeTag, DynObserver>;
@@ -224,7 +227,10 @@ impl Hub {
             return Err(HubClosed);
         }
         if in_callback() {
-            push(vec![(self.inner.clone(), Item::Event(event))]);
+            push(vec![(
+                self.inner.clone() as Arc<dyn Target>,
+                Item::Event(event),
+            )]);
         } else {
             let children = self.inner.run(&event);
             drop_event(event);
@@ -318,7 +324,10 @@ impl HubInner {
         identity: usize,
     ) -> Subscription {
         match self.registry.insert_as(tag, observer.clone(), identity) {
-            Ok(slot) => Subscription::new(slot, Arc::downgrade(self)),
+            Ok(slot) => Subscription::new(
+                slot,
+                Arc::downgrade(self) as std::sync::Weak<dyn Unregister>,
+            ),
             Err(_) => {
                 // Closed: the sequence is over for this observer too.
                 run_guarded("on_completed", || observer.on_completed());
@@ -332,14 +341,9 @@ impl HubInner {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Removes one holder of a registration; returns whether that ended it.
-    pub(crate) fn unregister(&self, id: u64) -> bool {
-        self.registry.remove(id)
-    }
-
     /// Delivers to the observers of the event's type, then to those of every event; returns
     /// what the observers published meanwhile.
-    fn run(self: &Arc<Self>, event: &InterRoleEvent) -> Vec<Group> {
+    fn run(&self, event: &InterRoleEvent) -> Vec<Group> {
         let keyed = self
             .registry
             .lane(event.type_tag())
@@ -384,7 +388,7 @@ impl HubInner {
     /// that the common one stays small.
     #[inline(never)]
     fn run_timed_or_parallel(
-        self: &Arc<Self>,
+        &self,
         primary: &HubLane,
         keyed: Option<&HubLane>,
         keyless: Option<&HubLane>,
@@ -420,7 +424,7 @@ impl HubInner {
     }
 
     fn run_parallel(
-        self: &Arc<Self>,
+        &self,
         keyed: Option<&HubLane>,
         keyless: Option<&HubLane>,
         event: &InterRoleEvent,
@@ -520,234 +524,50 @@ impl HubInner {
     }
 }
 
-/// Runs observer code whose panic has nowhere else to go: logs it and carries on.
-pub(crate) fn run_guarded(what: &'static str, f: impl FnOnce()) {
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
-        let error = ObserverError::panicked(&*payload);
-        tracing::error!(%error, "observer {what} panicked; ignored");
-        drop_payload(payload);
-    }
-}
-
-/// Drops an event: a handle that shares its envelope with others only lowers a count, and only
-/// the drop that may be the last goes through [`drop_guarded`] (whose `catch_unwind` costs a
-/// call on every dispatch otherwise).
-#[inline]
-pub(crate) fn drop_event(event: InterRoleEvent) {
-    if event.is_shared() {
-        drop(event);
-    } else {
-        drop_guarded(event);
-    }
-}
-
-/// Drops `value`, whose drop may run user code (the last reference to an event drops its
-/// payload): a panic there is logged and goes no further, so that it can neither unwind through
-/// the hub's state nor abort a thread that is already unwinding.
-#[inline]
-pub(crate) fn drop_guarded<T>(value: T) {
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
-        dropping_panicked(payload);
-    }
-}
-
-#[cold]
-#[inline(never)]
-fn dropping_panicked(payload: Box<dyn std::any::Any + Send>) {
-    let error = ObserverError::panicked(&*payload);
-    tracing::error!(%error, "dropping an event panicked (its payload's Drop); ignored");
-    drop_payload(payload);
-}
-
-/// Drops a panic payload; a payload whose own drop panics is leaked rather than unwinding here.
-pub(crate) fn drop_payload(payload: Box<dyn std::any::Any + Send>) {
-    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
-        std::mem::forget(again);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Re-entrancy: what is published from inside an observer call is queued on the calling thread.
-
-pub(crate) enum Item {
-    Event(InterRoleEvent),
-    Report(ObserverError),
-    Complete,
-    /// Work that must wait, and so must not run while a lane is held: an async observer's push
-    /// into a full mailbox under `Overflow::Block`. Runs once the dispatch that queued it has let
-    /// go of its lanes, before anything its observers published.
-    Wait(Box<dyn FnOnce() + Send>),
-}
-
-impl Item {
-    fn is_wait(&self) -> bool {
-        matches!(self, Item::Wait(_))
-    }
-}
-
-pub(crate) type Queued = (Arc<HubInner>, Item);
-
-/// The dispatches of one publish: a publish on a bus with an in-process transport dispatches to
-/// several hubs, and they all run before anything that any of them causes.
-pub(crate) type Group = Vec<Queued>;
-
-/// This thread's re-entrancy state. Entering and leaving a call touch only `Depth`, a
-/// thread-local with no destructor (so reaching it is a plain load); the queue, whose `Vec`
-/// needs one, is touched only when something was queued.
-struct Depth {
-    /// How many observer calls (or deferred sections) this thread is inside.
-    depth: Cell<u32>,
-    /// The queue's length.
-    queued: Cell<usize>,
-}
-
-/// This thread is inside an observer call (or a deferred section) until this is dropped or
-/// [`Entered::leave`] is called: what is published meanwhile is queued. Restores the thread's
-/// state even when user code run inside (an observer, a payload's `Serialize`, a transport)
-/// unwinds, as tracing-core's `Entered` does for the current dispatcher: a publish that panics
-/// leaves nothing behind, and the thread's later publishes are delivered as usual.
-#[must_use]
-struct Entered {
-    /// The queue's length on entering: what the call queues comes after.
-    mark: usize,
-}
-
-impl Entered {
-    /// Leaves the call; returns what was queued since entering.
-    #[inline]
-    fn leave(self) -> Vec<Group> {
-        let mark = self.mark;
-        // The normal way out: the state is restored here, not by the drop.
-        std::mem::forget(self);
-        let queued = DEPTH.with(|d| {
-            d.depth.set(d.depth.get() - 1);
-            d.queued.get()
-        });
-        if queued == mark {
-            return Vec::new();
-        }
-        let mut caused = QUEUE.with(|q| q.borrow_mut().split_off(mark));
-        DEPTH.with(|d| d.queued.set(mark));
-        waits_first(&mut caused);
-        caused
-    }
-}
-
-/// Puts the waits a dispatch queued (see [`Item::Wait`]) before the publishes its observers
-/// made, keeping each kind in order: an async observer then gets the event it waited for before
-/// any event that the same dispatch caused.
-fn waits_first(caused: &mut [Group]) {
-    let is_wait = |g: &Group| g.first().is_some_and(|(_, item)| item.is_wait());
-    if caused.iter().any(is_wait) {
-        caused.sort_by_key(|g| !is_wait(g));
-    }
-}
-
-impl Drop for Entered {
-    /// Only reached when unwinding: the call did not finish, so what it queued is discarded
-    /// (the publish that queued it failed with the panic the caller is about to see), and the
-    /// depth is lowered again.
-    #[cold]
-    fn drop(&mut self) {
-        let mark = self.mark;
-        DEPTH.with(|d| d.depth.set(d.depth.get().saturating_sub(1)));
-        let queued = DEPTH.with(|d| d.queued.get());
-        if queued > mark {
-            let discarded = QUEUE.with(|q| q.try_borrow_mut().map(|mut q| q.split_off(mark)));
-            DEPTH.with(|d| d.queued.set(mark));
-            if let Ok(discarded) = discarded {
-                // Dropping events runs their payloads' `Drop`: a second panic while unwinding
-                // would abort the process.
-                drop_guarded(discarded);
+impl Target for HubInner {
+    fn run_item(&self, item: Item) -> Vec<Group> {
+        let hub = self;
+        match item {
+            Item::Event(event) => {
+                let children = hub.run(&event);
+                drop_event(event);
+                children
+            }
+            // Like `on_next`, `on_error` and `on_completed` run with the lane held: what they publish
+            // is queued, and delivered once they return.
+            Item::Report(error) => capture(|| hub.report_now(error)).1,
+            Item::Complete => capture(|| hub.complete_now()).1,
+            Item::Wait(wait) => {
+                wait();
+                Vec::new()
             }
         }
     }
 }
 
-thread_local! {
-    static DEPTH: Depth = const {
-        Depth {
-            depth: Cell::new(0),
-            queued: Cell::new(0),
-        }
-    };
-    /// What was published on this thread while inside a call, in order, one group per publish.
-    static QUEUE: RefCell<Vec<Group>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Whether this thread is inside an observer call of some hub (or a deferred section).
-#[inline]
-pub(crate) fn in_callback() -> bool {
-    DEPTH.with(|d| d.depth.get() > 0)
-}
-
-#[inline]
-fn enter() -> Entered {
-    DEPTH.with(|d| {
-        d.depth.set(d.depth.get() + 1);
-        Entered {
-            mark: d.queued.get(),
-        }
-    })
-}
-
-/// Runs `wait` once the current dispatch has let go of its lanes (see [`Item::Wait`]); outside
-/// an observer call, runs it now.
-pub(crate) fn after_dispatch(hub: &Arc<HubInner>, wait: Box<dyn FnOnce() + Send>) {
-    if in_callback() {
-        push(vec![(hub.clone(), Item::Wait(wait))]);
-    } else {
-        wait();
+impl Unregister for HubInner {
+    fn unregister(&self, id: u64) -> bool {
+        self.registry.remove(id)
     }
 }
 
-/// Queues one group on this thread (inside a call).
-fn push(group: Group) {
-    QUEUE.with(|q| q.borrow_mut().push(group));
-    DEPTH.with(|d| d.queued.set(d.queued.get() + 1));
-}
-
-fn dispatch(hub: &Arc<HubInner>, item: Item) {
-    if in_callback() {
-        push(vec![(hub.clone(), item)]);
-        return;
+impl Registered for HubSlot {
+    fn id(&self) -> u64 {
+        Slot::id(self)
     }
-    let children = run_item(hub, item);
-    drain(children);
-}
 
-/// Runs `f` with every hub dispatch it causes on this thread deferred and grouped as one publish,
-/// then delivers them; inside an observer call, the group joins that call's queue instead.
-pub(crate) fn deferred<R>(f: impl FnOnce() -> R) -> R {
-    let (result, queued) = capture(f);
-    release(queued);
-    result
-}
-
-/// Runs `f` with every hub dispatch it causes on this thread held back; returns them for
-/// [`release`], so that the caller can let go of its locks first.
-pub(crate) fn capture<R>(f: impl FnOnce() -> R) -> (R, Vec<Group>) {
-    let entered = enter();
-    let result = f();
-    (result, entered.leave())
-}
-
-/// Delivers what [`capture`] held back, as one group; inside an observer call, the group joins
-/// that call's queue instead.
-pub(crate) fn release(mut produced: Vec<Group>) {
-    // One group for everything; most often there was one publish (no copy then).
-    let group: Group = match produced.len() {
-        0 => return,
-        1 => produced.pop().unwrap_or_default(),
-        _ => produced.into_iter().flatten().collect(),
-    };
-    if group.is_empty() {
-        return;
+    fn is_active(&self) -> bool {
+        Slot::is_active(self)
     }
-    if in_callback() {
-        push(group);
-    } else {
-        drain(run_group(group));
+
+    fn stop(&self) {
+        // Inside an observer call, waiting for a call under way on another thread could wait
+        // for this very thread: only new calls are stopped then.
+        self.deactivate(!in_callback());
+    }
+
+    fn stop_now(&self) {
+        self.deactivate(false);
     }
 }
 
@@ -786,80 +606,4 @@ pub(crate) fn publish_group<T, E>(
         drop_event(event);
         value
     })
-}
-
-fn run_item(hub: &Arc<HubInner>, item: Item) -> Vec<Group> {
-    match item {
-        Item::Event(event) => {
-            let children = hub.run(&event);
-            drop_event(event);
-            children
-        }
-        // Like `on_next`, `on_error` and `on_completed` run with the lane held: what they publish
-        // is queued, and delivered once they return.
-        Item::Report(error) => capture(|| hub.report_now(error)).1,
-        Item::Complete => capture(|| hub.complete_now()).1,
-        Item::Wait(wait) => {
-            wait();
-            Vec::new()
-        }
-    }
-}
-
-/// Runs every dispatch of one publish; returns what they caused, in order.
-fn run_group(group: Group) -> Vec<Group> {
-    let mut children = Vec::new();
-    for (hub, item) in group {
-        let mut caused = run_item(&hub, item);
-        if children.is_empty() {
-            children = caused;
-        } else {
-            children.append(&mut caused);
-        }
-    }
-    children
-}
-
-/// Delivers queued publishes depth-first: every dispatch of one publish runs, then what they
-/// caused, before the publishes queued after it.
-#[inline]
-fn drain(groups: Vec<Group>) {
-    if groups.capacity() == 0 {
-        // Nothing was queued (the common case): nothing to deliver and nothing allocated, so
-        // nothing to free either; skips the call to `Vec`'s drop.
-        std::mem::forget(groups);
-    } else {
-        drain_some(groups);
-    }
-}
-
-#[inline(never)]
-fn drain_some(groups: Vec<Group>) {
-    let mut stack = groups;
-    stack.reverse();
-    while let Some(group) = stack.pop() {
-        let mut children = run_group(group);
-        children.reverse();
-        stack.append(&mut children);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The dispatch pool.
-
-fn pool() -> &'static rayon::ThreadPool {
-    static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(pool_threads())
-            .thread_name(|i| format!("interrole-dispatch-{i}"))
-            .build()
-            .expect("cannot start the interrole dispatch pool")
-    })
-}
-
-/// The number of threads of the parallel dispatch pool: the cores available.
-pub fn pool_threads() -> usize {
-    static THREADS: OnceLock<usize> = OnceLock::new();
-    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }

@@ -1,0 +1,105 @@
+//! What arrives: the receiver that a transport (or the reliability layer) hands events to, and
+//! the requests waiting for their replies.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use interrole_core::{Inbound, InterRoleEvent, TransportError, TypeTag};
+use parking_lot::{Mutex, RwLock};
+
+use crate::dispatch::hub::Hub;
+
+/// Where a request's reply (or the refusal of the request) goes.
+pub(crate) type PendingReply = tokio::sync::oneshot::Sender<Result<InterRoleEvent, TransportError>>;
+
+/// Removes a request from the pending replies when dropped.
+pub(crate) struct PendingGuard<'a> {
+    pub(crate) pending: &'a Mutex<HashMap<u64, PendingReply>>,
+    pub(crate) key: Option<u64>,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.pending.lock().remove(&key);
+        }
+    }
+}
+
+/// What the transport (or the reliable layer) hands arriving events to.
+pub(crate) struct Receiver {
+    pub(crate) hub: Hub,
+    /// Tags registered with `Bus::register` (known without an observer).
+    pub(crate) known: RwLock<HashSet<TypeTag>>,
+    unknown_logged: Mutex<HashSet<TypeTag>>,
+    pub(crate) received: AtomicU64,
+    pub(crate) unknown: AtomicU64,
+    /// Requests waiting for their reply, by the request's sequence number.
+    pub(crate) pending: Mutex<HashMap<u64, PendingReply>>,
+}
+
+impl Receiver {
+    pub(crate) fn new(hub: Hub) -> Self {
+        Self {
+            hub,
+            known: RwLock::new(HashSet::new()),
+            unknown_logged: Mutex::new(HashSet::new()),
+            received: AtomicU64::new(0),
+            unknown: AtomicU64::new(0),
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether this process knows the type `tag`: some observer was ever subscribed to it
+    /// (however it was subscribed), or it was registered.
+    fn knows(&self, tag: &TypeTag) -> bool {
+        self.hub.knows(tag) || self.known.read().contains(tag)
+    }
+
+    /// Fails the request `seq`, if one waits.
+    pub(crate) fn fail_request(&self, seq: u64, error: TransportError) {
+        if let Some(tx) = self.pending.lock().remove(&seq) {
+            let _ = tx.send(Err(error));
+        }
+    }
+}
+
+impl Inbound for Receiver {
+    fn event(&self, event: InterRoleEvent) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        if let Some(request) = event.reply_to() {
+            if event.stream().directed {
+                if let Some(tx) = self.pending.lock().remove(&request) {
+                    let _ = tx.send(Ok(event));
+                    return;
+                }
+            }
+        }
+        if !event.is_local() && !self.knows(event.type_tag()) {
+            self.unknown.fetch_add(1, Ordering::Relaxed);
+            if self.unknown_logged.lock().insert(event.type_tag().clone()) {
+                tracing::warn!(type_tag = %event.type_tag(), sender = %event.sender(),
+                    "event of an unknown type: delivered to the observers of every event only (logged once per tag)");
+            }
+        }
+        // A closed hub means the bus is closing: the event is late, not lost by the bus.
+        let _ = self.hub.publish(event);
+    }
+
+    fn rejected(&self, seq: u64, error: TransportError) {
+        tracing::warn!(seq, %error, "an event was refused");
+        self.fail_request(seq, error);
+    }
+
+    fn closed(&self, error: TransportError) {
+        tracing::warn!(%error, transient = error.is_transient(), "transport connection ended");
+    }
+}
+
+impl fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver").finish_non_exhaustive()
+    }
+}
+
