@@ -22,8 +22,6 @@
 
 use std::time::{Duration, Instant};
 
-use crate::transport::TransportError;
-
 /// How a reliable client or host retries: the schedule of delays, jitter, and budgets.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
@@ -123,11 +121,6 @@ impl RetryPolicy {
     pub fn with_max_elapsed(mut self, budget: Duration) -> Self {
         self.max_elapsed = Some(budget);
         self
-    }
-
-    /// Whether `error` is worth another attempt: transient errors are, fatal ones are not.
-    pub fn should_retry(&self, error: &TransportError) -> bool {
-        error.is_transient()
     }
 
     /// The delays before the 2nd, 3rd, … attempts; the iterator ends when the policy gives up.
@@ -239,7 +232,6 @@ fn seed() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::TransportErrorKind;
 
     const S: fn(u64) -> Duration = Duration::from_secs;
 
@@ -288,15 +280,5 @@ mod tests {
         let p = RetryPolicy::exponential(ms(100), 2.0, ms(500)).without_jitter();
         let d: Vec<_> = p.delays().take(5).collect();
         assert_eq!(d, [ms(100), ms(200), ms(400), ms(500), ms(500)]);
-    }
-
-    #[test]
-    fn only_transient_errors_are_retried() {
-        let p = RetryPolicy::default();
-        let e = |k| TransportError::new(k, "x");
-        assert!(p.should_retry(&e(TransportErrorKind::ConnectionLost)));
-        assert!(p.should_retry(&e(TransportErrorKind::Unavailable)));
-        assert!(!p.should_retry(&e(TransportErrorKind::Unauthorized)));
-        assert!(!p.should_retry(&e(TransportErrorKind::Forbidden)));
     }
 }

@@ -324,7 +324,9 @@ impl std::error::Error for TransportError {
 
 impl From<crate::codec::CodecError> for TransportError {
     fn from(e: crate::codec::CodecError) -> Self {
-        Self::new(TransportErrorKind::Codec, e.to_string()).with_source(e)
+        // The codec error's message is this error's; it is not also the source, so that a chain
+        // of errors prints it once.
+        Self::new(TransportErrorKind::Codec, e.to_string())
     }
 }
 
@@ -353,5 +355,14 @@ mod tests {
         fn _transport(_: &dyn Transport) {}
         fn _connection(_: &dyn Connection) {}
         fn _inbound(_: &dyn Inbound) {}
+    }
+
+    #[test]
+    fn the_retry_policy_retries_transient_kinds_only() {
+        let e = |k| TransportError::new(k, "x");
+        assert!(e(TransportErrorKind::ConnectionLost).is_transient());
+        assert!(e(TransportErrorKind::Unavailable).is_transient());
+        assert!(!e(TransportErrorKind::Unauthorized).is_transient());
+        assert!(!e(TransportErrorKind::Forbidden).is_transient());
     }
 }

@@ -530,7 +530,7 @@ impl Bus {
             .clone()
             .or_else(|| Handle::try_current().ok())
             .expect("async observers need a tokio runtime: subscribe inside one or give the bus .runtime(handle)");
-        let shared = mailbox::Shared::new(mailbox, Arc::downgrade(&self.inner.hub.inner));
+        let shared = mailbox::Queue::new(mailbox, Arc::downgrade(&self.inner.hub.inner));
         let task = runtime.spawn(mailbox::drain(shared.clone(), observer));
         self.inner.task_runtime.lock().get_or_insert(runtime);
         let pusher = Arc::new(Pusher(shared.clone()));

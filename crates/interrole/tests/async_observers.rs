@@ -149,14 +149,15 @@ async fn block_waits_for_room_then_times_out_and_counts() {
     let bus = bus();
     let obs = Arc::new(Gated::default());
     let _g = bus.observe_async::<Num, _>(
+        // Long enough for the observer's task to drain the mailbox below on a loaded machine.
         Mailbox::bounded(2).overflow(Overflow::Block {
-            timeout: Duration::from_millis(30),
+            timeout: Duration::from_millis(250),
         }),
         ArcObs(obs.clone()),
     );
     bus.publish(Num(0)).unwrap();
     obs.wait_taken(1).await;
-    // 1 and 2 fill the mailbox; 3 waits 30 ms for room that never comes, and is dropped.
+    // 1 and 2 fill the mailbox; 3 waits 250 ms for room that never comes, and is dropped.
     let b = bus.clone();
     let started = std::time::Instant::now();
     tokio::task::spawn_blocking(move || {
@@ -167,7 +168,7 @@ async fn block_waits_for_room_then_times_out_and_counts() {
     .await
     .unwrap();
     assert!(
-        started.elapsed() >= Duration::from_millis(30),
+        started.elapsed() >= Duration::from_millis(250),
         "the publisher did not wait"
     );
     // With room made in time, nothing is dropped: 4 waits while the observer drains.

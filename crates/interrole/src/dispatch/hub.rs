@@ -120,7 +120,7 @@ pub struct HubStats {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     /// Events that found no observer (the others are counted by the lanes they went through).
-    pub(crate) dispatched: AtomicU64,
+    pub(crate) unobserved: AtomicU64,
     pub(crate) parallel: AtomicU64,
     pub(crate) panics: AtomicU64,
     pub(crate) lagged: AtomicU64,
@@ -268,7 +268,7 @@ impl Hub {
     /// The hub's counters.
     pub fn stats(&self) -> HubStats {
         let c = &self.inner.counters;
-        let (mut dispatched, mut delivered) = (c.dispatched.load(Ordering::Relaxed), 0);
+        let (mut dispatched, mut delivered) = (c.unobserved.load(Ordering::Relaxed), 0);
         for lane in self.inner.registry.lanes() {
             let (d, n) = lane.counts();
             dispatched += d;
@@ -351,7 +351,7 @@ impl HubInner {
         let keyless = Some(self.registry.keyless()).filter(|l| l.has_observers());
         // The lane that paces sampling and keeps the estimate: the keyed one, else the keyless.
         let Some(primary) = keyed.or(keyless) else {
-            self.counters.dispatched.fetch_add(1, Ordering::Relaxed);
+            self.counters.unobserved.fetch_add(1, Ordering::Relaxed);
             return Vec::new();
         };
         let measure = primary.tick(MEASURE_EVERY);

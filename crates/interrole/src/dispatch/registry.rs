@@ -5,7 +5,7 @@
 //!
 //! - **Lanes.** The observers of one key (one event type) are one [`Lane`]; the keyless ("every
 //!   event") observers are another. A lane's gate is held for every call into its observers: a
-//!   dispatch takes it once for all of them ([`Lane::lock`], then [`Slot::call_held`]), a single
+//!   dispatch takes it once for all of them ([`Lane::lock`], then [`Entry::call`]), a single
 //!   call takes it for that call ([`Slot::deliver`]). So one observer is never called
 //!   concurrently, and once [`Slot::deactivate`] with `wait` returns, no call is under way and
 //!   none will start.
@@ -59,16 +59,26 @@ impl<K, O: ?Sized> Entry<K, O> {
     /// lane ([`Lane::lock`]).
     #[inline]
     pub(crate) fn call<R>(&self, f: impl FnOnce(&O) -> R) -> Option<R> {
-        if !self.slot.active.load(Ordering::Acquire) {
-            return None;
-        }
-        Some(f(&self.observer))
+        call_if_active(&self.slot.active, &*self.observer, f)
     }
 
     /// The observer's slot.
     pub(crate) fn slot(&self) -> &Slot<K, O> {
         &self.slot
     }
+}
+
+/// Calls `f` with `observer` unless its slot is no longer `active`. The caller holds the lane.
+#[inline]
+fn call_if_active<O: ?Sized, R>(
+    active: &AtomicBool,
+    observer: &O,
+    f: impl FnOnce(&O) -> R,
+) -> Option<R> {
+    if !active.load(Ordering::Acquire) {
+        return None;
+    }
+    Some(f(observer))
 }
 
 type LaneList<K, O> = Vec<Entry<K, O>>;
@@ -199,7 +209,7 @@ impl<K, O: ?Sized> Lane<K, O> {
     }
 }
 
-/// Holds a lane's gate: the lane's observers may be called ([`Slot::call_held`]) and its counters
+/// Holds a lane's gate: the lane's observers may be called ([`Entry::call`]) and its counters
 /// bumped. Dropping it installs a list handed over meanwhile, lets go of the gate, then drops
 /// the replaced lists (outside the gate: dropping an observer runs user code).
 ///
@@ -292,17 +302,7 @@ impl<K, O: ?Sized> Slot<K, O> {
     /// Must not be called from inside a call of the same lane on this thread.
     pub(crate) fn deliver<R>(&self, f: impl FnOnce(&O) -> R) -> Option<R> {
         let _gate = self.lane.lock();
-        self.call_held(f)
-    }
-
-    /// Calls `f` with the observer, unless the slot is no longer active. The caller holds the
-    /// slot's lane ([`Lane::lock`]).
-    #[inline]
-    pub(crate) fn call_held<R>(&self, f: impl FnOnce(&O) -> R) -> Option<R> {
-        if !self.active.load(Ordering::Acquire) {
-            return None;
-        }
-        Some(f(&self.observer))
+        call_if_active(&self.active, &*self.observer, f)
     }
 
     /// Stops calls to the slot. With `wait`, also waits for a call under way on another thread

@@ -226,7 +226,7 @@ struct State {
 }
 
 /// The shared half of a mailbox: the hub pushes, the task pops.
-pub(crate) struct Shared {
+pub(crate) struct Queue {
     config: Mailbox,
     state: Mutex<State>,
     space: Condvar,
@@ -238,7 +238,7 @@ pub(crate) struct Shared {
     cancelled: std::sync::atomic::AtomicBool,
 }
 
-impl Shared {
+impl Queue {
     pub(crate) fn new(config: Mailbox, hub: std::sync::Weak<HubInner>) -> Arc<Self> {
         Arc::new(Self {
             config,
@@ -317,7 +317,7 @@ impl Shared {
 }
 
 /// The observer the hub sees for an async observer: pushes into the mailbox.
-pub(crate) struct Pusher(pub(crate) Arc<Shared>);
+pub(crate) struct Pusher(pub(crate) Arc<Queue>);
 
 impl Observer<InterRoleEvent> for Pusher {
     fn on_next(&self, event: &InterRoleEvent) {
@@ -404,7 +404,7 @@ const BATCH: usize = 64;
 /// The observer's task: takes events out in order, a batch at a time, and awaits the observer
 /// for each.
 pub(crate) async fn drain<T: FromEnvelope>(
-    shared: Arc<Shared>,
+    shared: Arc<Queue>,
     observer: Arc<dyn AsyncObserver<T>>,
 ) {
     let mut batch = VecDeque::new();
@@ -479,7 +479,7 @@ pub(crate) async fn drain<T: FromEnvelope>(
 /// run user code: a panic in either goes to `on_error`, and the task carries on with the next
 /// event.
 async fn next<T: FromEnvelope>(
-    shared: &Shared,
+    shared: &Queue,
     observer: &dyn AsyncObserver<T>,
     event: InterRoleEvent,
 ) {
