@@ -64,6 +64,24 @@ pub(crate) struct Sequence {
 /// Cheap to clone (clones share the bus) and usable from threads and tokio tasks alike. What a
 /// bus publishes reaches its own observers directly, once, and every other bus on the same
 /// transport and topic through the transport. See the crate docs for the delivery semantics.
+///
+/// # Which way to subscribe
+///
+/// Three choices, each a method, so that the common case is one call with no adapter to write:
+///
+/// | what you have                                | one type `E`                    | every event          |
+/// |----------------------------------------------|---------------------------------|----------------------|
+/// | a closure                                    | [`subscribe`](Bus::subscribe)   | [`subscribe_all`](Bus::subscribe_all) |
+/// | an [`Observer`] (with `on_error`, `on_completed`) | [`observe`](Bus::observe)  | [`observe_all`](Bus::observe_all) |
+/// | an observer you keep an `Arc` of             | [`observe_arc`](Bus::observe_arc) | `Observable::subscribe` |
+/// | an async closure or [`AsyncObserver`], fed through a [`Mailbox`] | [`subscribe_async`](Bus::subscribe_async), [`observe_async`](Bus::observe_async) | [`observe_all_async`](Bus::observe_all_async) |
+///
+/// `observe_arc` is the one way to subscribe an observer you hold elsewhere, and the one way to
+/// subscribe the same observer twice on purpose (the two guards share one registration). A
+/// request handler is [`serve`](Bus::serve). The inherent `subscribe` (typed closures, the
+/// common case) takes the name over [`Observable::subscribe`], which the bus also implements
+/// for code written against any observable: call it as `Observable::subscribe(&bus, observer)`,
+/// or use `observe_all`.
 #[derive(Clone)]
 pub struct Bus {
     pub(crate) inner: Arc<BusInner>,
