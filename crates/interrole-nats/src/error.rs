@@ -18,7 +18,7 @@ use interrole_core::{TransportError, TransportErrorKind};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NatsError {
-    /// [`NatsOptions::servers`](crate::NatsOptions::servers) is empty.
+    /// [`NatsOptions::servers`](crate::options::NatsOptions::servers) is empty.
     #[error("no NATS server address given")]
     NoServer,
     /// A server address does not parse.
@@ -29,8 +29,8 @@ pub enum NatsError {
         /// Why it does not parse.
         source: std::io::Error,
     },
-    /// The credentials file of [`NatsAuth::CredsFile`](crate::NatsAuth::CredsFile) could not be
-    /// read.
+    /// The credentials file of
+    /// [`NatsAuth::CredsFile`](crate::options::NatsAuth::CredsFile) could not be read.
     #[error("reading the credentials file {}", path.display())]
     CredentialsFile {
         /// The file.
