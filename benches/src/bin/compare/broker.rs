@@ -1,0 +1,81 @@
+//! The brokers that `multicast` and `sweep` load: the relay, then nats-server, each in a child
+//! process started just before its runs and killed after them, so that the two never share the
+//! CPU.
+
+use benches::nats::{NATS_SERVER, NatsProcess, nats_multicast_run};
+use benches::relay::{self, Pace, RelayProcess, RunResult};
+
+use crate::support::{Error, start_relay};
+
+/// A broker running in a child process (killed when dropped).
+#[derive(Debug)]
+pub(crate) enum Broker {
+    Relay(RelayProcess),
+    Nats(NatsProcess),
+}
+
+impl Broker {
+    /// Runs `measure` on the relay, then on nats-server when it is installed (and says so when
+    /// it is not). Each broker is started just before and killed just after its `measure`, on
+    /// errors too.
+    pub(crate) fn each(mut measure: impl FnMut(&Broker) -> Result<(), Error>) -> Result<(), Error> {
+        measure(&Broker::Relay(start_relay()?))?;
+        // The relay is gone before NATS starts.
+        match spawn_nats()? {
+            Some(server) => measure(&Broker::Nats(server)),
+            None => {
+                println!("nats: {NATS_SERVER} not found on PATH: the NATS side was skipped");
+                Ok(())
+            }
+        }
+    }
+
+    /// The broker's name in tables and summary lines.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Self::Relay(_) => "relay",
+            Self::Nats(_) => "nats",
+        }
+    }
+
+    /// The relay path or NATS subject of the run called `name`.
+    pub(crate) fn topic(&self, name: &str) -> String {
+        match self {
+            Self::Relay(_) => format!("bench/{name}"),
+            Self::Nats(_) => format!("bench.{name}"),
+        }
+    }
+
+    /// One publisher and `subscribers` subscribers on `topic`, at `pace` (see
+    /// [`relay::multicast_run`] and [`nats_multicast_run`]).
+    pub(crate) async fn multicast_run(
+        &self,
+        topic: &str,
+        subscribers: usize,
+        pace: Pace,
+        record_latency: bool,
+    ) -> Result<RunResult, Error> {
+        match self {
+            Self::Relay(server) => {
+                relay::multicast_run(server.addr(), topic, subscribers, pace, record_latency).await
+            }
+            Self::Nats(server) => {
+                nats_multicast_run(&server.url(), topic, subscribers, pace, record_latency).await
+            }
+        }
+    }
+}
+
+/// Starts `nats-server` in a child process, when it is installed, and says where it listens.
+fn spawn_nats() -> Result<Option<NatsProcess>, Error> {
+    let server = NatsProcess::spawn()?;
+    if let Some(server) = &server {
+        println!(
+            "nats: pid {} on {} ({}, child process, default configuration); load: 2 tokio workers, async-nats",
+            server.pid(),
+            server.url(),
+            server.version()
+        );
+    }
+    Ok(server)
+}

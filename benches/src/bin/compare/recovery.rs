@@ -1,0 +1,78 @@
+//! `compare recovery`: the relay killed and restarted, a NATS cluster node killed; how long
+//! until every bus is back and events flow.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use benches::relay;
+
+use crate::support::{Error, print_machine, report};
+
+/// Runs `compare recovery`.
+pub(crate) fn recovery() -> ExitCode {
+    report("recovery", recovery_inner())
+}
+
+fn recovery_inner() -> Result<(), Error> {
+    use benches::recovery::{self, KILLS, Recovery, SUBSCRIBERS};
+    print_machine(interrole::pool_threads());
+    println!(
+        "{SUBSCRIBERS} subscriber buses and 1 publisher bus (this process, the default retry policy: 0, 1, 2, 5, 10, 30 s); a probe published every ms"
+    );
+    println!();
+    let rt = relay::runtime()?;
+    let relay_runs = rt.block_on(recovery::relay_recovery(KILLS))?;
+    let nats_runs = if recovery::nats_installed() {
+        Some(rt.block_on(recovery::nats_recovery(KILLS))?)
+    } else {
+        println!("nats: nats-server not found on PATH: the NATS side was skipped");
+        None
+    };
+    drop(rt);
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let summary = |runs: &[Recovery]| {
+        let mut back: Vec<f64> = runs.iter().map(|r| ms(r.reconnected)).collect();
+        let mut flow: Vec<f64> = runs.iter().map(|r| ms(r.flowing)).collect();
+        back.sort_by(f64::total_cmp);
+        flow.sort_by(f64::total_cmp);
+        (
+            back[back.len() / 2],
+            back[back.len() - 1],
+            flow[flow.len() / 2],
+            flow[flow.len() - 1],
+        )
+    };
+    println!(
+        "{:<52} | {:>5} | {:>17} | {:>17}",
+        "fault", "kills", "reconnected ms", "events flow ms"
+    );
+    println!(
+        "{:<52} | {:>5} | {:>8} {:>8} | {:>8} {:>8}",
+        "", "", "median", "max", "median", "max"
+    );
+    println!("{}", "-".repeat(100));
+    let (rb, rbm, rf, rfm) = summary(&relay_runs);
+    println!(
+        "{:<52} | {:>5} | {rb:>8.1} {rbm:>8.1} | {rf:>8.1} {rfm:>8.1}",
+        "relay SIGKILLed, restarted on the same port",
+        relay_runs.len()
+    );
+    let mut last = format!("recovery relay_reconnect_ms={rb:.1} relay_flow_ms={rf:.1}");
+    if let Some(runs) = &nats_runs {
+        let (nb, nbm, nf, nfm) = summary(runs);
+        println!(
+            "{:<52} | {:>5} | {nb:>8.1} {nbm:>8.1} | {nf:>8.1} {nfm:>8.1}",
+            "NATS node SIGKILLed (3-node cluster)",
+            runs.len()
+        );
+        last.push_str(&format!(" nats_reconnect_ms={nb:.1} nats_flow_ms={nf:.1}"));
+    }
+    println!();
+    println!(
+        "relay: measured from when the new relay process listens; NATS: from the kill. \
+         reconnected = every bus connected again; events flow = every subscriber has a probe published after that moment"
+    );
+    println!();
+    println!("{last}");
+    Ok(())
+}
