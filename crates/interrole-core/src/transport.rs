@@ -258,11 +258,17 @@ impl fmt::Display for TransportErrorKind {
 }
 
 /// A transport failure: its [kind](TransportError::kind), a message, and the underlying error.
+///
+/// The message is complete on one line: it says the underlying error's text too, so that a log
+/// that prints the error with `{}` says everything. The underlying error is kept for callers
+/// that match on it ([`cause`](TransportError::cause), e.g. an `std::io::Error`'s kind or a
+/// transport's own typed error), and is deliberately not [`source`](std::error::Error::source):
+/// a report that walks the chain of sources would print its text twice.
 #[derive(Clone)]
 pub struct TransportError {
     kind: TransportErrorKind,
     message: String,
-    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl TransportError {
@@ -271,14 +277,21 @@ impl TransportError {
         Self {
             kind,
             message: message.into(),
-            source: None,
+            cause: None,
         }
     }
 
-    /// Attaches the underlying error.
-    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Arc::new(source));
+    /// Keeps the underlying error, whose text the message already says (see the type's docs),
+    /// for callers that match on it.
+    pub fn with_cause(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.cause = Some(Arc::new(cause));
         self
+    }
+
+    /// The underlying error, when one was kept: downcast it to match on it
+    /// (`error.cause().and_then(|c| c.downcast_ref::<std::io::Error>())`).
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.cause.as_deref()
     }
 
     /// What kind of failure this is.
@@ -301,8 +314,8 @@ impl fmt::Debug for TransportError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("TransportError");
         d.field("kind", &self.kind).field("message", &self.message);
-        if let Some(s) = &self.source {
-            d.field("source", s);
+        if let Some(c) = &self.cause {
+            d.field("cause", c);
         }
         d.finish()
     }
@@ -314,13 +327,8 @@ impl fmt::Display for TransportError {
     }
 }
 
-impl std::error::Error for TransportError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
-    }
-}
+/// No `source`: the message says the cause's text already (see the type's docs).
+impl std::error::Error for TransportError {}
 
 impl From<crate::codec::CodecError> for TransportError {
     fn from(e: crate::codec::CodecError) -> Self {

@@ -11,7 +11,7 @@ use interrole_core::{TransportError, TransportErrorKind};
 
 /// A failure of the NATS transport.
 ///
-/// It reaches a caller as the [source](std::error::Error::source) of a [`TransportError`]
+/// It reaches a caller as the [cause](TransportError::cause) of a [`TransportError`]
 /// ([`NatsError::of`] finds it), whose kind is [`NatsError::kind`] and whose message is this
 /// error's line followed by its source's (the async-nats error, when there is one). This
 /// error's own `Display` never repeats its source.
@@ -198,19 +198,19 @@ impl NatsError {
     /// assert!(matches!(NatsError::of(&error), Some(NatsError::NoServer)));
     /// ```
     pub fn of(error: &TransportError) -> Option<&NatsError> {
-        std::error::Error::source(error)?.downcast_ref()
+        error.cause()?.downcast_ref()
     }
 }
 
 impl From<NatsError> for TransportError {
     /// A transport error of the NATS error's kind, saying its line and its source's, with the
-    /// NATS error as its source.
+    /// NATS error as its [`cause`](TransportError::cause).
     fn from(error: NatsError) -> Self {
         let message = match std::error::Error::source(&error) {
             Some(source) => format!("{error}: {source}"),
             None => error.to_string(),
         };
-        TransportError::new(error.kind(), message).with_source(error)
+        TransportError::new(error.kind(), message).with_cause(error)
     }
 }
 
@@ -249,7 +249,9 @@ mod tests {
             error.to_string(),
             "unauthorized: reading the credentials file /x.creds: no such file"
         );
-        let nats = std::error::Error::source(&error).unwrap();
+        // Said once in a chain of sources: the transport error's message says it all.
+        assert!(std::error::Error::source(&error).is_none());
+        let nats = NatsError::of(&error).unwrap();
         assert_eq!(
             std::error::Error::source(nats).unwrap().to_string(),
             "no such file"

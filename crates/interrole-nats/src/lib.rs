@@ -50,7 +50,7 @@
 //! # Errors
 //!
 //! Every [`TransportError`](interrole_core::TransportError) this transport makes carries a
-//! [`NatsError`] as its source, which says what failed ([`NatsError::of`] finds it): a server
+//! [`NatsError`] as its [cause](interrole_core::TransportError::cause), which says what failed ([`NatsError::of`] finds it): a server
 //! without JetStream in durable mode, an address that does not parse, a credentials file that
 //! cannot be read, a refused connection, and so on.
 

@@ -385,7 +385,7 @@ impl Relay {
                         TransportErrorKind::ConnectionLost,
                         format!("connecting to {}: {e}", self.endpoint),
                     )
-                    .with_source(e)
+                    .with_cause(e)
                 })?;
             let _ = tcp.set_nodelay(true);
             let stream: Box<dyn Io> = if self.endpoint.secure {
@@ -405,7 +405,7 @@ impl Relay {
                         TransportErrorKind::ConnectionLost
                     };
                     TransportError::new(kind, format!("TLS handshake with {}: {e}", self.endpoint))
-                        .with_source(e)
+                        .with_cause(e)
                 })?)
             } else {
                 Box::new(tcp)
@@ -483,7 +483,7 @@ pub(crate) fn handshake_error(e: tungstenite::Error) -> TransportError {
             TransportError::new(kind, format!("the relay answered {status}: {description}"))
         }
         E::Io(io) => {
-            TransportError::new(TransportErrorKind::ConnectionLost, format!("{io}")).with_source(io)
+            TransportError::new(TransportErrorKind::ConnectionLost, format!("{io}")).with_cause(io)
         }
         E::ConnectionClosed | E::AlreadyClosed => TransportError::new(
             TransportErrorKind::ConnectionLost,

@@ -363,7 +363,7 @@ fn protocol(message: impl Into<String>) -> TransportError {
 }
 
 fn ws_error(e: tungstenite::Error) -> TransportError {
-    lost(format!("WebSocket: {e}")).with_source(e)
+    lost(format!("WebSocket: {e}")).with_cause(e)
 }
 
 /// Opens the control channel; returns it and when its token expires.
@@ -1098,7 +1098,7 @@ fn url_endpoint(url: &str) -> Result<Endpoint, TransportError> {
 async fn open_stream(relay: &Relay, endpoint: &Endpoint) -> Result<Box<dyn Io>, TransportError> {
     let tcp = TcpStream::connect((endpoint.host(), endpoint.port()))
         .await
-        .map_err(|e| lost(format!("connecting to {endpoint}: {e}")).with_source(e))?;
+        .map_err(|e| lost(format!("connecting to {endpoint}: {e}")).with_cause(e))?;
     let _ = tcp.set_nodelay(true);
     if !endpoint.is_secure() {
         return Ok(Box::new(tcp));
@@ -1109,7 +1109,7 @@ async fn open_stream(relay: &Relay, endpoint: &Endpoint) -> Result<Box<dyn Io>, 
     let tls = connector
         .connect(name, tcp)
         .await
-        .map_err(|e| lost(format!("TLS handshake with {endpoint}: {e}")).with_source(e))?;
+        .map_err(|e| lost(format!("TLS handshake with {endpoint}: {e}")).with_cause(e))?;
     Ok(Box::new(tls))
 }
 
@@ -1403,7 +1403,7 @@ impl HcSender {
 }
 
 fn io_error(e: std::io::Error) -> TransportError {
-    lost(format!("HTTP: {e}")).with_source(e)
+    lost(format!("HTTP: {e}")).with_cause(e)
 }
 
 /// Reads more bytes into `buf`; `Ok(0)` at the end of the stream.
