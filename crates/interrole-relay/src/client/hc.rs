@@ -61,9 +61,9 @@
 //!
 //! ## Tokens
 //!
-//! With [`Credentials::Key`] every connection carries a fresh token, and the listener sends a
+//! With [`Credentials::Key`](super::Credentials::Key) every connection carries a fresh token, and the listener sends a
 //! `renewToken` on its control channel when 80 % of the token's lifetime has passed, so the
-//! relay never closes the channel for an expired token. A fixed [`Credentials::Token`] is not
+//! relay never closes the channel for an expired token. A fixed [`Credentials::Token`](super::Credentials::Token) is not
 //! renewed: when it expires the relay closes the channel (1008), re-opening it is refused with
 //! 401, and the listener ends.
 //!
@@ -91,14 +91,12 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use interrole_core::{RetryPolicy, TransportError, TransportErrorKind};
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -107,7 +105,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use super::connect::{Credentials, Endpoint, Io, Relay, Ws, handshake_error};
+use super::clock::sleep_until;
+use super::dial::{self, DialError, Io, Ws};
+use super::relay::{Relay, transport_error};
+use super::settings::Endpoint;
 use crate::control::{
     self, ControlMessage, DEFAULT_MAX_CONTROL_LEN, Headers, RemoteEndpoint, RenewToken,
 };
@@ -390,24 +391,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// When to renew a token that expires at `expiry` (Unix seconds): after 80 % of the time left.
-/// Only tokens signed here with a key can be renewed.
 fn renewal(relay: &Relay, expiry: Option<u64>) -> Option<Instant> {
-    if !matches!(relay.credentials(), Credentials::Key { .. }) {
-        return None;
-    }
-    let expires = UNIX_EPOCH.checked_add(Duration::from_secs(expiry?))?;
-    let left = expires
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
-    Some(Instant::now() + left.mul_f64(0.8).max(Duration::from_millis(100)))
+    relay.credentials().renew_at(expiry, 0.8)
 }
 
 /// The listener task: serves the control channel and re-opens it until told to stop or refused
@@ -840,10 +826,12 @@ impl HcConnection {
         let relay = &self.shared.relay;
         match handshake(relay, &url, None, relay.connect_timeout()).await? {
             // The relay answers a reject 410 Gone.
-            Err(tungstenite::Error::Http(r)) if r.status() == 410 || r.status().is_success() => {
+            Err(DialError::Refused { status, .. })
+                if status == 410 || (200..300).contains(&status) =>
+            {
                 Ok(())
             }
-            Err(e) => Err(handshake_error(e)),
+            Err(e) => Err(transport_error(e)),
             Ok(mut ws) => {
                 let _ = tokio::time::timeout(GRACE, ws.close(None)).await;
                 Ok(())
@@ -1096,21 +1084,9 @@ fn url_endpoint(url: &str) -> Result<Endpoint, TransportError> {
 
 /// A TCP connection to `endpoint`, with TLS when it is secure.
 async fn open_stream(relay: &Relay, endpoint: &Endpoint) -> Result<Box<dyn Io>, TransportError> {
-    let tcp = TcpStream::connect((endpoint.host(), endpoint.port()))
+    dial::open_stream(endpoint, &relay.tls())
         .await
-        .map_err(|e| lost(format!("connecting to {endpoint}: {e}")).with_source(e))?;
-    let _ = tcp.set_nodelay(true);
-    if !endpoint.is_secure() {
-        return Ok(Box::new(tcp));
-    }
-    let name = ServerName::try_from(endpoint.host().to_owned())
-        .map_err(|e| protocol(format!("TLS server name: {e}")))?;
-    let connector = tokio_rustls::TlsConnector::from(relay.tls_config());
-    let tls = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| lost(format!("TLS handshake with {endpoint}: {e}")).with_source(e))?;
-    Ok(Box::new(tls))
+        .map_err(transport_error)
 }
 
 /// A WebSocket handshake to an absolute URL, offering `protocol`: the TCP and TLS handshakes
@@ -1121,7 +1097,7 @@ async fn handshake(
     url: &str,
     protocol_offer: Option<&str>,
     wait: Duration,
-) -> Result<Result<Ws, tungstenite::Error>, TransportError> {
+) -> Result<Result<Ws, DialError>, TransportError> {
     let endpoint = url_endpoint(url)?;
     let mut request = url
         .into_client_request()
@@ -1146,13 +1122,8 @@ async fn handshake(
             )
         })??;
     let config = WebSocketConfig::default();
-    match tokio::time::timeout(
-        wait,
-        tokio_tungstenite::client_async_with_config(request, stream, Some(config)),
-    )
-    .await
-    {
-        Ok(r) => Ok(r.map(|(ws, _)| ws)),
+    match tokio::time::timeout(wait, dial::ws_handshake(request, stream, config)).await {
+        Ok(r) => Ok(r),
         Err(_) => Err(TransportError::new(
             TransportErrorKind::Timeout,
             format!("the WebSocket handshake with {endpoint} took over {wait:?}"),
@@ -1169,7 +1140,7 @@ async fn open_url(
 ) -> Result<Ws, TransportError> {
     handshake(relay, url, protocol_offer, wait)
         .await?
-        .map_err(handshake_error)
+        .map_err(transport_error)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1457,6 +1428,7 @@ async fn read_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::settings::Credentials;
 
     #[test]
     fn public_types_are_send_and_sync() {
@@ -1567,7 +1539,7 @@ mod tests {
     #[test]
     fn renewal_comes_at_four_fifths_of_the_lifetime_for_keys_only() {
         let key = Relay::connect_to("ws://h:1", Credentials::key("n", "k")).unwrap();
-        let at = renewal(&key, Some(crate::client::connect::unix_now() + 100)).unwrap();
+        let at = renewal(&key, Some(crate::client::clock::unix_now() + 100)).unwrap();
         let after = at - Instant::now();
         assert!(
             after > Duration::from_secs(70) && after <= Duration::from_secs(80),

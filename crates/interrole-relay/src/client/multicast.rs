@@ -28,7 +28,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
-use super::connect::{Credentials, Relay, Ws, unix_now};
+use super::clock::sleep_until;
+use super::dial::Ws;
+use super::relay::Relay;
 use crate::frame::{
     self, CloseCode, DEFAULT_MAX_ENVELOPE, Frame, FrameLimits, MessageReader, start_message,
 };
@@ -124,13 +126,7 @@ impl Transport for RelayTransport {
         // Tokens signed here are renewed before they expire: the connection ends (transient)
         // at 90 % of the token's life and the reliable host reconnects at once with a fresh
         // token, resuming where it was. A token given as is cannot be renewed.
-        let renew_at = match (self.relay.credentials(), expiry) {
-            (Credentials::Key { .. }, Some(expiry)) => {
-                let left = expiry.saturating_sub(unix_now());
-                Some(Instant::now() + Duration::from_millis(left * 900))
-            }
-            _ => None,
-        };
+        let renew_at = self.relay.credentials().renew_at(expiry, 0.9);
         let (publisher, mut subscriber) = tokio::try_join!(
             self.relay.open_ws(&pub_target, ws_config()),
             self.relay.open_ws(&sub_target, ws_config()),
@@ -368,7 +364,7 @@ async fn run(
                 }
                 shared.link.written(frames);
             }
-            () = renewal(renew_at) => {
+            () = sleep_until(renew_at) => {
                 shared.fail(lost("renewing the token before it expires: reconnecting"));
                 return;
             }
@@ -386,13 +382,6 @@ async fn run(
                 }
             }
         }
-    }
-}
-
-async fn renewal(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
