@@ -4,6 +4,7 @@
 //! `TransportError` for the bus, the Hybrid Connections clients an `HcError`.
 
 use std::io;
+use std::time::Duration;
 
 use rustls::pki_types::{InvalidDnsNameError, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -37,6 +38,8 @@ pub(crate) enum DialError {
         endpoint: String,
         source: io::Error,
     },
+    /// The URL does not make a WebSocket request.
+    Url(tungstenite::Error),
     /// The WebSocket handshake was answered with another status than 101.
     Refused {
         status: u16,
@@ -46,6 +49,12 @@ pub(crate) enum DialError {
     },
     /// The WebSocket handshake failed otherwise: the connection broke or was closed.
     Handshake(tungstenite::Error),
+    /// The TCP, TLS and WebSocket handshakes took longer than `after` together.
+    Timeout {
+        /// The endpoint, as `ws[s]://host[:port]`.
+        endpoint: String,
+        after: Duration,
+    },
 }
 
 impl DialError {
@@ -53,6 +62,19 @@ impl DialError {
     /// refused certificate as invalid data), which a retry will not cure.
     pub(crate) fn is_tls_refusal(&self) -> bool {
         matches!(self, Self::Tls { source, .. } if source.kind() == io::ErrorKind::InvalidData)
+    }
+
+    /// Whether this is a TLS handshake that refused the peer's certificate.
+    pub(crate) fn is_bad_certificate(&self) -> bool {
+        let Self::Tls { source, .. } = self else {
+            return false;
+        };
+        matches!(
+            source
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<rustls::Error>()),
+            Some(rustls::Error::InvalidCertificate(_))
+        )
     }
 }
 

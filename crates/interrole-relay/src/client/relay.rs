@@ -127,32 +127,35 @@ impl Relay {
         target_or_url: &str,
         config: WebSocketConfig,
     ) -> Result<Ws, TransportError> {
+        self.dial_ws(target_or_url, config)
+            .await
+            .map_err(transport_error)
+    }
+
+    /// As [`Relay::open_ws`], failing with what went wrong.
+    pub(crate) async fn dial_ws(
+        &self,
+        target_or_url: &str,
+        config: WebSocketConfig,
+    ) -> Result<Ws, DialError> {
         let url = if target_or_url.contains("://") {
             target_or_url.to_string()
         } else {
             self.endpoint.url(target_or_url)
         };
         let connect = async {
-            let stream = dial::open_stream(&self.endpoint, &self.tls())
-                .await
-                .map_err(transport_error)?;
-            let request = url.as_str().into_client_request().map_err(|e| {
-                TransportError::new(TransportErrorKind::Protocol, format!("relay URL: {e}"))
-            })?;
-            dial::ws_handshake(request, stream, config)
-                .await
-                .map_err(transport_error)
+            let stream = dial::open_stream(&self.endpoint, &self.tls()).await?;
+            let request = url.as_str().into_client_request().map_err(DialError::Url)?;
+            dial::ws_handshake(request, stream, config).await
         };
-        match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(r) => r,
-            Err(_) => Err(TransportError::new(
-                TransportErrorKind::Timeout,
-                format!(
-                    "connecting to {} took over {:?}",
-                    self.endpoint, self.connect_timeout
-                ),
-            )),
-        }
+        tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .unwrap_or_else(|_| {
+                Err(DialError::Timeout {
+                    endpoint: self.endpoint.to_string(),
+                    after: self.connect_timeout,
+                })
+            })
     }
 
     /// The TLS trust `wss` and `https` connections use.
@@ -168,7 +171,7 @@ impl Relay {
 
 /// The bus's error for a connection that could not be opened. The message carries the cause's
 /// text, and no source is attached: the bus logs an error's message alone.
-pub(crate) fn transport_error(e: DialError) -> TransportError {
+fn transport_error(e: DialError) -> TransportError {
     use tungstenite::Error as E;
     let kind = if e.is_tls_refusal() {
         TransportErrorKind::Protocol
@@ -178,6 +181,9 @@ pub(crate) fn transport_error(e: DialError) -> TransportError {
     match e {
         DialError::Tcp { endpoint, source } => {
             TransportError::new(kind, format!("connecting to {endpoint}: {source}"))
+        }
+        DialError::Url(e) => {
+            TransportError::new(TransportErrorKind::Protocol, format!("relay URL: {e}"))
         }
         DialError::ServerName(e) => TransportError::new(
             TransportErrorKind::Protocol,
@@ -205,5 +211,9 @@ pub(crate) fn transport_error(e: DialError) -> TransportError {
             TransportError::new(kind, "closed during the handshake")
         }
         DialError::Handshake(other) => TransportError::new(kind, other.to_string()),
+        DialError::Timeout { endpoint, after } => TransportError::new(
+            TransportErrorKind::Timeout,
+            format!("connecting to {endpoint} took over {after:?}"),
+        ),
     }
 }

@@ -3,12 +3,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use interrole_core::TransportError;
-
-use super::error::protocol;
+use super::error::{HcError, Opening};
 use super::open::{GRACE, handshake, open_url};
 use crate::client::dial::{DialError, Ws};
-use crate::client::relay::{Relay, transport_error};
+use crate::client::relay::Relay;
 use crate::control::{self, Headers, RemoteEndpoint};
 use crate::url::{RelayAddress, UrlLimits};
 
@@ -75,8 +73,8 @@ impl HcConnection {
     /// (`Sec-WebSocket-Protocol`), if any.
     ///
     /// # Errors
-    /// A [`TransportError`]: `NoListener` (404) when the rendezvous expired or the sender went
-    /// away, a transient kind when the relay cannot be reached.
+    /// An [`HcError`]: [`NotFound`](super::error::HcErrorKind::NotFound) (404) when the rendezvous
+    /// expired or the sender went away, a transient kind when the relay cannot be reached.
     ///
     /// # Cancel safety
     ///
@@ -86,7 +84,7 @@ impl HcConnection {
     /// relay gives up on the listener (504 after about 20 s). If it had, the relay answers the
     /// sender 101 and its WebSocket is closed at once (1001 or 1011), as the listener's side is
     /// gone.
-    pub async fn accept(self) -> Result<Ws, TransportError> {
+    pub async fn accept(self) -> Result<Ws, HcError> {
         let offered = control::header(&self.accept.connect_headers, "Sec-WebSocket-Protocol")
             .and_then(|p| p.split(',').map(str::trim).find(|p| !p.is_empty()))
             .map(str::to_owned);
@@ -101,13 +99,14 @@ impl HcConnection {
     /// # Cancel safety
     ///
     /// Not cancel safe, as [`HcConnection::accept`]: a dropped call loses the sender.
-    pub async fn accept_with_protocol(self, protocol: Option<&str>) -> Result<Ws, TransportError> {
+    pub async fn accept_with_protocol(self, protocol: Option<&str>) -> Result<Ws, HcError> {
         let relay = &self.relay;
         open_url(
             relay,
             &self.accept.address,
             protocol,
             relay.connect_timeout(),
+            Opening::Rendezvous,
         )
         .await
     }
@@ -115,8 +114,8 @@ impl HcConnection {
     /// Rejects the sender: its handshake fails with `status` (100 to 599) and `description`.
     ///
     /// # Errors
-    /// `Protocol` for a status outside 100 to 599; as [`HcConnection::accept`] when the relay
-    /// cannot be told.
+    /// [`Protocol`](super::error::HcErrorKind::Protocol) for a status outside 100 to 599; as
+    /// [`HcConnection::accept`] when the relay cannot be told.
     ///
     /// # Cancel safety
     ///
@@ -125,9 +124,11 @@ impl HcConnection {
     /// told `status`: it waits until the relay gives up on the listener (504 after about
     /// 20 s). If the handshake had reached the relay, the rejection stands; only the closing
     /// of the reject connection is cut short.
-    pub async fn reject(self, status: u16, description: &str) -> Result<(), TransportError> {
+    pub async fn reject(self, status: u16, description: &str) -> Result<(), HcError> {
         if !(100..=599).contains(&status) {
-            return Err(protocol(format!("reject status {status}: use 100 to 599")));
+            return Err(HcError::protocol(format!(
+                "reject status {status}: use 100 to 599"
+            )));
         }
         let url = crate::url::reject_address(&self.accept.address, status, description);
         let relay = &self.relay;
@@ -138,7 +139,7 @@ impl HcConnection {
             {
                 Ok(())
             }
-            Err(e) => Err(transport_error(e)),
+            Err(e) => Err(HcError::dial(e, Opening::Rendezvous)),
             Ok(mut ws) => {
                 let _ = tokio::time::timeout(GRACE, ws.close(None)).await;
                 Ok(())

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use interrole_core::{RetryPolicy, TransportError, TransportErrorKind};
+use interrole_core::RetryPolicy;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use super::connection::HcConnection;
-use super::error::{closed_error, lost, protocol, ws_error};
+use super::error::{Chain, HcError, Opening};
 use super::open::{GRACE, open_url};
 use super::request::{HcRequest, Outgoing, Reply};
 use crate::client::clock::sleep_until;
@@ -32,6 +32,9 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(20);
 
 /// A channel up this long starts the reconnect delays over.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// A token signed here is renewed once this fraction of its lifetime has passed.
+const RENEW_AFTER: f64 = 0.8;
 
 /// How many incoming items wait for [`HcListener::accept`].
 const INCOMING_QUEUE: usize = 256;
@@ -48,11 +51,11 @@ pub enum ListenerStatus {
         /// 10 s (0 before the first).
         attempts: u32,
         /// Why the channel was lost, or why the last attempt failed.
-        error: TransportError,
+        error: HcError,
     },
     /// The listener is finished: closed with [`HcListener::close`] (`None`) or ended by an error
     /// that retrying cannot cure.
-    Closed(Option<TransportError>),
+    Closed(Option<HcError>),
 }
 
 /// Something that arrived on a listener's control channel.
@@ -92,9 +95,10 @@ impl HcListener {
     /// and starts the task that keeps it open. Must be called within a tokio runtime.
     ///
     /// # Errors
-    /// The first attempt's [`TransportError`]: `Unauthorized` (401), `Forbidden` (403),
-    /// `NoListener` (404: no such hybrid connection), `Protocol` for a bad path, a transient
-    /// kind when the relay cannot be reached.
+    /// The first attempt's [`HcError`]: `Unauthorized` (401), `Forbidden` (403), `NotFound`
+    /// (404: no such hybrid connection), `ListenerLimit` (403 `MaximumListenersPerEndpoint`),
+    /// `Protocol` for a bad path or a certificate that does not verify, a transient kind when
+    /// the relay cannot be reached.
     ///
     /// # Cancel safety
     ///
@@ -104,7 +108,7 @@ impl HcListener {
     /// among the path's listeners until it saw the socket close; a sender offered to it
     /// meanwhile is handed to another listener of the path, a request is answered 502. `bind`
     /// may be called again.
-    pub async fn bind(relay: Relay, path: &str) -> Result<Self, TransportError> {
+    pub async fn bind(relay: Relay, path: &str) -> Result<Self, HcError> {
         Self::bind_with_ping(relay, path, PING_INTERVAL, RetryPolicy::default()).await
     }
 
@@ -120,7 +124,7 @@ impl HcListener {
         relay: Relay,
         path: &str,
         retry: RetryPolicy,
-    ) -> Result<Self, TransportError> {
+    ) -> Result<Self, HcError> {
         Self::bind_with_ping(relay, path, PING_INTERVAL, retry).await
     }
 
@@ -129,7 +133,7 @@ impl HcListener {
         path: &str,
         ping_interval: Duration,
         retry: RetryPolicy,
-    ) -> Result<Self, TransportError> {
+    ) -> Result<Self, HcError> {
         let path = path.trim_matches('/').to_owned();
         let (ws, expiry) = open_control(&relay, &path).await?;
         tracing::debug!(endpoint = %relay.endpoint(), path, "listener control channel open");
@@ -166,13 +170,13 @@ impl HcListener {
     /// request was taken from the queue: the next `accept` gets it. (Items keep their own
     /// deadlines meanwhile: a sender must be answered within about 20 s of arriving, a request
     /// within the relay's request timeout.)
-    pub async fn accept(&self) -> Result<Incoming, TransportError> {
+    pub async fn accept(&self) -> Result<Incoming, HcError> {
         let next = self.incoming.lock().await.recv().await;
         match next {
             Some(incoming) => Ok(incoming),
             None => Err(match &*self.core.status.borrow() {
                 ListenerStatus::Closed(Some(e)) => e.clone(),
-                _ => closed_error(),
+                _ => HcError::closed(),
             }),
         }
     }
@@ -236,32 +240,20 @@ impl fmt::Debug for HcListener {
 }
 
 /// Opens the control channel; returns it and when its token expires.
-async fn open_control(relay: &Relay, path: &str) -> Result<(Ws, Option<u64>), TransportError> {
-    let (target, expiry) = relay.target(Action::Listen, path, None)?;
-    let ws = relay.open_ws(&target, WebSocketConfig::default()).await?;
+async fn open_control(relay: &Relay, path: &str) -> Result<(Ws, Option<u64>), HcError> {
+    let (target, expiry) = relay
+        .address(Action::Listen, path, None)
+        .map_err(|e| HcError::bad_path(path, e))?;
+    let ws = relay
+        .dial_ws(&target, WebSocketConfig::default())
+        .await
+        .map_err(|e| HcError::dial(e, Opening::ControlChannel))?;
     Ok((ws, expiry))
-}
-
-/// Whether re-opening the control channel after `e` is pointless.
-fn gives_up(e: &TransportError) -> bool {
-    match e.kind() {
-        TransportErrorKind::ConnectionLost
-        | TransportErrorKind::Timeout
-        | TransportErrorKind::Unavailable => false,
-        // A quota (too many listeners on the path) may clear.
-        TransportErrorKind::Forbidden => !e.message().contains("MaximumListenersPerEndpoint"),
-        _ => true,
-    }
 }
 
 /// Resolves once the listener is told to stop (or is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
-}
-
-/// When to renew a token that expires at `expiry` (Unix seconds): after 80 % of the time left.
-fn renewal(relay: &Relay, expiry: Option<u64>) -> Option<Instant> {
-    relay.credentials().renew_at(expiry, 0.8)
 }
 
 /// The listener task: serves the control channel and re-opens it until told to stop or refused
@@ -277,21 +269,16 @@ async fn run(
     let mut channel = Some((ws, expiry));
     let mut attempts: u32 = 0;
     let mut delays = core.retry.delays();
-    let mut last_error: Option<TransportError> = None;
+    let mut last_error: Option<HcError> = None;
     let mut generation = 0u64;
     let end = loop {
         let (ws, expiry) = match channel.take() {
             Some(c) => c,
             None => {
                 let Some(delay) = delays.next() else {
-                    let e = last_error.take().unwrap_or_else(|| {
-                        TransportError::new(TransportErrorKind::ConnectionLost, "lost")
-                    });
-                    tracing::warn!(path = core.path, error = %e, "listener gave up retrying");
-                    break Some(TransportError::new(
-                        e.kind(),
-                        format!("gave up retrying: {e}"),
-                    ));
+                    let e = last_error.take().unwrap_or_else(|| HcError::lost("lost"));
+                    tracing::warn!(path = core.path, error = %Chain(&e), "listener gave up retrying");
+                    break Some(HcError::gave_up(e));
                 };
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
@@ -304,12 +291,12 @@ async fn run(
                 attempts = attempts.saturating_add(1);
                 match opened {
                     Ok(c) => c,
-                    Err(e) if gives_up(&e) => {
-                        tracing::warn!(path = core.path, error = %e, "listener refused for good");
+                    Err(e) if !e.is_transient() => {
+                        tracing::warn!(path = core.path, error = %Chain(&e), "listener refused for good");
                         break Some(e);
                     }
                     Err(error) => {
-                        tracing::debug!(path = core.path, %error, attempts, "reconnect failed");
+                        tracing::debug!(path = core.path, error = %Chain(&error), attempts, "reconnect failed");
                         last_error = Some(error.clone());
                         core.status
                             .send_replace(ListenerStatus::Reconnecting { attempts, error });
@@ -344,7 +331,7 @@ async fn run(
                     delays = core.retry.delays();
                 }
                 last_error = Some(error.clone());
-                tracing::info!(path = core.path, %error, "control channel lost: reconnecting");
+                tracing::info!(path = core.path, error = %Chain(&error), "control channel lost: reconnecting");
                 core.status
                     .send_replace(ListenerStatus::Reconnecting { attempts, error });
             }
@@ -353,7 +340,9 @@ async fn run(
     // Responders still waiting learn that their channel is gone.
     out_rx.close();
     while let Ok(out) = out_rx.try_recv() {
-        let _ = out.done.send(Err(lost("the control channel is closed")));
+        let _ = out
+            .done
+            .send(Err(HcError::lost("the control channel is closed")));
     }
     core.status.send_replace(ListenerStatus::Closed(end));
 }
@@ -369,13 +358,13 @@ async fn serve(
     out_tx: &mpsc::Sender<Outgoing>,
     out_rx: &mut mpsc::Receiver<Outgoing>,
     stop: &mut watch::Receiver<bool>,
-) -> Option<TransportError> {
+) -> Option<HcError> {
     let (mut sink, mut source) = ws.split();
     let interval = core.ping_interval;
     let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
-    let mut renew_at = renewal(&core.relay, expiry);
+    let mut renew_at = core.relay.credentials().renew_at(expiry, RENEW_AFTER);
     // Inline requests whose body is a binary message still to come, oldest first.
     let mut awaiting_body: VecDeque<control::Request> = VecDeque::new();
     let reply = |request: control::Request, body: Bytes| {
@@ -394,13 +383,13 @@ async fn serve(
             () = stopped(stop) => break None,
             _ = ping.tick() => {
                 if last_heard.elapsed() >= 3 * interval {
-                    break Some(TransportError::new(
-                        TransportErrorKind::Timeout,
-                        format!("nothing heard from the relay for {:?}", 3 * interval),
-                    ));
+                    break Some(HcError::timeout(format!(
+                        "nothing heard from the relay for {:?}",
+                        3 * interval
+                    )));
                 }
                 if let Err(e) = sink.send(Message::Ping(Bytes::new())).await {
-                    break Some(ws_error(e));
+                    break Some(HcError::websocket(e));
                 }
             }
             () = sleep_until(renew_at) => {
@@ -409,15 +398,15 @@ async fn serve(
                 if let Some((token, expiry)) = core.relay.credentials().token(&resource) {
                     let renew = ControlMessage::from(RenewToken::new(token)).to_json();
                     if let Err(e) = sink.send(Message::text(renew)).await {
-                        break Some(ws_error(e));
+                        break Some(HcError::websocket(e));
                     }
                     tracing::debug!(path = core.path, "listener token renewed");
-                    renew_at = renewal(&core.relay, expiry);
+                    renew_at = core.relay.credentials().renew_at(expiry, RENEW_AFTER);
                 }
             }
             Some(out) = out_rx.recv() => {
                 if out.generation != generation {
-                    let _ = out.done.send(Err(lost(
+                    let _ = out.done.send(Err(HcError::lost(
                         "the control channel the request arrived on is gone",
                     )));
                     continue;
@@ -425,12 +414,12 @@ async fn serve(
                 let mut result = Ok(());
                 for m in out.messages {
                     if let Err(e) = sink.feed(m).await {
-                        result = Err(ws_error(e));
+                        result = Err(HcError::websocket(e));
                         break;
                     }
                 }
                 if result.is_ok() {
-                    result = sink.flush().await.map_err(ws_error);
+                    result = sink.flush().await.map_err(HcError::websocket);
                 }
                 let failed = result.as_ref().err().cloned();
                 let _ = out.done.send(result);
@@ -441,14 +430,14 @@ async fn serve(
             m = source.next() => {
                 last_heard = Instant::now();
                 let text = match m {
-                    None => break Some(lost("the relay closed the control channel")),
-                    Some(Err(e)) => break Some(ws_error(e)),
+                    None => break Some(HcError::lost("the relay closed the control channel")),
+                    Some(Err(e)) => break Some(HcError::websocket(e)),
                     Some(Ok(Message::Close(frame))) => {
                         let why = frame.map_or_else(
                             || "without a code".to_owned(),
                             |f| format!("with {} {}", u16::from(f.code), f.reason),
                         );
-                        break Some(lost(format!("the relay closed the control channel {why}")));
+                        break Some(HcError::lost(format!("the relay closed the control channel {why}")));
                     }
                     Some(Ok(Message::Binary(body))) => {
                         if let Some(request) = awaiting_body.pop_front() {
@@ -521,7 +510,8 @@ fn deliver(tx: &mpsc::Sender<Incoming>, incoming: Incoming) {
 /// Opens a request's rendezvous, reads the request there and queues it.
 async fn fetch_request(core: Arc<ListenerCore>, address: String, tx: mpsc::Sender<Incoming>) {
     let fetch = async {
-        let mut ws = open_url(&core.relay, &address, None, core.relay.connect_timeout()).await?;
+        let wait = core.relay.connect_timeout();
+        let mut ws = open_url(&core.relay, &address, None, wait, Opening::Rendezvous).await?;
         let mut request: Option<control::Request> = None;
         let body = loop {
             match ws.next().await {
@@ -533,16 +523,16 @@ async fn fetch_request(core: Arc<ListenerCore>, address: String, tx: mpsc::Sende
                             break Bytes::new();
                         }
                         Err(e) if !e.is_ignorable() => {
-                            return Err(protocol(format!("request rendezvous: {e}")));
+                            return Err(HcError::protocol(format!("request rendezvous: {e}")));
                         }
                         _ => {}
                     }
                 }
                 Some(Ok(Message::Binary(body))) if request.is_some() => break body,
                 Some(Ok(Message::Close(_))) | None => {
-                    return Err(lost("the relay closed the request rendezvous"));
+                    return Err(HcError::lost("the relay closed the request rendezvous"));
                 }
-                Some(Err(e)) => return Err(ws_error(e)),
+                Some(Err(e)) => return Err(HcError::websocket(e)),
                 Some(Ok(_)) => {}
             }
         };
@@ -558,7 +548,9 @@ async fn fetch_request(core: Arc<ListenerCore>, address: String, tx: mpsc::Sende
     };
     match tokio::time::timeout(GRACE + core.relay.connect_timeout(), fetch).await {
         Ok(Ok(request)) => deliver(&tx, Incoming::Request(request)),
-        Ok(Err(e)) => tracing::warn!(path = core.path, error = %e, "fetching a request failed"),
+        Ok(Err(e)) => {
+            tracing::warn!(path = core.path, error = %Chain(&e), "fetching a request failed");
+        }
         Err(_) => tracing::warn!(path = core.path, "fetching a request timed out"),
     }
 }
@@ -566,6 +558,7 @@ async fn fetch_request(core: Arc<ListenerCore>, address: String, tx: mpsc::Sende
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::hc::error::HcErrorKind;
     use crate::client::settings::Credentials;
 
     /// A relay that completes the control channel's handshake, then neither reads nor writes.
@@ -598,24 +591,9 @@ mod tests {
         let ListenerStatus::Reconnecting { error, .. } = lost else {
             unreachable!()
         };
-        assert_eq!(error.kind(), TransportErrorKind::Timeout, "{error}");
+        assert_eq!(error.kind(), HcErrorKind::Timeout, "{error}");
         listener.close().await;
         assert!(matches!(listener.status(), ListenerStatus::Closed(None)));
         silent.abort();
-    }
-
-    #[test]
-    fn only_lasting_refusals_end_a_listener() {
-        let e = |k, m: &str| TransportError::new(k, m);
-        assert!(!gives_up(&e(TransportErrorKind::ConnectionLost, "")));
-        assert!(!gives_up(&e(TransportErrorKind::Unavailable, "503")));
-        assert!(!gives_up(&e(TransportErrorKind::Timeout, "")));
-        assert!(gives_up(&e(TransportErrorKind::Unauthorized, "401")));
-        assert!(gives_up(&e(TransportErrorKind::Forbidden, "403")));
-        assert!(gives_up(&e(TransportErrorKind::NoListener, "404")));
-        assert!(!gives_up(&e(
-            TransportErrorKind::Forbidden,
-            "the relay answered 403: MaximumListenersPerEndpoint: at most 25"
-        )));
     }
 }

@@ -53,11 +53,21 @@
 //! official clients do; [`HcListener::bind_with_retry`] sets another); the delays start over once
 //! a channel has stayed up for 10 s, and a policy whose budget runs out ends the listener. Meanwhile
 //! [`HcListener::status`] is [`ListenerStatus::Reconnecting`] with the last error, and the
-//! pending [`HcListener::accept`] keeps waiting. A handshake refused for good ends the listener:
-//! 401 (bad or expired credentials), 403 (no Listen right; but 403
-//! `MaximumListenersPerEndpoint`, a quota, is retried), 404 (no such hybrid connection) and other
-//! 4xx answers. [`HcListener::accept`] then returns that error, once the items already queued
-//! have been taken, and the status is [`ListenerStatus::Closed`] with it.
+//! pending [`HcListener::accept`] keeps waiting. An error that is not
+//! [transient](HcError::is_transient) ends the listener: a handshake refused for good, 401 (bad
+//! or expired credentials), 403 (no Listen right; but 403 `MaximumListenersPerEndpoint`, a
+//! quota, is [`ListenerLimit`](HcErrorKind::ListenerLimit) and retried), 404 (no such hybrid
+//! connection) and other 4xx answers, or a certificate that does not verify.
+//! [`HcListener::accept`] then returns that error, once the items already queued have been
+//! taken, and the status is [`ListenerStatus::Closed`] with it.
+//!
+//! ## Errors
+//!
+//! Every call fails with an [`HcError`]: a [kind](HcErrorKind) to match, the HTTP
+//! [status](HcError::status) when a handshake was refused, and the cause as its source. The
+//! kind says whether retrying may help ([`HcErrorKind::is_transient`]); a 404 is
+//! [`NoListener`](HcErrorKind::NoListener) (transient) for a sender but
+//! [`NotFound`](HcErrorKind::NotFound) (fatal) for a listener or a rendezvous.
 //!
 //! ## Tokens
 //!
@@ -101,6 +111,7 @@ mod response;
 mod sender;
 
 pub use connection::HcConnection;
+pub use error::{HcError, HcErrorKind};
 pub use listener::{HcListener, Incoming, ListenerStatus, PING_INTERVAL};
 pub use request::HcRequest;
 pub use response::HcResponse;

@@ -4,13 +4,12 @@
 
 use std::time::Duration;
 
-use interrole_core::{TransportError, TransportErrorKind};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::error::protocol;
+use super::error::{HcError, Opening};
 use crate::client::dial::{self, DialError, Io, Ws};
-use crate::client::relay::{Relay, transport_error};
+use crate::client::relay::Relay;
 use crate::client::settings::Endpoint;
 
 /// How long a closing handshake, or fetching a request from its rendezvous, may take.
@@ -18,42 +17,44 @@ pub(super) const GRACE: Duration = Duration::from_secs(5);
 
 /// The endpoint an absolute `ws[s]://host[:port]/..` URL names (a rendezvous address may name
 /// another host than the relay's endpoint).
-fn url_endpoint(url: &str) -> Result<Endpoint, TransportError> {
+fn url_endpoint(url: &str) -> Result<Endpoint, HcError> {
     let (scheme, rest) = url
         .split_once("://")
-        .ok_or_else(|| protocol(format!("`{url}` is not an absolute URL")))?;
+        .ok_or_else(|| HcError::protocol(format!("`{url}` is not an absolute URL")))?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     Endpoint::parse(&format!("{scheme}://{authority}"))
-        .map_err(|e| protocol(format!("address `{url}`: {e}")))
+        .map_err(|e| HcError::protocol(format!("bad address `{url}`")).with_source(e))
 }
 
 /// A TCP connection to `endpoint`, with TLS when it is secure.
 pub(super) async fn open_stream(
     relay: &Relay,
     endpoint: &Endpoint,
-) -> Result<Box<dyn Io>, TransportError> {
+) -> Result<Box<dyn Io>, HcError> {
     dial::open_stream(endpoint, &relay.tls())
         .await
-        .map_err(transport_error)
+        // (Only a WebSocket handshake is refused with a status: what is opened does not matter.)
+        .map_err(|e| HcError::dial(e, Opening::Sender))
 }
 
 /// A WebSocket handshake to an absolute URL, offering `protocol`: the TCP and TLS handshakes
 /// within the relay's connect timeout, the WebSocket handshake within `wait`. The outer error is
-/// a failure to get an answer; the inner one the handshake's.
+/// a failure to get an answer; the inner one the handshake's, for the caller to read (see
+/// [`HcError::dial`]).
 pub(super) async fn handshake(
     relay: &Relay,
     url: &str,
     protocol_offer: Option<&str>,
     wait: Duration,
-) -> Result<Result<Ws, DialError>, TransportError> {
+) -> Result<Result<Ws, DialError>, HcError> {
     let endpoint = url_endpoint(url)?;
     let mut request = url
         .into_client_request()
-        .map_err(|e| protocol(format!("URL `{url}`: {e}")))?;
+        .map_err(|e| HcError::protocol(format!("bad URL `{url}`")).with_source(e))?;
     if let Some(p) = protocol_offer {
         let value = p
             .parse()
-            .map_err(|_| protocol(format!("subprotocol {p:?}")))?;
+            .map_err(|_| HcError::protocol(format!("subprotocol {p:?}")))?;
         request
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", value);
@@ -61,34 +62,31 @@ pub(super) async fn handshake(
     let stream = tokio::time::timeout(relay.connect_timeout(), open_stream(relay, &endpoint))
         .await
         .map_err(|_| {
-            TransportError::new(
-                TransportErrorKind::Timeout,
-                format!(
-                    "connecting to {endpoint} took over {:?}",
-                    relay.connect_timeout()
-                ),
-            )
+            HcError::timeout(format!(
+                "connecting to {endpoint} took over {:?}",
+                relay.connect_timeout()
+            ))
         })??;
     let config = WebSocketConfig::default();
     match tokio::time::timeout(wait, dial::ws_handshake(request, stream, config)).await {
         Ok(r) => Ok(r),
-        Err(_) => Err(TransportError::new(
-            TransportErrorKind::Timeout,
-            format!("the WebSocket handshake with {endpoint} took over {wait:?}"),
-        )),
+        Err(_) => Err(HcError::timeout(format!(
+            "the WebSocket handshake with {endpoint} took over {wait:?}"
+        ))),
     }
 }
 
-/// Opens a WebSocket to an absolute URL (see [`handshake`]).
+/// Opens a WebSocket to an absolute URL (see [`handshake`]); `opening` says what a 404 means.
 pub(super) async fn open_url(
     relay: &Relay,
     url: &str,
     protocol_offer: Option<&str>,
     wait: Duration,
-) -> Result<Ws, TransportError> {
+    opening: Opening,
+) -> Result<Ws, HcError> {
     handshake(relay, url, protocol_offer, wait)
         .await?
-        .map_err(transport_error)
+        .map_err(|e| HcError::dial(e, opening))
 }
 
 #[cfg(test)]

@@ -6,11 +6,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use interrole_core::TransportError;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::error::{lost, protocol, ws_error};
+use super::error::{HcError, Opening};
 use super::open::{GRACE, open_url};
 use crate::client::dial::Ws;
 use crate::client::relay::Relay;
@@ -27,7 +26,7 @@ pub(super) struct Outgoing {
     /// The `response` control message, and the body if there is one.
     pub(super) messages: Vec<Message>,
     /// Told whether the messages were sent.
-    pub(super) done: oneshot::Sender<Result<(), TransportError>>,
+    pub(super) done: oneshot::Sender<Result<(), HcError>>,
 }
 
 /// Where a response goes.
@@ -120,8 +119,8 @@ impl HcRequest {
     /// headers.
     ///
     /// # Errors
-    /// `Protocol` for a status outside 100 to 599; `ConnectionLost` when the channel the request
-    /// came on is gone (the relay has answered the sender 502 then); as
+    /// [`Protocol`] for a status outside 100 to 599; [`ConnectionLost`] when the channel the
+    /// request came on is gone (the relay has answered the sender 502 then); as
     /// [`HcConnection::accept`] when a rendezvous cannot be opened.
     ///
     /// # Cancel safety
@@ -141,14 +140,16 @@ impl HcRequest {
     ///   Dropped after that, during the closing handshake, the response has been delivered.
     ///
     /// [`HcConnection::accept`]: super::connection::HcConnection::accept
+    /// [`Protocol`]: super::error::HcErrorKind::Protocol
+    /// [`ConnectionLost`]: super::error::HcErrorKind::ConnectionLost
     pub async fn respond(
         self,
         status: u16,
         headers: Headers,
         body: impl Into<Bytes>,
-    ) -> Result<(), TransportError> {
+    ) -> Result<(), HcError> {
         if !(100..=599).contains(&status) {
-            return Err(protocol(format!(
+            return Err(HcError::protocol(format!(
                 "response status {status}: use 100 to 599"
             )));
         }
@@ -166,7 +167,8 @@ impl HcRequest {
         match self.reply {
             Reply::Rendezvous(ws) => respond_on(*ws, messages).await,
             Reply::Control { relay, .. } if large => {
-                let ws = open_url(&relay, &self.address, None, relay.connect_timeout()).await?;
+                let wait = relay.connect_timeout();
+                let ws = open_url(&relay, &self.address, None, wait, Opening::Rendezvous).await?;
                 respond_on(ws, messages).await
             }
             Reply::Control {
@@ -180,10 +182,10 @@ impl HcRequest {
                 };
                 out.send(outgoing)
                     .await
-                    .map_err(|_| lost("the control channel is closed"))?;
+                    .map_err(|_| HcError::lost("the control channel is closed"))?;
                 result
                     .await
-                    .unwrap_or_else(|_| Err(lost("the control channel is closed")))
+                    .unwrap_or_else(|_| Err(HcError::lost("the control channel is closed")))
             }
         }
     }
@@ -206,11 +208,11 @@ impl fmt::Debug for HcRequest {
 }
 
 /// Sends a response on a request rendezvous and closes it.
-async fn respond_on(mut ws: Ws, messages: Vec<Message>) -> Result<(), TransportError> {
+async fn respond_on(mut ws: Ws, messages: Vec<Message>) -> Result<(), HcError> {
     for m in messages {
-        ws.feed(m).await.map_err(ws_error)?;
+        ws.feed(m).await.map_err(HcError::websocket)?;
     }
-    ws.flush().await.map_err(ws_error)?;
+    ws.flush().await.map_err(HcError::websocket)?;
     let _ = tokio::time::timeout(GRACE, async {
         let _ = ws.close(None).await;
         while let Some(Ok(_)) = ws.next().await {}

@@ -2,10 +2,9 @@
 //! [`http::ResponseReader`]: an [`HcResponse`].
 
 use bytes::Bytes;
-use interrole_core::{TransportError, TransportErrorKind};
 use tokio::io::AsyncReadExt;
 
-use super::error::{io_error, lost, protocol};
+use super::error::{HcError, HcErrorKind};
 use crate::client::dial::Io;
 use crate::control::Headers;
 use crate::http::{self, HttpErrorKind};
@@ -28,18 +27,18 @@ pub struct HcResponse {
 }
 
 /// Reads more bytes into `buf`; `Ok(0)` at the end of the stream.
-async fn read_more(stream: &mut Box<dyn Io>, buf: &mut Vec<u8>) -> Result<usize, TransportError> {
+async fn read_more(stream: &mut Box<dyn Io>, buf: &mut Vec<u8>) -> Result<usize, HcError> {
     buf.reserve(16 * 1024);
     match stream.read_buf(buf).await {
         Ok(n) => Ok(n),
         // A TLS peer that closes without close_notify.
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
-        Err(e) => Err(io_error(e)),
+        Err(e) => Err(HcError::io("reading the HTTP response", e)),
     }
 }
 
-fn cut_short() -> TransportError {
-    lost("the connection closed before the response was complete")
+fn cut_short() -> HcError {
+    HcError::lost("the connection closed before the response was complete")
 }
 
 /// Reads one HTTP/1.1 response (skipping interim 1xx ones): the body by `Content-Length`,
@@ -47,19 +46,21 @@ fn cut_short() -> TransportError {
 pub(super) async fn read_response(
     stream: &mut Box<dyn Io>,
     is_head: bool,
-) -> Result<HcResponse, TransportError> {
+) -> Result<HcResponse, HcError> {
     let mut reader = http::ResponseReader::new(is_head, MAX_RESPONSE_HEAD, MAX_RESPONSE_BODY);
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut end = false;
     loop {
         let read = reader.advance(&mut buf, end).map_err(|e| match e.kind() {
             HttpErrorKind::Incomplete => cut_short(),
-            HttpErrorKind::BodyTooLarge => TransportError::new(
-                TransportErrorKind::PayloadTooLarge,
+            HttpErrorKind::BodyTooLarge => HcError::new(
+                HcErrorKind::PayloadTooLarge,
                 "HTTP response body over 64 MiB",
             ),
-            HttpErrorKind::HeadTooLarge => protocol(format!("HTTP response: {e} (over 64 KiB)")),
-            _ => protocol(format!("HTTP response: {e}")),
+            HttpErrorKind::HeadTooLarge => {
+                HcError::protocol("HTTP response head over 64 KiB").with_source(e)
+            }
+            _ => HcError::protocol("malformed HTTP response").with_source(e),
         })?;
         if let Some(response) = read {
             return Ok(HcResponse {

@@ -3,10 +3,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use interrole_core::{TransportError, TransportErrorKind};
 use tokio::io::AsyncWriteExt;
 
-use super::error::{io_error, protocol};
+use super::error::{HcError, Opening};
 use super::open::{open_stream, open_url};
 use super::response::{HcResponse, read_response};
 use crate::client::dial::Ws;
@@ -63,10 +62,12 @@ impl HcSender {
     /// it to the rendezvous the listener opens. Waits up to 70 s for the listener to decide.
     ///
     /// # Errors
-    /// `NoListener` (404) when nobody listens; `Unauthorized` (401) and `Forbidden` (403) for
-    /// refused credentials; when the listener rejects, the kind of its status (`Protocol` for
-    /// most), with the message `the relay answered {status}: {description}`; a transient kind
-    /// when the relay cannot be reached or the listener does not answer (504).
+    /// An [`HcError`] of kind `NoListener` (404) when nobody listens; `Unauthorized` (401) and
+    /// `Forbidden` (403) for refused credentials; when the listener rejects, `Refused` with its
+    /// status ([`HcError::status`]) and the message `the relay answered {status}:
+    /// {description}` (a 404 reads as `NoListener` and a 5xx as `Unavailable`, as the relay's
+    /// own would); a transient kind when the relay cannot be reached or the listener does not
+    /// answer (504, `Unavailable`).
     ///
     /// # Cancel safety
     ///
@@ -75,7 +76,7 @@ impl HcSender {
     /// watch a sender while it waits for a listener: once the handshake request has reached
     /// it, a dropped `connect` is still offered to a listener, which may accept it and gets a
     /// WebSocket that the relay closes at once (or a 410 on the rendezvous).
-    pub async fn connect(&self) -> Result<Ws, TransportError> {
+    pub async fn connect(&self) -> Result<Ws, HcError> {
         self.connect_as(None).await
     }
 
@@ -90,17 +91,20 @@ impl HcSender {
     /// As [`HcSender::connect`], with one more consequence: once the handshake request has
     /// reached the relay, the id stays taken there until a listener accepts or rejects the
     /// abandoned sender, or the relay gives up on it (about 20 s). A `connect_with_id` with the
-    /// same id meanwhile is refused 400 (`Protocol`, which a retry policy does not retry).
+    /// same id meanwhile is refused 400 (`Refused`, which is not transient).
     ///
     /// [`HcConnection::id`]: super::connection::HcConnection::id
-    pub async fn connect_with_id(&self, id: &str) -> Result<Ws, TransportError> {
+    pub async fn connect_with_id(&self, id: &str) -> Result<Ws, HcError> {
         self.connect_as(Some(id)).await
     }
 
-    async fn connect_as(&self, id: Option<&str>) -> Result<Ws, TransportError> {
-        let (target, _) = self.relay.target(Action::Connect, &self.path, id)?;
+    async fn connect_as(&self, id: Option<&str>) -> Result<Ws, HcError> {
+        let (target, _) = self
+            .relay
+            .address(Action::Connect, &self.path, id)
+            .map_err(|e| HcError::bad_path(&self.path, e))?;
         let url = self.relay.endpoint().url(&target);
-        open_url(&self.relay, &url, None, CONNECT_WAIT).await
+        open_url(&self.relay, &url, None, CONNECT_WAIT, Opening::Sender).await
     }
 
     /// Sends an HTTP/1.1 request to a listener of the path: `{method}
@@ -114,9 +118,10 @@ impl HcSender {
     /// response carries a `Via` header on the interrole relay).
     ///
     /// # Errors
-    /// `Protocol` for a bad method, target or header; `PayloadTooLarge` for a response over
-    /// 64 MiB; `Timeout` when the response is not complete within the request timeout; a
-    /// transient kind when the relay cannot be reached or the connection breaks.
+    /// An [`HcError`] of kind `Protocol` for a bad method, target or header, or a malformed
+    /// response; `PayloadTooLarge` for a response over 64 MiB; `Timeout` when the response is
+    /// not complete within the request timeout; a transient kind when the relay cannot be
+    /// reached or the connection breaks.
     ///
     /// # Cancel safety
     ///
@@ -133,7 +138,7 @@ impl HcSender {
         path_and_query: &str,
         headers: &Headers,
         body: impl Into<Bytes>,
-    ) -> Result<HcResponse, TransportError> {
+    ) -> Result<HcResponse, HcError> {
         let body = body.into();
         let head = self.request_head(method, path_and_query, headers, body.len())?;
         let endpoint = self.relay.endpoint();
@@ -143,28 +148,26 @@ impl HcSender {
         )
         .await
         .map_err(|_| {
-            TransportError::new(
-                TransportErrorKind::Timeout,
-                format!(
-                    "connecting to {endpoint} took over {:?}",
-                    self.relay.connect_timeout()
-                ),
-            )
+            HcError::timeout(format!(
+                "connecting to {endpoint} took over {:?}",
+                self.relay.connect_timeout()
+            ))
         })??;
         let is_head = method.eq_ignore_ascii_case("HEAD");
         let exchange = async {
-            stream.write_all(&head).await.map_err(io_error)?;
-            stream.write_all(&body).await.map_err(io_error)?;
-            stream.flush().await.map_err(io_error)?;
+            let sending = |e| HcError::io("sending the HTTP request", e);
+            stream.write_all(&head).await.map_err(sending)?;
+            stream.write_all(&body).await.map_err(sending)?;
+            stream.flush().await.map_err(sending)?;
             read_response(&mut stream, is_head).await
         };
         tokio::time::timeout(self.request_timeout, exchange)
             .await
             .map_err(|_| {
-                TransportError::new(
-                    TransportErrorKind::Timeout,
-                    format!("no complete response within {:?}", self.request_timeout),
-                )
+                HcError::timeout(format!(
+                    "no complete response within {:?}",
+                    self.request_timeout
+                ))
             })?
     }
 
@@ -175,14 +178,14 @@ impl HcSender {
         path_and_query: &str,
         headers: &Headers,
         body_len: usize,
-    ) -> Result<Vec<u8>, TransportError> {
+    ) -> Result<Vec<u8>, HcError> {
         let is_token = |s: &str| {
             !s.is_empty()
                 && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
         };
         if !is_token(method) {
-            return Err(protocol(format!("HTTP method {method:?}")));
+            return Err(HcError::protocol(format!("HTTP method {method:?}")));
         }
         if !(path_and_query.is_empty()
             || path_and_query.starts_with('/')
@@ -191,12 +194,12 @@ impl HcSender {
                 .chars()
                 .any(|c| c == ' ' || c == '#' || c.is_control())
         {
-            return Err(protocol(format!(
+            return Err(HcError::protocol(format!(
                 "path and query {path_and_query:?}: empty, or starting with / or ?, without spaces"
             )));
         }
         let path = RelayAddress::new(Action::Http, &self.path)
-            .map_err(|e| protocol(format!("relay path `{}`: {e}", self.path)))?
+            .map_err(|e| HcError::bad_path(&self.path, e))?
             .to_request_target();
         let endpoint = self.relay.endpoint();
         let default_port = if endpoint.is_secure() { 443 } else { 80 };
@@ -219,7 +222,7 @@ impl HcSender {
                 continue;
             }
             if !is_token(name) || value.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
-                return Err(protocol(format!("HTTP header {name:?}")));
+                return Err(HcError::protocol(format!("HTTP header {name:?}")));
             }
             head.push_str(&format!("{name}: {value}\r\n"));
         }
