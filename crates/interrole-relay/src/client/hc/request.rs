@@ -14,6 +14,7 @@ use super::open::{GRACE, open_url};
 use crate::client::dial::Ws;
 use crate::client::relay::Relay;
 use crate::control::{self, ControlMessage, DEFAULT_MAX_CONTROL_LEN, Headers, RemoteEndpoint};
+use crate::http::reason_phrase;
 use crate::url::{RelayAddress, UrlLimits};
 
 /// Bodies and control messages above this travel over a rendezvous.
@@ -219,31 +220,4 @@ async fn respond_on(mut ws: Ws, messages: Vec<Message>) -> Result<(), HcError> {
     })
     .await;
     Ok(())
-}
-
-/// The reason phrase of common statuses.
-fn reason_phrase(status: u16) -> Option<&'static str> {
-    Some(match status {
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        204 => "No Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        413 => "Payload Too Large",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => return None,
-    })
 }
