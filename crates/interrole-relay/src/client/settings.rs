@@ -402,6 +402,12 @@ mod tests {
     }
 
     #[test]
+    fn config_errors_are_send_and_sync() {
+        fn check<T: Send + Sync + 'static>() {}
+        check::<ConfigError>();
+    }
+
+    #[test]
     fn config_errors_say_their_source_once() {
         let e = Tls::from_pem_file("/nonexistent/ca.pem").unwrap_err();
         assert_eq!(e.kind(), ConfigErrorKind::Io);

@@ -128,6 +128,7 @@ mod tests {
         check::<HcSender>();
         check::<HcResponse>();
         check::<ListenerStatus>();
+        check::<HcError>();
         fn send<T: Send + 'static>() {}
         send::<Incoming>();
     }
