@@ -11,8 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use futures::{SinkExt, StreamExt};
-use interrole_core::{TransportError, TransportErrorKind};
-use interrole_relay::client::hc::{HcListener, HcSender, Incoming, ListenerStatus};
+use interrole_relay::client::hc::{
+    HcError, HcErrorKind, HcListener, HcSender, Incoming, ListenerStatus,
+};
 use interrole_relay::client::{Credentials, Relay, Tls, Ws};
 use interrole_relay::control::{Headers, header};
 use interrole_relay::sas::SharedAccessSignature;
@@ -94,7 +95,7 @@ async fn wait_status(
 }
 
 /// The error of a connect that must fail (a WebSocket is not `Debug`).
-fn failed(r: Result<Ws, TransportError>) -> TransportError {
+fn failed(r: Result<Ws, HcError>) -> HcError {
     match r {
         Ok(_) => panic!("the connection succeeded"),
         Err(e) => e,
@@ -133,7 +134,7 @@ async fn accepted_sender_and_listener_talk_through_the_splice() {
     listener.close().await;
     assert!(matches!(listener.status(), ListenerStatus::Closed(None)));
     let e = listener.accept().await.unwrap_err();
-    assert_eq!(e.kind(), TransportErrorKind::Closed);
+    assert_eq!(e.kind(), HcErrorKind::Closed);
     server.shutdown().await;
 }
 
@@ -149,7 +150,11 @@ async fn rejected_sender_fails_with_the_listeners_status() {
     };
     c.reject(418, "not today").await.unwrap();
     let e = failed(connecting.await.unwrap());
-    assert_eq!(e.kind(), TransportErrorKind::Protocol, "{e}");
+    assert_eq!(
+        (e.kind(), e.status()),
+        (HcErrorKind::Refused, Some(418)),
+        "{e}"
+    );
     assert!(
         e.message().contains("418") && e.message().contains("not today"),
         "{e}"
@@ -158,7 +163,7 @@ async fn rejected_sender_fails_with_the_listeners_status() {
     // Nobody listening: 404.
     listener.close().await;
     let e = failed(HcSender::new(relay(addr, ROOT), "hyco").connect().await);
-    assert_eq!(e.kind(), TransportErrorKind::NoListener, "{e}");
+    assert_eq!(e.kind(), HcErrorKind::NoListener, "{e}");
     server.shutdown().await;
 }
 
@@ -269,14 +274,14 @@ async fn refused_credentials_end_the_listener() {
     let e = HcListener::bind(relay(addr, ("root", "wrong")), "hyco")
         .await
         .unwrap_err();
-    assert_eq!(e.kind(), TransportErrorKind::Unauthorized, "{e}");
+    assert_eq!(e.kind(), HcErrorKind::Unauthorized, "{e}");
     // A key without the Listen right... may not send.
     let e = failed(
         HcSender::new(relay(addr, LISTEN_ONLY), "hyco")
             .connect()
             .await,
     );
-    assert_eq!(e.kind(), TransportErrorKind::Forbidden, "{e}");
+    assert_eq!(e.kind(), HcErrorKind::Forbidden, "{e}");
 
     // A fixed token that expires: the relay closes the channel, re-opening it is refused 401,
     // and `accept` reports that.
@@ -289,11 +294,11 @@ async fn refused_credentials_end_the_listener() {
         .await
         .expect("the listener did not end")
         .unwrap_err();
-    assert_eq!(e.kind(), TransportErrorKind::Unauthorized, "{e}");
+    assert_eq!(e.kind(), HcErrorKind::Unauthorized, "{e}");
     let ListenerStatus::Closed(Some(e)) = listener.status() else {
         panic!("{:?}", listener.status());
     };
-    assert_eq!(e.kind(), TransportErrorKind::Unauthorized, "{e}");
+    assert_eq!(e.kind(), HcErrorKind::Unauthorized, "{e}");
     server.shutdown().await;
 }
 

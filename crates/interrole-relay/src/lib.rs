@@ -76,15 +76,6 @@
 //! ([`frame::VERSION`]); a relay refuses versions it does not read with close code 4002
 //! ([`frame::CloseCode::UnsupportedVersion`]) rather than guessing.
 
-#![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    rust_2018_idioms,
-    unreachable_pub
-)]
-#![deny(rustdoc::broken_intra_doc_links)]
-
 #[cfg(feature = "client")]
 pub mod client;
 pub mod control;

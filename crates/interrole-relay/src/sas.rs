@@ -605,7 +605,7 @@ pub struct Access<'a> {
     pub host: Option<&'a str>,
     /// The entity path (`hyco`, `orders/eu`), decoded; leading and trailing slashes are ignored.
     pub path: &'a str,
-    /// The right the action needs (see [`Action::required_right`](crate::url::Action::required_right)).
+    /// The right the action needs (the relay address's `Action::required_right`).
     pub right: Right,
     /// The current time in Unix seconds.
     pub now: u64,

@@ -28,7 +28,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
-use super::connect::{Credentials, Relay, Ws, unix_now};
+use super::clock::sleep_until;
+use super::dial::Ws;
+use super::relay::Relay;
 use crate::frame::{
     self, CloseCode, DEFAULT_MAX_ENVELOPE, Frame, FrameLimits, MessageReader, start_message,
 };
@@ -124,13 +126,7 @@ impl Transport for RelayTransport {
         // Tokens signed here are renewed before they expire: the connection ends (transient)
         // at 90 % of the token's life and the reliable host reconnects at once with a fresh
         // token, resuming where it was. A token given as is cannot be renewed.
-        let renew_at = match (self.relay.credentials(), expiry) {
-            (Credentials::Key { .. }, Some(expiry)) => {
-                let left = expiry.saturating_sub(unix_now());
-                Some(Instant::now() + Duration::from_millis(left * 900))
-            }
-            _ => None,
-        };
+        let renew_at = self.relay.credentials().renew_at(expiry, 0.9);
         let (publisher, mut subscriber) = tokio::try_join!(
             self.relay.open_ws(&pub_target, ws_config()),
             self.relay.open_ws(&sub_target, ws_config()),
@@ -140,8 +136,8 @@ impl Transport for RelayTransport {
         positions.truncate(FrameLimits::default().max_resume_entries);
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            link: LinkState::new(inbound),
+        let link = Arc::new(ConnectionLink {
+            state: LinkState::new(inbound),
             stop: stop_tx,
         });
         // RESUME, answered with READY once the relay has registered the subscriber: from then
@@ -158,7 +154,7 @@ impl Transport for RelayTransport {
             loop {
                 match subscriber.next().await {
                     Some(Ok(Message::Binary(bytes))) => {
-                        if handle(&shared, &bytes, &limits, false)? == Readiness::Ready {
+                        if handle(&link, &bytes, &limits, false)? == Readiness::Ready {
                             return Ok(());
                         }
                     }
@@ -187,11 +183,11 @@ impl Transport for RelayTransport {
         match tokio::time::timeout(self.relay.connect_timeout(), ready).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                shared.link.end();
+                link.state.end();
                 return Err(e);
             }
             Err(_) => {
-                shared.link.end();
+                link.state.end();
                 return Err(TransportError::new(
                     TransportErrorKind::Timeout,
                     "the relay did not confirm the subscription in time",
@@ -204,7 +200,7 @@ impl Transport for RelayTransport {
             tokio::spawn(run(
                 publisher,
                 Role::Publisher(rx),
-                shared.clone(),
+                link.clone(),
                 stop_rx.clone(),
                 options.clone(),
                 renew_at,
@@ -212,7 +208,7 @@ impl Transport for RelayTransport {
             tokio::spawn(run(
                 subscriber,
                 Role::Subscriber,
-                shared.clone(),
+                link.clone(),
                 stop_rx,
                 options,
                 None,
@@ -222,7 +218,7 @@ impl Transport for RelayTransport {
         Ok(Arc::new(RelayConnection {
             instance: spec.instance,
             path: spec.topic.as_str().to_string(),
-            shared,
+            link,
             tx,
             tasks: Mutex::new(tasks),
             max_envelope: self.options.max_envelope,
@@ -234,35 +230,36 @@ fn lost(message: impl Into<String>) -> TransportError {
     TransportError::new(TransportErrorKind::ConnectionLost, message)
 }
 
-/// What the two connection tasks and the handle share.
-struct Shared {
+/// One relay connection's link state and stop signal, shared by its publisher and subscriber
+/// tasks and its handle.
+struct ConnectionLink {
     /// Open, ending, frames queued and written (for `flush`), the error that ended it.
-    link: LinkState,
+    state: LinkState,
     /// Stops both tasks.
     stop: watch::Sender<bool>,
 }
 
-impl Shared {
+impl ConnectionLink {
     /// Ends the connection because of `error`: tells the inbound once, stops both tasks.
     fn fail(&self, error: TransportError) {
         let _ = self.stop.send(true);
         let message = error.to_string();
-        if self.link.fail(error) {
+        if self.state.fail(error) {
             tracing::debug!(error = %message, "relay connection lost");
         }
     }
 
     fn is_ending(&self) -> bool {
-        self.link.is_ending()
+        self.state.is_ending()
     }
 
     fn inbound(&self) -> &dyn Inbound {
-        self.link.inbound()
+        self.state.inbound()
     }
 
     /// The owner closes: nothing more is queued or delivered, and both tasks stop.
     fn end(&self) {
-        self.link.end();
+        self.state.end();
         let _ = self.stop.send(true);
     }
 }
@@ -276,7 +273,7 @@ enum Role {
 async fn run(
     mut ws: Ws,
     mut role: Role,
-    shared: Arc<Shared>,
+    link: Arc<ConnectionLink>,
     mut stop: watch::Receiver<bool>,
     options: RelayOptions,
     renew_at: Option<Instant>,
@@ -306,7 +303,7 @@ async fn run(
             incoming = ws.next() => {
                 last_heard = Instant::now();
                 let result = match incoming {
-                    Some(Ok(Message::Binary(bytes))) => handle(&shared, &bytes, &limits, true).map(drop),
+                    Some(Ok(Message::Binary(bytes))) => handle(&link, &bytes, &limits, true).map(drop),
                     Some(Ok(Message::Text(_))) => Err(TransportError::new(
                         TransportErrorKind::Protocol,
                         format!("the relay sent a text message on the {what} connection"),
@@ -333,7 +330,7 @@ async fn run(
                         };
                         let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
                     }
-                    shared.fail(error);
+                    link.fail(error);
                     return;
                 }
             }
@@ -349,7 +346,7 @@ async fn run(
                         if message.len() + next.len() > limits.max_message {
                             // Does not fit: send what we have, then this one alone.
                             if let Err(e) = ws.feed(Message::Binary(std::mem::take(&mut message).freeze())).await {
-                                shared.fail(lost(format!("{what} connection: {e}")));
+                                link.fail(lost(format!("{what} connection: {e}")));
                                 return;
                             }
                             start_message(&mut message);
@@ -363,36 +360,29 @@ async fn run(
                     ws.flush().await
                 };
                 if let Err(e) = sent.await {
-                    shared.fail(lost(format!("{what} connection: {e}")));
+                    link.fail(lost(format!("{what} connection: {e}")));
                     return;
                 }
-                shared.link.written(frames);
+                link.state.written(frames);
             }
-            () = renewal(renew_at) => {
-                shared.fail(lost("renewing the token before it expires: reconnecting"));
+            () = sleep_until(renew_at) => {
+                link.fail(lost("renewing the token before it expires: reconnecting"));
                 return;
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > options.dead_after {
-                    shared.fail(TransportError::new(
+                    link.fail(TransportError::new(
                         TransportErrorKind::Timeout,
                         format!("the relay has not answered on the {what} connection for {:?}", options.dead_after),
                     ));
                     return;
                 }
                 if let Err(e) = ws.send(Message::Ping(Bytes::new())).await {
-                    shared.fail(lost(format!("{what} connection: {e}")));
+                    link.fail(lost(format!("{what} connection: {e}")));
                     return;
                 }
             }
         }
-    }
-}
-
-async fn renewal(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -406,7 +396,7 @@ enum Readiness {
 /// Hands the frames of one message to the inbound; says whether READY was among them (`ready`:
 /// it was seen before, and a second one is a protocol error).
 fn handle(
-    shared: &Shared,
+    link: &ConnectionLink,
     bytes: &Bytes,
     limits: &FrameLimits,
     ready: bool,
@@ -420,14 +410,14 @@ fn handle(
         Readiness::Waiting
     };
     for frame in reader {
-        if shared.is_ending() {
+        if link.is_ending() {
             return Ok(readiness);
         }
         let frame =
             frame.map_err(|e| protocol(format!("undecodable frame from the relay: {e}")))?;
         match frame {
-            Frame::Ack { seq } => shared.inbound().acknowledged(seq),
-            Frame::Reject { seq, code, reason } => shared.inbound().rejected(
+            Frame::Ack { seq } => link.inbound().acknowledged(seq),
+            Frame::Reject { seq, code, reason } => link.inbound().rejected(
                 seq,
                 TransportError::new(
                     code.error_kind(),
@@ -440,19 +430,19 @@ fn handle(
                 envelope,
             } => match InterRoleEvent::from_wire(envelope) {
                 Ok(event) if event.sender() == &sender && event.seq() == seq => {
-                    shared.inbound().event(event)
+                    link.inbound().event(event)
                 }
                 Ok(event) => {
                     tracing::warn!(%sender, seq, envelope_id = %event.id(),
                         "an event whose envelope does not match its frame was dropped");
-                    shared.inbound().missed(Some(&sender), 1);
+                    link.inbound().missed(Some(&sender), 1);
                 }
                 Err(error) => {
                     tracing::warn!(%sender, seq, %error, "an undecodable envelope was dropped");
-                    shared.inbound().missed(Some(&sender), 1);
+                    link.inbound().missed(Some(&sender), 1);
                 }
             },
-            Frame::Missed { sender, count } => shared.inbound().missed(sender.as_ref(), count),
+            Frame::Missed { sender, count } => link.inbound().missed(sender.as_ref(), count),
             Frame::Ready { .. } if readiness == Readiness::Waiting => {
                 readiness = Readiness::Ready;
             }
@@ -471,7 +461,7 @@ fn handle(
 struct RelayConnection {
     instance: InstanceId,
     path: String,
-    shared: Arc<Shared>,
+    link: Arc<ConnectionLink>,
     tx: mpsc::UnboundedSender<Bytes>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     max_envelope: usize,
@@ -494,7 +484,7 @@ impl Connection for RelayConnection {
         event: &InterRoleEvent,
         target: Option<&InstanceId>,
     ) -> Result<(), TransportError> {
-        self.shared.link.check_open()?;
+        self.link.state.check_open()?;
         let envelope = event.to_wire()?;
         if envelope.len() > self.max_envelope {
             return Err(TransportError::new(
@@ -508,18 +498,18 @@ impl Connection for RelayConnection {
         }
         let mut out = BytesMut::with_capacity(envelope.len() + 32);
         frame::encode_publish(&mut out, event.seq(), target, &envelope);
-        self.shared.link.queued();
+        self.link.state.queued();
         self.tx
             .send(out.freeze())
             .map_err(|_| lost("the connection's writer has stopped"))
     }
 
     async fn flush(&self) -> Result<(), TransportError> {
-        self.shared.link.flush().await
+        self.link.state.flush().await
     }
 
     async fn close(&self) {
-        self.shared.end();
+        self.link.end();
         let tasks = std::mem::take(&mut *self.tasks.lock());
         for task in tasks {
             let abort = task.abort_handle();
@@ -533,12 +523,12 @@ impl Connection for RelayConnection {
     }
 
     fn is_open(&self) -> bool {
-        self.shared.link.is_open()
+        self.link.state.is_open()
     }
 }
 
 impl Drop for RelayConnection {
     fn drop(&mut self) {
-        self.shared.end();
+        self.link.end();
     }
 }
