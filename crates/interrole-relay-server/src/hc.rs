@@ -618,7 +618,7 @@ async fn connect(
             let status = if status < 200 { 502 } else { status };
             let body = format!("{status} {description}\n");
             let reason = if description.is_empty() {
-                http::reason_phrase(status)
+                http::reason(status)
             } else {
                 &description
             };
@@ -908,7 +908,7 @@ async fn http_request(
             http::respond_raw(
                 &mut stream,
                 504,
-                http::reason_phrase(504),
+                http::reason(504),
                 "Content-Type: application/json\r\n",
                 body.as_bytes(),
                 true,
@@ -946,7 +946,7 @@ async fn http_request(
             let reason = response
                 .status_description
                 .as_deref()
-                .unwrap_or_else(|| http::reason_phrase(response.status_code));
+                .unwrap_or_else(|| http::reason(response.status_code));
             http::respond_raw(
                 &mut stream,
                 status,

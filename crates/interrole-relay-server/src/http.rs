@@ -2,7 +2,7 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use interrole_relay::http::{HttpErrorKind, RequestHead};
+use interrole_relay::http::{HttpErrorKind, RequestHead, reason_phrase};
 
 /// A parsed request head.
 #[derive(Debug)]
@@ -79,28 +79,9 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
     }
 }
 
-/// The reason phrase of the statuses this server answers.
-pub(crate) fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        101 => "Switching Protocols",
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        410 => "Gone",
-        414 => "URI Too Long",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        426 => "Upgrade Required",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Error",
-    }
+/// The reason phrase of `status` ([`reason_phrase`]), `Error` for a status without one.
+pub(crate) fn reason(status: u16) -> &'static str {
+    reason_phrase(status).unwrap_or("Error")
 }
 
 /// Writes a complete response with a text body and `Connection: close`, then shuts the
@@ -116,7 +97,7 @@ pub(crate) async fn respond<S: AsyncWrite + Unpin>(
     respond_raw(
         stream,
         status,
-        reason_phrase(status),
+        reason(status),
         &extra,
         body.as_bytes(),
         true,
@@ -154,7 +135,7 @@ pub(crate) async fn respond_raw<S: AsyncWrite + Unpin>(
 
 /// Writes a short text error.
 pub(crate) async fn respond_error<S: AsyncWrite + Unpin>(stream: &mut S, status: u16, why: &str) {
-    let body = format!("{status} {}: {why}\n", reason_phrase(status));
+    let body = format!("{status} {}: {why}\n", reason(status));
     respond(stream, status, "text/plain; charset=utf-8", "", &body).await;
 }
 

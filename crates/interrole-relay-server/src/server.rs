@@ -456,7 +456,7 @@ pub(crate) async fn refuse(stream: &mut Conn, peer: SocketAddr, ctx: &Ctx, refus
     } else {
         ""
     };
-    let body = format!("{status} {}: {why}\n", http::reason_phrase(status));
+    let body = format!("{status} {}: {why}\n", http::reason(status));
     http::respond(stream, status, "text/plain; charset=utf-8", extra, &body).await;
 }
 
