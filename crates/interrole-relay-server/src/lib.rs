@@ -69,6 +69,7 @@
 
 pub mod config;
 mod conn;
+mod error;
 mod hc;
 mod http;
 pub mod metrics;
@@ -78,6 +79,7 @@ mod server;
 pub use config::{
     Config, ConfigError, DEFAULT_CONFIG_TOML, KeyConfig, SlowConsumerPolicy, TlsConfig,
 };
+pub use error::StartError;
 pub use metrics::Metrics;
 pub use server::{Server, ShutdownHandle};
 

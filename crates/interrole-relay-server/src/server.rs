@@ -17,8 +17,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::conn::{self, Conn};
+use crate::error::StartError;
 use crate::hc;
 use crate::http::{self, Head, HeadError};
 use crate::metrics::{Kind, Metrics, Reason};
@@ -66,30 +67,36 @@ impl Server {
     /// Binds `config.listen` and starts serving.
     ///
     /// # Errors
-    /// When the address cannot be bound or the configuration is invalid.
+    /// [`StartError::Bind`] when the address cannot be bound; otherwise as [`Server::start`].
     ///
     /// # Cancel safety
     ///
     /// This method is cancel safe. Its only await is binding the socket, and nothing is served
     /// before it returns: if the future is dropped, no server was started and nothing is left
     /// bound. `bind` may be called again.
-    pub async fn bind(config: Config) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        let listener = TcpListener::bind(config.listen).await?;
-        Ok(Self::start(listener, config)?)
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        Self::start(listener, config)
     }
 
     /// Starts serving on `listener` (which may be bound to port 0). Must be called within a
     /// tokio runtime.
     ///
     /// # Errors
-    /// When the configuration is invalid (a key's rights, TLS files that do not load) or the
+    /// [`StartError::Config`] when a key's rights do not parse; a TLS error
+    /// ([`StartError::TlsCertificate`], [`StartError::NoCertificate`], [`StartError::TlsKey`],
+    /// [`StartError::Tls`]) when the TLS files do not load; [`StartError::LocalAddr`] when the
     /// listener has no local address.
-    pub fn start(listener: TcpListener, config: Config) -> Result<Self, ConfigError> {
+    pub fn start(listener: TcpListener, config: Config) -> Result<Self, StartError> {
         let keys = config.key_set()?;
         let tls = config.tls.as_ref().map(conn::acceptor).transpose()?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| ConfigError(format!("listener: {e}")))?;
+        let addr = listener.local_addr().map_err(StartError::LocalAddr)?;
         let limits = config.limits.frame_limits();
         // tungstenite's default read buffer is 128 KiB per connection, allocated up front: with
         // thousands of idle subscribers that is most of the relay's memory. Reads are copied out
