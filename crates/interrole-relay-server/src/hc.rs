@@ -61,8 +61,8 @@ use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -73,6 +73,7 @@ use interrole_relay::control::{
 use interrole_relay::http::{ChunkedDecoder, HttpErrorKind};
 use interrole_relay::sas::Right;
 use interrole_relay::url::{Action, RelayAddress, Rendezvous};
+use parking_lot::Mutex;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::WebSocketStream;
@@ -90,10 +91,6 @@ const MAX_INLINE_BODY: usize = 64 * 1024;
 
 /// How many messages may wait for a listener's control channel.
 const CONTROL_QUEUE: usize = 1024;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// A listener's answer to an HTTP request.
 struct Reply {
@@ -155,7 +152,7 @@ impl Relay {
     }
 
     fn random(&self) -> u64 {
-        let mut x = lock(&self.rng);
+        let mut x = self.rng.lock();
         // xorshift64
         *x ^= *x << 13;
         *x ^= *x >> 7;
@@ -189,7 +186,7 @@ impl Relay {
             tx,
             base,
         });
-        let mut all = lock(&self.listeners);
+        let mut all = self.listeners.lock();
         let on_path = all.entry(path.to_owned()).or_default();
         if on_path.len() >= cap {
             if on_path.is_empty() {
@@ -210,7 +207,7 @@ impl Relay {
     /// those in `tried`.
     fn pick(&self, address: &RelayAddress, tried: &[u64]) -> Option<Arc<Listener>> {
         let on_path = {
-            let all = lock(&self.listeners);
+            let all = self.listeners.lock();
             address
                 .path_prefixes()
                 .find_map(|p| all.get(p).filter(|l| !l.is_empty()).cloned())?
@@ -236,7 +233,7 @@ struct Registration<'a> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        let mut all = lock(&self.relay.listeners);
+        let mut all = self.relay.listeners.lock();
         if let Some(on_path) = all.get_mut(&self.path) {
             on_path.retain(|l| l.key != self.key);
             if on_path.is_empty() {
@@ -254,7 +251,7 @@ struct RequestGuard<'a> {
 
 impl Drop for RequestGuard<'_> {
     fn drop(&mut self) {
-        lock(&self.relay.requests).remove(&self.id);
+        self.relay.requests.lock().remove(&self.id);
     }
 }
 
@@ -266,7 +263,7 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        lock(&self.relay.pending).remove(&self.id);
+        self.relay.pending.lock().remove(&self.id);
     }
 }
 
@@ -488,7 +485,7 @@ async fn listen(
                         }
                     }
                     Ok(ControlMessage::Response(response)) => {
-                        let waiter = lock(&ctx.hc.requests)
+                        let waiter = ctx.hc.requests.lock()
                             .remove(&response.request_id)
                             .map(|w| w.reply);
                         if response.body {
@@ -546,7 +543,7 @@ async fn connect(
     let id = address.id().map_or_else(|| ctx.hc.new_id(), str::to_owned);
     let (mut tx, mut rx) = oneshot::channel();
     let inserted = {
-        let mut pending = lock(&ctx.hc.pending);
+        let mut pending = ctx.hc.pending.lock();
         let free = !pending.contains_key(&id);
         if free {
             pending.insert(id.clone(), tx);
@@ -602,7 +599,7 @@ async fn connect(
         tracing::debug!(%peer, id, "listener gone or not reading: trying another");
         listener = next;
         (tx, rx) = oneshot::channel();
-        lock(&ctx.hc.pending).insert(id.clone(), tx);
+        ctx.hc.pending.lock().insert(id.clone(), tx);
     };
     drop(listener);
     let (listener_stream, rest, listener_key, protocol) = match decision {
@@ -689,7 +686,7 @@ async fn rendezvous(
     ctx: &Arc<Ctx>,
 ) {
     let id = address.id().unwrap_or_default();
-    let waiting = lock(&ctx.hc.pending).remove(id);
+    let waiting = ctx.hc.pending.lock().remove(id);
     let Some(waiting) = waiting else {
         let why = "unknown, used or expired rendezvous".to_owned();
         return server::refuse(&mut stream, peer, ctx, (404, Reason::BadAddress, why)).await;
@@ -873,7 +870,7 @@ async fn http_request(
     } else {
         (vec![Message::text(request), Message::Binary(body)], None)
     };
-    lock(&ctx.hc.requests).insert(
+    ctx.hc.requests.lock().insert(
         id.clone(),
         Waiting {
             reply: tx,
@@ -971,7 +968,7 @@ async fn request_rendezvous(
 ) {
     let id = address.id().unwrap_or_default().to_owned();
     let deliver = {
-        let mut requests = lock(&ctx.hc.requests);
+        let mut requests = ctx.hc.requests.lock();
         match requests.get_mut(&id).filter(|w| !w.opened) {
             Some(w) => {
                 w.opened = true;
@@ -1034,7 +1031,7 @@ async fn request_rendezvous(
         .flatten();
     let code = if reply.is_some() { 1000 } else { 1008 };
     if let Some(reply) = reply {
-        if let Some(w) = lock(&ctx.hc.requests).remove(&id) {
+        if let Some(w) = ctx.hc.requests.lock().remove(&id) {
             let _ = w.reply.send(reply);
         }
     }
@@ -1180,6 +1177,6 @@ mod tests {
         assert!(relay.pick(&sender, &[]).is_some());
         drop((second, third));
         assert!(relay.pick(&sender, &[]).is_none());
-        assert!(lock(&relay.listeners).is_empty());
+        assert!(relay.listeners.lock().is_empty());
     }
 }

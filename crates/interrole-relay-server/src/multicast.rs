@@ -7,8 +7,8 @@
 //! drains its outbox into batched WebSocket messages.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use interrole_relay::frame::{
     CloseCode, Frame, FrameLimits, FrameType, MessageBuilder, MessageReader, RejectCode,
     SharedFrame,
 };
+use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -27,10 +28,6 @@ use crate::metrics::{Metrics, Reason};
 
 /// A close request: the code and the reason sent in the close frame.
 pub(crate) type Close = (CloseCode, String);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Outbox: what waits to be written to one connection
@@ -109,7 +106,7 @@ impl Outbox {
 
     fn push_control(&self, frame: Frame) -> usize {
         let n = {
-            let mut s = lock(&self.state);
+            let mut s = self.state.lock();
             s.controls.push(frame);
             s.controls.len()
         };
@@ -122,7 +119,7 @@ impl Outbox {
     /// and a message that handled only a resent lower number is still answered.
     fn set_ack(&self, seq: u64) {
         {
-            let mut s = lock(&self.state);
+            let mut s = self.state.lock();
             s.ack_high = s.ack_high.max(seq);
             s.ack = s.ack_high;
         }
@@ -140,7 +137,7 @@ impl Outbox {
     ) -> Option<u64> {
         let mut dropped = 0;
         {
-            let mut s = lock(&self.state);
+            let mut s = self.state.lock();
             if s.events.len() >= cap.max(1) {
                 match policy {
                     SlowConsumerPolicy::Disconnect => return None,
@@ -161,7 +158,7 @@ impl Outbox {
     }
 
     fn take(&self) -> OutState {
-        let mut s = lock(&self.state);
+        let mut s = self.state.lock();
         let ack_high = s.ack_high;
         let batch = std::mem::take(&mut *s);
         s.ack_high = ack_high;
@@ -452,9 +449,11 @@ impl Hub {
         id: &InstanceId,
         outbox: &Arc<Outbox>,
     ) -> Result<Arc<Path>, Full> {
-        let mut paths = lock(&self.paths);
+        let mut paths = self.paths.lock();
         let path = self.path_locked(&mut paths, name)?;
-        let old = lock(&path.inner)
+        let old = path
+            .inner
+            .lock()
             .publishers
             .insert(id.clone(), outbox.clone());
         if let Some(old) = old {
@@ -474,9 +473,9 @@ impl Hub {
         positions: &[(InstanceId, u64)],
     ) -> Result<Arc<Path>, Full> {
         let ready = outbox.version() >= FrameType::Ready.since();
-        let mut paths = lock(&self.paths);
+        let mut paths = self.paths.lock();
         let path = self.path_locked(&mut paths, name)?;
-        let mut inner = lock(&path.inner);
+        let mut inner = path.inner.lock();
         let others = inner.subscribers.len() - usize::from(inner.subscribers.contains_key(id));
         if others >= self.config.limits.max_subscribers_per_path {
             drop(inner);
@@ -521,7 +520,7 @@ impl Hub {
             });
         }
         {
-            let mut s = lock(&outbox.state);
+            let mut s = outbox.state.lock();
             for stored in &inner.window {
                 let visible = match &stored.target {
                     None => &stored.sender != id,
@@ -554,9 +553,9 @@ impl Hub {
         outbox: &Arc<Outbox>,
         publisher: bool,
     ) {
-        let mut paths = lock(&self.paths);
+        let mut paths = self.paths.lock();
         if let Some(path) = paths.get(name) {
-            let mut inner = lock(&path.inner);
+            let mut inner = path.inner.lock();
             let map = if publisher {
                 &mut inner.publishers
             } else {
@@ -570,7 +569,7 @@ impl Hub {
     }
 
     fn remove_if_idle(&self, paths: &mut HashMap<String, Arc<Path>>, name: &str) {
-        let idle = paths.get(name).is_some_and(|p| lock(&p.inner).is_idle());
+        let idle = paths.get(name).is_some_and(|p| p.inner.lock().is_idle());
         if idle {
             paths.remove(name);
             self.metrics
@@ -581,9 +580,9 @@ impl Hub {
 
     /// Ages the replay windows and drops idle paths. Called periodically.
     pub(crate) fn sweep(&self) {
-        let mut paths = lock(&self.paths);
+        let mut paths = self.paths.lock();
         paths.retain(|_, p| {
-            let mut inner = lock(&p.inner);
+            let mut inner = p.inner.lock();
             inner.trim(&self.config, 0);
             !inner.is_idle()
         });
@@ -594,9 +593,9 @@ impl Hub {
 
     /// Closes every multicast connection with 1001.
     pub(crate) fn close_all(&self) {
-        let paths = lock(&self.paths);
+        let paths = self.paths.lock();
         for p in paths.values() {
-            let inner = lock(&p.inner);
+            let inner = p.inner.lock();
             for o in inner.subscribers.values().chain(inner.publishers.values()) {
                 o.request_close(CloseCode::GoingAway, "relay shutting down");
             }
@@ -616,7 +615,7 @@ impl Hub {
         allowance: &mut Allowance,
     ) -> Published {
         let config = &self.config;
-        let mut inner = lock(&path.inner);
+        let mut inner = path.inner.lock();
         let last = inner.last_seq.get(sender).copied().unwrap_or(0);
         if seq <= last {
             // Accepted before, unless it was refused (then this is its resend), or the relay
