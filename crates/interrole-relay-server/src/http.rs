@@ -1,8 +1,9 @@
-//! The HTTP side of a connection: reading a request head, answering plain requests.
+//! The HTTP side of a connection: reading a request head and body, answering plain requests.
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use interrole_relay::http::{HttpErrorKind, RequestHead, reason_phrase};
+use interrole_relay::http::{ChunkedDecoder, HttpErrorKind, RequestHead, reason_phrase};
 
 /// A parsed request head.
 #[derive(Debug)]
@@ -77,6 +78,66 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
             Err(_) => return Err(HeadError::Malformed),
         }
     }
+}
+
+/// Reads the body of a request, at most `max` bytes, by `deadline`: `Content-Length` bytes, or a
+/// chunked body (decoded; trailers are dropped). Errors are the status to answer and why.
+pub(crate) async fn read_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    head: &Head,
+    max: usize,
+    deadline: tokio::time::Instant,
+) -> Result<Bytes, (u16, &'static str)> {
+    if let Some(coding) = head.header("transfer-encoding") {
+        if !coding
+            .rsplit(',')
+            .next()
+            .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+        {
+            return Err((501, "unsupported transfer encoding"));
+        }
+        let mut raw = head.rest.clone();
+        let mut chunks = ChunkedDecoder::new(max);
+        loop {
+            let used = chunks.decode(&raw).map_err(|e| match e.kind() {
+                HttpErrorKind::BodyTooLarge => (413, "request body over the relay's message limit"),
+                _ => (e.http_status(), e.message()),
+            })?;
+            raw.drain(..used);
+            if chunks.is_done() {
+                return Ok(Bytes::from(chunks.into_body()));
+            }
+            let mut more = [0u8; 16 * 1024];
+            let n = tokio::time::timeout_at(deadline, stream.read(&mut more))
+                .await
+                .map_err(|_| (408, "request body timeout"))?
+                .map_err(|_| (400, "request body cut short"))?;
+            if n == 0 {
+                return Err((400, "request body cut short"));
+            }
+            raw.extend_from_slice(&more[..n]);
+        }
+    }
+    let len = match head.header("content-length") {
+        None => 0,
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| (400, "bad Content-Length"))?,
+    };
+    if len > max {
+        return Err((413, "request body over the relay's message limit"));
+    }
+    let mut body = head.rest.clone();
+    body.truncate(len);
+    if body.len() < len {
+        let mut more = vec![0u8; len - body.len()];
+        tokio::time::timeout_at(deadline, stream.read_exact(&mut more))
+            .await
+            .map_err(|_| (408, "request body timeout"))?
+            .map_err(|_| (400, "request body cut short"))?;
+        body.extend_from_slice(&more);
+    }
+    Ok(Bytes::from(body))
 }
 
 /// The reason phrase of `status` ([`reason_phrase`]), `Error` for a status without one.

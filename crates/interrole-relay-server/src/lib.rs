@@ -69,12 +69,16 @@
 
 pub mod config;
 mod conn;
+mod ctx;
 mod error;
+mod handshake;
 mod hc;
 mod http;
 pub mod metrics;
 mod multicast;
 mod server;
+mod wait;
+mod ws;
 
 pub use config::{
     Config, ConfigError, DEFAULT_CONFIG_TOML, KeyConfig, SlowConsumerPolicy, TlsConfig,
