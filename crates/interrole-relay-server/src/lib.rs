@@ -58,15 +58,6 @@
 //! HTTP request bodies come with `Content-Length` or chunked; a chunked body is decoded, then
 //! relayed whole (bodies are buffered up to the message limit, not streamed).
 
-#![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    rust_2018_idioms,
-    unreachable_pub
-)]
-#![deny(rustdoc::broken_intra_doc_links)]
-
 pub mod config;
 mod conn;
 mod ctx;
