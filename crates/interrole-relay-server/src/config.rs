@@ -128,9 +128,11 @@ impl Config {
     /// Parses a TOML configuration.
     ///
     /// # Errors
-    /// When the text is not TOML, has unknown fields, or a key's rights do not parse.
+    /// [`ConfigError::Parse`] when the text is not TOML, has unknown fields or values of the
+    /// wrong type; [`ConfigError::UnknownRight`] or [`ConfigError::NoRights`] when a key's rights
+    /// do not parse.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::parse(text, &e))?;
         config.key_set()?;
         Ok(config)
     }
@@ -138,7 +140,8 @@ impl Config {
     /// The keys as a [`KeySet`].
     ///
     /// # Errors
-    /// When a key's rights do not parse.
+    /// [`ConfigError::UnknownRight`] or [`ConfigError::NoRights`] when a key's rights do not
+    /// parse.
     pub fn key_set(&self) -> Result<KeySet, ConfigError> {
         let mut set = KeySet::new();
         for k in &self.keys {
@@ -161,32 +164,69 @@ impl Config {
     }
 }
 
-/// A configuration error.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
+/// A configuration that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The text is not TOML, or not a configuration: a syntax error, an unknown field, a value of
+    /// the wrong type, a missing field.
+    #[error("{}{message}", position(*.line, *.column))]
+    Parse {
+        /// The line the error is on (from 1), when the parser says where.
+        line: Option<usize>,
+        /// The column the error is at (from 1, in characters), when the parser says where.
+        column: Option<usize>,
+        /// What is wrong, in one line.
+        message: String,
+    },
+    /// A key flag without `=`.
+    #[error("expected NAME=KEY[:rights][@/scope]")]
+    KeySyntax,
+    /// A key without a name or without a value.
+    #[error("a key needs a name and a value")]
+    EmptyKey,
+    /// A right other than listen, send and manage.
+    #[error("unknown right {0:?} (listen, send, manage)")]
+    UnknownRight(String),
+    /// A key with an empty list of rights.
+    #[error("a key needs at least one right")]
+    NoRights,
+}
 
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+impl ConfigError {
+    /// A TOML error, with its position in `text` as a line and a column.
+    fn parse(text: &str, e: &toml::de::Error) -> Self {
+        let at = e.span().and_then(|span| text.get(..span.start));
+        Self::Parse {
+            line: at.map(|before| before.matches('\n').count() + 1),
+            column: at.map(|before| before.rsplit('\n').next().unwrap_or("").chars().count() + 1),
+            message: e.message().trim().to_owned(),
+        }
     }
 }
 
-impl std::error::Error for ConfigError {}
+/// `line L, column C: ` when the position is known.
+fn position(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(line), Some(column)) => format!("line {line}, column {column}: "),
+        _ => String::new(),
+    }
+}
 
 /// Parses rights written `listen,send,manage` (any subset, any case).
 ///
 /// # Errors
-/// On an unknown right or an empty list.
+/// [`ConfigError::UnknownRight`] on an unknown right, [`ConfigError::NoRights`] on an empty list.
 pub fn parse_rights(text: &str) -> Result<Rights, ConfigError> {
     let mut rights = Rights::NONE;
     for part in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let right: Right = part
             .parse()
-            .map_err(|_| ConfigError(format!("unknown right {part:?} (listen, send, manage)")))?;
+            .map_err(|_| ConfigError::UnknownRight(part.to_owned()))?;
         rights = rights | right;
     }
     if rights == Rights::NONE {
-        return Err(ConfigError("a key needs at least one right".into()));
+        return Err(ConfigError::NoRights);
     }
     Ok(rights)
 }
@@ -211,11 +251,10 @@ impl KeyConfig {
     /// Parses the command-line form `NAME=KEY[:rights][@/scope]`.
     ///
     /// # Errors
-    /// When there is no `=`, the name or key is empty, or the rights do not parse.
+    /// [`ConfigError::KeySyntax`] when there is no `=`, [`ConfigError::EmptyKey`] when the name or
+    /// the key is empty. Text after the last `:` that does not parse as rights is part of the key.
     pub fn parse_flag(text: &str) -> Result<Self, ConfigError> {
-        let (name, rest) = text
-            .split_once('=')
-            .ok_or_else(|| ConfigError("expected NAME=KEY[:rights][@/scope]".into()))?;
+        let (name, rest) = text.split_once('=').ok_or(ConfigError::KeySyntax)?;
         let (rest, scope) = match rest.rsplit_once("@/") {
             Some((r, s)) => (r, Some(s.trim_end_matches('/').to_owned())),
             None => (rest, None),
@@ -225,7 +264,7 @@ impl KeyConfig {
             _ => (rest, None),
         };
         if name.is_empty() || key.is_empty() {
-            return Err(ConfigError("a key needs a name and a value".into()));
+            return Err(ConfigError::EmptyKey);
         }
         Ok(Self {
             name: name.to_owned(),
@@ -438,6 +477,36 @@ mod tests {
     #[test]
     fn unknown_fields_are_refused() {
         assert!(Config::from_toml("listn = \"1.2.3.4:5\"").is_err());
+    }
+
+    #[test]
+    fn parse_errors_say_where_on_one_line() {
+        let e =
+            Config::from_toml("listen = \"0.0.0.0:1\"\n[limits]\nmax_paths = \"x\"\n").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Parse {
+                    line: Some(3),
+                    column: Some(13),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.starts_with("line 3, column 13: invalid type"),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "{text}");
+        assert_eq!(KeyConfig::parse_flag("nokey"), Err(ConfigError::KeySyntax));
+        assert_eq!(KeyConfig::parse_flag("=k"), Err(ConfigError::EmptyKey));
+        assert_eq!(parse_rights(" , "), Err(ConfigError::NoRights));
+        assert_eq!(
+            parse_rights("fly"),
+            Err(ConfigError::UnknownRight("fly".into()))
+        );
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! A client connection: plain TCP, or TLS over TCP when the server has a certificate.
 
 use std::io::{self, IoSlice};
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -13,7 +12,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use crate::config::{ConfigError, TlsConfig};
+use crate::config::TlsConfig;
+use crate::error::StartError;
 
 /// One accepted connection, plain or TLS: everything past the accept loop reads and writes it
 /// the same way.
@@ -91,27 +91,27 @@ impl AsyncWrite for Conn {
 
 /// Builds the TLS acceptor from a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1
 /// or SEC1).
-pub(crate) fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, ConfigError> {
+pub(crate) fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, StartError> {
     let certs = CertificateDer::pem_file_iter(&tls.cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| pem_error(&tls.cert, "certificate", &e))?;
+        .map_err(|e| StartError::TlsCertificate {
+            path: tls.cert.clone(),
+            source: e.into(),
+        })?;
     if certs.is_empty() {
-        return Err(ConfigError(format!(
-            "tls: no certificate in {}",
-            tls.cert.display()
-        )));
+        return Err(StartError::NoCertificate {
+            path: tls.cert.clone(),
+        });
     }
-    let key = PrivateKeyDer::from_pem_file(&tls.key)
-        .map_err(|e| pem_error(&tls.key, "private key", &e))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| StartError::TlsKey {
+        path: tls.key.clone(),
+        source: e.into(),
+    })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
-        .map_err(|e| ConfigError(format!("tls: {e}")))?;
+        .map_err(|e| StartError::Tls(e.into()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-fn pem_error(path: &Path, what: &str, e: &rustls::pki_types::pem::Error) -> ConfigError {
-    ConfigError(format!("tls: reading the {what} {}: {e}", path.display()))
 }

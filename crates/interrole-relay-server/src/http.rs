@@ -1,8 +1,9 @@
-//! The HTTP side of a connection: reading a request head, answering plain requests.
+//! The HTTP side of a connection: reading a request head and body, answering plain requests.
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use interrole_relay::http::{HttpErrorKind, RequestHead};
+use interrole_relay::http::{ChunkedDecoder, HttpErrorKind, RequestHead, reason_phrase};
 
 /// A parsed request head.
 #[derive(Debug)]
@@ -79,28 +80,69 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
     }
 }
 
-/// The reason phrase of the statuses this server answers.
-pub(crate) fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        101 => "Switching Protocols",
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        410 => "Gone",
-        414 => "URI Too Long",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        426 => "Upgrade Required",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Error",
+/// Reads the body of a request, at most `max` bytes, by `deadline`: `Content-Length` bytes, or a
+/// chunked body (decoded; trailers are dropped). Errors are the status to answer and why.
+pub(crate) async fn read_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    head: &Head,
+    max: usize,
+    deadline: tokio::time::Instant,
+) -> Result<Bytes, (u16, &'static str)> {
+    if let Some(coding) = head.header("transfer-encoding") {
+        if !coding
+            .rsplit(',')
+            .next()
+            .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+        {
+            return Err((501, "unsupported transfer encoding"));
+        }
+        let mut raw = head.rest.clone();
+        let mut chunks = ChunkedDecoder::new(max);
+        loop {
+            let used = chunks.decode(&raw).map_err(|e| match e.kind() {
+                HttpErrorKind::BodyTooLarge => (413, "request body over the relay's message limit"),
+                _ => (e.http_status(), e.message()),
+            })?;
+            raw.drain(..used);
+            if chunks.is_done() {
+                return Ok(Bytes::from(chunks.into_body()));
+            }
+            let mut more = [0u8; 16 * 1024];
+            let n = tokio::time::timeout_at(deadline, stream.read(&mut more))
+                .await
+                .map_err(|_| (408, "request body timeout"))?
+                .map_err(|_| (400, "request body cut short"))?;
+            if n == 0 {
+                return Err((400, "request body cut short"));
+            }
+            raw.extend_from_slice(&more[..n]);
+        }
     }
+    let len = match head.header("content-length") {
+        None => 0,
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| (400, "bad Content-Length"))?,
+    };
+    if len > max {
+        return Err((413, "request body over the relay's message limit"));
+    }
+    let mut body = head.rest.clone();
+    body.truncate(len);
+    if body.len() < len {
+        let mut more = vec![0u8; len - body.len()];
+        tokio::time::timeout_at(deadline, stream.read_exact(&mut more))
+            .await
+            .map_err(|_| (408, "request body timeout"))?
+            .map_err(|_| (400, "request body cut short"))?;
+        body.extend_from_slice(&more);
+    }
+    Ok(Bytes::from(body))
+}
+
+/// The reason phrase of `status` ([`reason_phrase`]), `Error` for a status without one.
+pub(crate) fn reason(status: u16) -> &'static str {
+    reason_phrase(status).unwrap_or("Error")
 }
 
 /// Writes a complete response with a text body and `Connection: close`, then shuts the
@@ -116,7 +158,7 @@ pub(crate) async fn respond<S: AsyncWrite + Unpin>(
     respond_raw(
         stream,
         status,
-        reason_phrase(status),
+        reason(status),
         &extra,
         body.as_bytes(),
         true,
@@ -154,7 +196,7 @@ pub(crate) async fn respond_raw<S: AsyncWrite + Unpin>(
 
 /// Writes a short text error.
 pub(crate) async fn respond_error<S: AsyncWrite + Unpin>(stream: &mut S, status: u16, why: &str) {
-    let body = format!("{status} {}: {why}\n", reason_phrase(status));
+    let body = format!("{status} {}: {why}\n", reason(status));
     respond(stream, status, "text/plain; charset=utf-8", "", &body).await;
 }
 

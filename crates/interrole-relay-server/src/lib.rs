@@ -58,26 +58,23 @@
 //! HTTP request bodies come with `Content-Length` or chunked; a chunked body is decoded, then
 //! relayed whole (bodies are buffered up to the message limit, not streamed).
 
-#![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    rust_2018_idioms,
-    unreachable_pub
-)]
-#![deny(rustdoc::broken_intra_doc_links)]
-
 pub mod config;
 mod conn;
+mod ctx;
+mod error;
+mod handshake;
 mod hc;
 mod http;
 pub mod metrics;
 mod multicast;
 mod server;
+mod wait;
+mod ws;
 
 pub use config::{
     Config, ConfigError, DEFAULT_CONFIG_TOML, KeyConfig, SlowConsumerPolicy, TlsConfig,
 };
+pub use error::StartError;
 pub use metrics::Metrics;
 pub use server::{Server, ShutdownHandle};
 

@@ -139,7 +139,7 @@ fn main() -> std::process::ExitCode {
     let config = match load_config(&cli) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("interrole-relay: {e}");
+            eprintln!("interrole-relay: {}", one_line(&*e));
             return std::process::ExitCode::from(2);
         }
     };
@@ -156,10 +156,23 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(run(config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("interrole-relay: {e}");
+            eprintln!("interrole-relay: {}", one_line(&*e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its sources on one line, joined with `: ` (each error's message leaves its
+/// source out).
+fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

@@ -77,6 +77,23 @@ pub enum Kind {
     Relayed,
 }
 
+/// Counts an open connection in the gauge of its [`Kind`] while alive.
+pub(crate) struct Gauge<'a>(&'a AtomicU64);
+
+impl<'a> Gauge<'a> {
+    pub(crate) fn new(metrics: &'a Metrics, kind: Kind) -> Self {
+        let gauge = metrics.gauge(kind);
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// What became of a Hybrid Connections sender's connect, for the `hc_rendezvous` counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rendezvous {
@@ -126,7 +143,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn gauge(&self, kind: Kind) -> &AtomicU64 {
+    fn gauge(&self, kind: Kind) -> &AtomicU64 {
         match kind {
             Kind::Handshake => &self.conn_handshake,
             Kind::Publisher => &self.conn_publisher,

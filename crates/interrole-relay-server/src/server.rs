@@ -1,28 +1,27 @@
-//! The listener: accepts connections, reads request heads, routes them.
+//! The server: binds, accepts connections and hands each to its service: the handshake
+//! ([`handshake`]), then Hybrid Connections ([`hc`]) or a multicast session
+//! ([`multicast`]), or the health and metrics answers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use futures::StreamExt;
-use interrole_core::InstanceId;
-use interrole_relay::sas::{Access, KeySet, Right, SasError, SharedAccessSignature};
-use interrole_relay::url::{Action, RelayAddress};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::conn::{self, Conn};
-use crate::hc;
-use crate::http::{self, Head, HeadError};
-use crate::metrics::{Kind, Metrics, Reason};
-use crate::multicast::{self, ConnInfo, Hub, Outbox};
+use crate::ctx::Ctx;
+use crate::error::StartError;
+use crate::handshake;
+use crate::hc::{self, Directory};
+use crate::http::{self, Head};
+use crate::metrics::{Gauge, Kind, Metrics, Reason};
+use crate::multicast::{self, Admitted, PathTable};
+use crate::ws::Ws;
 
 /// A running relay server.
 ///
@@ -50,46 +49,49 @@ impl ShutdownHandle {
     }
 }
 
-/// What every connection shares.
-pub(crate) struct Ctx {
-    pub(crate) config: Arc<Config>,
-    pub(crate) keys: KeySet,
-    pub(crate) metrics: Arc<Metrics>,
-    hub: Hub,
-    pub(crate) hc: hc::Relay,
-    pub(crate) ws_config: WebSocketConfig,
-    /// Set when the port serves TLS.
-    tls: Option<TlsAcceptor>,
+/// What every connection task shares: the handshake's context and each service's state.
+struct State {
+    ctx: Ctx,
+    /// The multicast paths.
+    paths: PathTable,
+    /// The Hybrid Connections listeners and what waits for them.
+    directory: Directory,
 }
 
 impl Server {
     /// Binds `config.listen` and starts serving.
     ///
     /// # Errors
-    /// When the address cannot be bound or the configuration is invalid.
+    /// [`StartError::Bind`] when the address cannot be bound; otherwise as [`Server::start`].
     ///
     /// # Cancel safety
     ///
     /// This method is cancel safe. Its only await is binding the socket, and nothing is served
     /// before it returns: if the future is dropped, no server was started and nothing is left
     /// bound. `bind` may be called again.
-    pub async fn bind(config: Config) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        let listener = TcpListener::bind(config.listen).await?;
-        Ok(Self::start(listener, config)?)
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        Self::start(listener, config)
     }
 
     /// Starts serving on `listener` (which may be bound to port 0). Must be called within a
     /// tokio runtime.
     ///
     /// # Errors
-    /// When the configuration is invalid (a key's rights, TLS files that do not load) or the
+    /// [`StartError::Config`] when a key's rights do not parse; a TLS error
+    /// ([`StartError::TlsCertificate`], [`StartError::NoCertificate`], [`StartError::TlsKey`],
+    /// [`StartError::Tls`]) when the TLS files do not load; [`StartError::LocalAddr`] when the
     /// listener has no local address.
-    pub fn start(listener: TcpListener, config: Config) -> Result<Self, ConfigError> {
+    pub fn start(listener: TcpListener, config: Config) -> Result<Self, StartError> {
         let keys = config.key_set()?;
         let tls = config.tls.as_ref().map(conn::acceptor).transpose()?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| ConfigError(format!("listener: {e}")))?;
+        let addr = listener.local_addr().map_err(StartError::LocalAddr)?;
         let limits = config.limits.frame_limits();
         // tungstenite's default read buffer is 128 KiB per connection, allocated up front: with
         // thousands of idle subscribers that is most of the relay's memory. Reads are copied out
@@ -101,17 +103,19 @@ impl Server {
             .max_frame_size(Some(limits.max_message));
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
-        let ctx = Arc::new(Ctx {
-            hub: Hub::new(config.clone(), metrics.clone()),
-            hc: hc::Relay::new(),
-            config,
-            keys,
-            metrics: metrics.clone(),
-            ws_config,
-            tls,
+        let state = Arc::new(State {
+            paths: PathTable::new(config.clone(), metrics.clone()),
+            directory: Directory::new(),
+            ctx: Ctx {
+                config,
+                keys,
+                metrics: metrics.clone(),
+                ws_config,
+                tls,
+            },
         });
         let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, ctx, rx));
+        let task = tokio::spawn(accept_loop(listener, state, rx));
         Ok(Self {
             addr,
             shutdown: ShutdownHandle { tx: Arc::new(tx) },
@@ -163,7 +167,12 @@ impl Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let ctx = &state.ctx;
     let mut conns = JoinSet::new();
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -174,7 +183,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, mut shutdown: watch::
                 }
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            _ = sweep.tick() => ctx.hub.sweep(),
+            _ = sweep.tick() => state.paths.sweep(),
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
@@ -202,13 +211,13 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, mut shutdown: watch::
                     });
                     continue;
                 }
-                conns.spawn(connection(stream, peer, ctx.clone(), shutdown.clone()));
+                conns.spawn(connection(stream, peer, state.clone(), shutdown.clone()));
             }
         }
     }
     drop(listener);
     tracing::info!(connections = conns.len(), "shutting down");
-    ctx.hub.close_all();
+    state.paths.close_all();
     let wait = async { while conns.join_next().await.is_some() {} };
     if tokio::time::timeout(ctx.config.shutdown_timeout(), wait)
         .await
@@ -218,28 +227,6 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, mut shutdown: watch::
         conns.abort_all();
         while conns.join_next().await.is_some() {}
     }
-}
-
-/// Counts a connection in a gauge while alive.
-pub(crate) struct Gauge<'a>(&'a AtomicU64);
-
-impl<'a> Gauge<'a> {
-    pub(crate) fn new(g: &'a AtomicU64) -> Self {
-        g.fetch_add(1, Ordering::Relaxed);
-        Self(g)
-    }
-}
-
-impl Drop for Gauge<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Serves one accepted connection: its handshake, then, for a multicast connection, its life.
@@ -253,105 +240,37 @@ fn unix_now() -> u64 {
 async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
-    ctx: Arc<Ctx>,
+    state: Arc<State>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let Some((ws, admitted)) = Box::pin(handshake(tcp, peer, &ctx, &shutdown)).await else {
+    let Some((ws, admitted)) = Box::pin(dispatch(tcp, peer, &state, &shutdown)).await else {
         return;
     };
-    multicast_connection(ws, peer, admitted, &ctx, shutdown).await;
+    multicast::run(ws, peer, admitted, &state.paths, shutdown).await;
 }
 
-/// Everything before a multicast connection runs: TLS, the request head, the health and metrics
-/// answers, Hybrid Connections (served here to their end), a multicast connection's admission and
-/// upgrade. Returns the upgraded multicast connection, or `None` when the connection was
+/// Everything before a multicast connection runs: the handshake, the health and metrics
+/// answers, Hybrid Connections (served here to their end), a multicast connection's admission
+/// and upgrade. Returns the upgraded multicast connection, or `None` when the connection was
 /// answered, refused or served.
-async fn handshake(
+async fn dispatch(
     tcp: TcpStream,
     peer: SocketAddr,
-    ctx: &Arc<Ctx>,
+    state: &State,
     shutdown: &watch::Receiver<bool>,
-) -> Option<(WebSocketStream<Conn>, Admitted)> {
-    let gauge = Gauge::new(ctx.metrics.gauge(Kind::Handshake));
-    let limits = &ctx.config.limits;
-    // The TLS handshake and the request head share the handshake timeout.
-    let deadline = tokio::time::Instant::now() + limits.handshake_timeout();
-    let mut stream = match &ctx.tls {
-        None => Conn::Plain(tcp),
-        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-            Err(_) => {
-                ctx.metrics.reject(Reason::HandshakeTimeout);
-                tracing::debug!(%peer, "TLS handshake timeout");
-                return None;
-            }
-            Ok(Err(e)) => {
-                ctx.metrics.reject(Reason::Tls);
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                return None;
-            }
-            Ok(Ok(tls)) => Conn::Tls(Box::new(tls)),
-        },
-    };
-    let head = match tokio::time::timeout_at(
-        deadline,
-        http::read_head(&mut stream, limits.max_header_bytes),
-    )
-    .await
-    {
-        Err(_) => {
-            ctx.metrics.reject(Reason::HandshakeTimeout);
-            tracing::debug!(%peer, "handshake timeout");
-            return None;
-        }
-        Ok(Err(HeadError::Io)) => return None,
-        Ok(Err(HeadError::Malformed)) => {
-            ctx.metrics.reject(Reason::BadRequest);
-            http::respond_error(&mut stream, 400, "malformed request").await;
-            return None;
-        }
-        Ok(Err(HeadError::TooLarge)) => {
-            ctx.metrics.reject(Reason::BadRequest);
-            http::respond_error(&mut stream, 431, "request head too large").await;
-            return None;
-        }
-        Ok(Ok(head)) => head,
-    };
+) -> Option<(Ws, Admitted)> {
+    let ctx = &state.ctx;
+    let gauge = Gauge::new(&ctx.metrics, Kind::Handshake);
+    let (mut stream, head) = handshake::read_request(tcp, peer, ctx).await?;
     let route = head.target.split('?').next().unwrap_or_default();
     if route == "/healthz" || route == "/metrics" {
-        if head.method != "GET" && head.method != "HEAD" {
-            http::respond_error(&mut stream, 405, "use GET").await;
-        } else {
-            let (ct, mut body) = if route == "/healthz" {
-                ("text/plain; charset=utf-8", "ok\n".to_owned())
-            } else {
-                (
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    ctx.metrics.render(),
-                )
-            };
-            if head.method == "HEAD" {
-                body.clear();
-            }
-            http::respond(&mut stream, 200, ct, "", &body).await;
-        }
+        endpoint(&mut stream, &head, route, &ctx.metrics).await;
         return None;
     }
-    if head.header("host").is_none_or(str::is_empty) {
-        // HTTP/1.1 requires it (RFC 9112, 3.2), and a token's audience is checked against it.
-        ctx.metrics.reject(Reason::BadRequest);
-        http::respond_error(&mut stream, 400, "the Host header is missing").await;
-        return None;
-    }
-    let address = match RelayAddress::parse(&head.target, &limits.url_limits()) {
+    let address = match handshake::address(&head, ctx) {
         Ok(a) => a,
-        Err(e) => {
-            refuse(
-                &mut stream,
-                peer,
-                ctx,
-                (e.http_status(), Reason::BadAddress, e.to_string()),
-            )
-            .await;
+        Err(refusal) => {
+            handshake::refuse(&mut stream, peer, ctx, refusal).await;
             return None;
         }
     };
@@ -363,201 +282,46 @@ async fn handshake(
         drop(gauge);
         // Boxed, so that a multicast handshake's future is not as large as this (see
         // `connection`).
+        let directory = &state.directory;
         Box::pin(hc::serve(
             stream,
             peer,
             head,
             address,
             ctx,
+            directory,
             shutdown.clone(),
         ))
         .await;
         return None;
     }
-    let admitted = match admit(&head, &address, ctx) {
+    let admitted = match multicast::admit(&head, &address, ctx) {
         Ok(a) => a,
         Err(refusal) => {
-            refuse(&mut stream, peer, ctx, refusal).await;
+            handshake::refuse(&mut stream, peer, ctx, refusal).await;
             return None;
         }
     };
-    if http::respond_upgrade(&mut stream, &admitted.accept_key, None)
-        .await
-        .is_err()
-    {
-        return None;
-    }
-    let ws =
-        WebSocketStream::from_partially_read(stream, head.rest, Role::Server, Some(ctx.ws_config))
-            .await;
+    let ws = handshake::upgrade(stream, head.rest, &admitted.accept_key, ctx).await?;
     drop(gauge);
     Some((ws, admitted))
 }
 
-/// A multicast connection after its upgrade: reads on this task, writes on a task of its own.
-async fn multicast_connection(
-    ws: WebSocketStream<Conn>,
-    peer: SocketAddr,
-    admitted: Admitted,
-    ctx: &Ctx,
-    shutdown: watch::Receiver<bool>,
-) {
-    let limits = &ctx.config.limits;
-    let publisher = admitted.action == Action::Publish;
-    let _gauge = Gauge::new(ctx.metrics.gauge(if publisher {
-        Kind::Publisher
-    } else {
-        Kind::Subscriber
-    }));
-    tracing::debug!(%peer, path = %admitted.info.path, id = %admitted.info.id, publisher, "multicast connection");
-    let (sink, stream) = ws.split();
-    let outbox = Outbox::new();
-    let idle = limits.idle_timeout();
-    let writer = tokio::spawn(multicast::write_loop(
-        sink,
-        outbox.clone(),
-        ctx.metrics.clone(),
-        shutdown,
-        idle / 2,
-        limits.frame_limits(),
-    ));
-    if publisher {
-        multicast::run_publisher(&ctx.hub, stream, &outbox, &admitted.info).await;
-    } else {
-        multicast::run_subscriber(&ctx.hub, stream, &outbox, &admitted.info).await;
+/// Answers `GET /healthz` and `GET /metrics` (and `HEAD`).
+async fn endpoint(stream: &mut Conn, head: &Head, route: &str, metrics: &Metrics) {
+    if head.method != "GET" && head.method != "HEAD" {
+        http::respond_error(stream, 405, "use GET").await;
+        return;
     }
-    outbox.request_close(interrole_relay::frame::CloseCode::Normal, "");
-    let mut writer = writer;
-    if tokio::time::timeout(Duration::from_secs(5), &mut writer)
-        .await
-        .is_err()
-    {
-        // A peer that reads nothing: drop its socket.
-        writer.abort();
-    }
-}
-
-struct Admitted {
-    action: Action,
-    accept_key: String,
-    info: ConnInfo,
-}
-
-/// A refused handshake: the status, the reason counted, and why (sent in the body).
-pub(crate) type Refusal = (u16, Reason, String);
-
-/// Counts and answers a refused handshake.
-pub(crate) async fn refuse(stream: &mut Conn, peer: SocketAddr, ctx: &Ctx, refusal: Refusal) {
-    let (status, reason, why) = refusal;
-    ctx.metrics.reject(reason);
-    tracing::debug!(%peer, status, why, "handshake refused");
-    let extra = if status == 426 {
-        "Sec-WebSocket-Version: 13\r\n"
+    let (ct, mut body) = if route == "/healthz" {
+        ("text/plain; charset=utf-8", "ok\n".to_owned())
     } else {
-        ""
+        ("text/plain; version=0.0.4; charset=utf-8", metrics.render())
     };
-    let body = format!("{status} {}: {why}\n", http::reason_phrase(status));
-    http::respond(stream, status, "text/plain; charset=utf-8", extra, &body).await;
-}
-
-/// Checks the upgrade headers of a WebSocket handshake; returns the `Sec-WebSocket-Accept`
-/// value.
-pub(crate) fn upgrade_key(head: &Head) -> Result<String, Refusal> {
-    let upgrade = head.method == "GET" && head.has_token("upgrade", "websocket");
-    let key = head.header("sec-websocket-key").filter(|k| !k.is_empty());
-    let Some(key) = key.filter(|_| upgrade) else {
-        return Err((
-            400,
-            Reason::BadRequest,
-            "a WebSocket upgrade is required".into(),
-        ));
-    };
-    if head.header("sec-websocket-version") != Some("13") {
-        return Err((
-            426,
-            Reason::BadRequest,
-            "WebSocket version 13 is required".into(),
-        ));
+    if head.method == "HEAD" {
+        body.clear();
     }
-    Ok(derive_accept_key(key.as_bytes()))
-}
-
-/// Maps a token failure to its refusal (401 or 403).
-pub(crate) fn token_refusal(e: &SasError) -> Refusal {
-    let status = e.http_status();
-    let reason = if status == 401 {
-        Reason::Unauthorized
-    } else {
-        Reason::Forbidden
-    };
-    (status, reason, e.to_string())
-}
-
-/// Checks a multicast handshake: upgrade headers, id, token.
-fn admit(head: &Head, address: &RelayAddress, ctx: &Ctx) -> Result<Admitted, Refusal> {
-    let action = address.action();
-    let accept_key = upgrade_key(head)?;
-    let id = address
-        .id()
-        .and_then(|id| InstanceId::new(id).ok())
-        .ok_or_else(|| {
-            (
-                400,
-                Reason::BadAddress,
-                "sb-hc-id must be an instance id".into(),
-            )
-        })?;
-    let expires = authorize(address, head, &ctx.keys).map_err(|e| token_refusal(&e))?;
-    Ok(Admitted {
-        action,
-        accept_key,
-        info: ConnInfo {
-            path: address.path().to_owned(),
-            id,
-            expires,
-        },
-    })
-}
-
-/// Verifies the handshake's token (`sb-hc-token`, else `ServiceBusAuthorization`, else, for
-/// plain HTTP, `Authorization`); returns when it expires.
-pub(crate) fn authorize(
-    address: &RelayAddress,
-    head: &Head,
-    keys: &KeySet,
-) -> Result<Option<Instant>, SasError> {
-    let Some(right) = address.action().required_right() else {
-        return Ok(None);
-    };
-    let token = address
-        .token()
-        .or_else(|| head.header("ServiceBusAuthorization"))
-        .or_else(|| {
-            (address.action() == Action::Http)
-                .then(|| head.header("Authorization"))
-                .flatten()
-        })
-        .ok_or_else(SasError::missing)?;
-    verify_token(token, address.path(), right, head.header("host"), keys)
-}
-
-/// Verifies `token` for `right` on `path` (seen through `host`); returns when it expires.
-pub(crate) fn verify_token(
-    token: &str,
-    path: &str,
-    right: Right,
-    host: Option<&str>,
-    keys: &KeySet,
-) -> Result<Option<Instant>, SasError> {
-    let token = SharedAccessSignature::parse(token)?;
-    let now = unix_now();
-    let mut access = Access::new(path, right, now);
-    if let Some(host) = host {
-        access = access.with_host(host);
-    }
-    keys.verify(&token, &access)?;
-    let left = token.expiry().saturating_sub(now);
-    Ok(Instant::now().checked_add(Duration::from_secs(left)))
+    http::respond(stream, 200, ct, "", &body).await;
 }
 
 #[cfg(test)]
@@ -575,22 +339,24 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let config = Arc::new(Config::default());
         let metrics = Arc::new(Metrics::default());
-        let ctx = Arc::new(Ctx {
-            hub: Hub::new(config.clone(), metrics.clone()),
-            hc: hc::Relay::new(),
-            keys: config.key_set().unwrap(),
-            config,
-            metrics,
-            ws_config: WebSocketConfig::default(),
-            tls: None,
+        let state = Arc::new(State {
+            paths: PathTable::new(config.clone(), metrics.clone()),
+            directory: Directory::new(),
+            ctx: Ctx {
+                keys: config.key_set().unwrap(),
+                config,
+                metrics,
+                ws_config: WebSocketConfig::default(),
+                tls: None,
+            },
         });
         let (_tx, shutdown) = watch::channel(false);
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let handshake = handshake(tcp, addr, &ctx, &shutdown);
+        let handshake = dispatch(tcp, addr, &state, &shutdown);
         let handshake_bytes = std::mem::size_of_val(&handshake);
         drop(handshake);
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let connection = connection(tcp, addr, ctx.clone(), shutdown.clone());
+        let connection = connection(tcp, addr, state.clone(), shutdown.clone());
         let connection_bytes = std::mem::size_of_val(&connection);
         drop(connection);
         assert!(

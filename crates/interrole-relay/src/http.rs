@@ -135,6 +135,40 @@ impl RequestHead {
     }
 }
 
+/// The reason phrase of a status (RFC 9110 §15), for the statuses the relay server and the
+/// Hybrid Connections clients answer; `None` for the others.
+pub fn reason_phrase(status: u16) -> Option<&'static str> {
+    Some(match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => return None,
+    })
+}
+
 /// The part of `buf` a head of at most `max` bytes is judged on: one byte more tells a head that
 /// is too large. Whatever comes later cannot change the verdict, so a head read in pieces gets
 /// the verdict it gets read whole (say, too large rather than malformed further on).
@@ -525,33 +559,6 @@ fn parse_response_head(buf: &[u8], max: usize) -> Result<Option<(u16, Headers, u
     }
 }
 
-/// The reason phrase of common statuses.
-pub fn reason_phrase(status: u16) -> Option<&'static str> {
-    Some(match status {
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        204 => "No Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        413 => "Payload Too Large",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -740,5 +747,12 @@ mod tests {
             reader.advance(&mut buf, true).unwrap_err().kind(),
             HttpErrorKind::Incomplete
         );
+    }
+
+    #[test]
+    fn reason_phrases_follow_rfc_9110() {
+        assert_eq!(reason_phrase(200), Some("OK"));
+        assert_eq!(reason_phrase(413), Some("Content Too Large"));
+        assert_eq!(reason_phrase(599), None);
     }
 }
