@@ -131,7 +131,8 @@ pub mod relay {
 }
 
 /// The NATS transport and its settings (feature `nats`): [`NatsOptions`](nats::NatsOptions),
-/// [`NatsAuth`](nats::NatsAuth), [`NatsTls`](nats::NatsTls), [`NatsTransport`](nats::NatsTransport).
+/// [`NatsAuth`](nats::NatsAuth), [`NatsTls`](nats::NatsTls), [`NatsTransport`](nats::NatsTransport),
+/// and [`NatsError`](nats::NatsError), the cause of its transport errors.
 #[cfg(feature = "nats")]
 pub mod nats {
     pub use interrole_nats::*;
