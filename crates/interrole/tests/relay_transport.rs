@@ -208,7 +208,9 @@ fn relay_child_process() {
         let server = match Server::bind(config(listen)).await {
             Ok(server) => server,
             Err(e) => {
-                eprintln!("relay child process: cannot listen on {listen}: {e}");
+                // The error's message leaves its cause (the OS error) to its source.
+                let cause = std::error::Error::source(&e).map(|c| format!(": {c}"));
+                eprintln!("relay child process: {e}{}", cause.unwrap_or_default());
                 std::process::exit(2);
             }
         };
