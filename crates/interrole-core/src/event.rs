@@ -200,13 +200,6 @@ struct WireHeader {
     reply_to: u64,
 }
 
-fn now_micros() -> u64 {
-    // Seconds and sub-second micros in u64: `as_micros` goes through u128.
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
-        d.as_secs() * 1_000_000 + u64::from(d.subsec_micros())
-    })
-}
-
 impl InterRoleEvent {
     /// Wraps a value published by `id.sender`, stamped with the current time.
     pub fn new<T: Event>(id: EventId, value: T) -> Self {
@@ -226,7 +219,7 @@ impl InterRoleEvent {
                 header: Header {
                     id,
                     type_tag: T::type_tag(),
-                    timestamp_micros: now_micros(),
+                    timestamp_micros: crate::clock::now_micros(),
                     stream,
                     reply_to: reply_to.unwrap_or(0),
                 },

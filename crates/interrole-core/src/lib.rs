@@ -33,6 +33,7 @@
 //! The envelope's wire form carries a version byte ([`codec::ENVELOPE_VERSION`]); a reader refuses
 //! versions it does not know with a specific error rather than guessing.
 
+mod clock;
 pub mod codec;
 mod event;
 mod id;

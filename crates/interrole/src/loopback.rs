@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use interrole_core::{
@@ -57,6 +57,9 @@ struct Fabric {
 #[derive(Default)]
 struct TopicState {
     members: RwLock<Vec<Arc<Member>>>,
+    /// `members.len()`, readable without the lock: a publish on a topic with no other member
+    /// (a bus alone in its process, the common case) takes no lock.
+    count: AtomicUsize,
 }
 
 struct Member {
@@ -105,7 +108,11 @@ impl Loopback {
         let topics: Vec<Arc<TopicState>> =
             self.fabric.topics.write().drain().map(|(_, t)| t).collect();
         for topic in topics {
-            let members = std::mem::take(&mut *topic.members.write());
+            let members = {
+                let mut members = topic.members.write();
+                topic.count.store(0, Ordering::Release);
+                std::mem::take(&mut *members)
+            };
             for member in members {
                 if member.end() {
                     member.inbound.closed(TransportError::new(
@@ -124,6 +131,7 @@ impl Fabric {
         if let Some(state) = topics.get(topic) {
             let mut members = state.members.write();
             members.retain(|m| m.id != id);
+            state.count.store(members.len(), Ordering::Release);
             if members.is_empty() {
                 drop(members);
                 topics.remove(topic);
@@ -169,6 +177,7 @@ impl Transport for Loopback {
                 ));
             }
             members.push(member.clone());
+            state.count.store(members.len(), Ordering::Release);
             drop(members);
             state
         };
@@ -217,6 +226,10 @@ impl Connection for LoopbackConnection {
                 TransportErrorKind::ConnectionLost,
                 "loopback fabric restarted",
             ));
+        }
+        if target.is_none() && self.state.count.load(Ordering::Acquire) <= 1 {
+            // Nobody else on the topic: nothing to deliver, no lock to take.
+            return Ok(());
         }
         let members = self.state.members.read();
         let mut reached = false;
