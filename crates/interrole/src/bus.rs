@@ -502,7 +502,7 @@ impl Bus {
     /// # Panics
     /// When there is no tokio runtime (none given to the builder and none current): a
     /// programmer error, as for `tokio::spawn`. Give the builder
-    /// [`.runtime(handle)`](BusBuilder::runtime) to subscribe from outside one.
+    /// [`.runtime(handle)`](crate::BusBuilder::runtime) to subscribe from outside one.
     pub fn subscribe_async<E, F, Fut>(&self, mailbox: Mailbox, f: F) -> Subscription
     where
         E: Event,

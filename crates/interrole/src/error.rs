@@ -66,7 +66,7 @@ pub enum BuildError {
     NoRuntime(&'static str),
 }
 
-/// Why a [`Bus::request`] got no reply.
+/// Why a [`Bus::request`](crate::Bus::request) got no reply.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RequestError {
