@@ -13,8 +13,13 @@
 //!
 //! `multicast` and `scale` start the relay server in a child process (this executable's hidden
 //! `relay-server` subcommand) on 127.0.0.1 and kill it at the end; `multicast` then does the same
-//! with `nats-server` (skipped, and said so, when it is not installed). `sweep` does the same for
-//! each subscriber count of [`relay::SWEEP_SUBSCRIBERS`] (max throughput only) and writes a CSV.
+//! with `nats-server` (skipped, and said so, when it is not installed), round after round.
+//! `sweep` does the same for each subscriber count of [`relay::SWEEP_SUBSCRIBERS`] (max
+//! throughput only) and writes a CSV. The brokers of `multicast` and `sweep` are pinned to the
+//! same CPUs ([`benches::cpu`]).
+//!
+//! Every subcommand exits with code 1 when a delivery check fails (an event lost, duplicated or
+//! out of order) and, with `--check`, when a target is missed.
 //!
 //! One module per subcommand; `broker` runs the relay and nats-server in turn for `multicast`
 //! and `sweep`; `support` holds what they all share.
@@ -33,6 +38,8 @@ use std::process::ExitCode;
 use benches::relay;
 use clap::{Parser, Subcommand};
 
+use crate::support::RunArgs;
+
 /// Quick comparisons of interrole against its peers.
 #[derive(Debug, Parser)]
 #[command(name = "compare", arg_required_else_help = true)]
@@ -44,15 +51,25 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Cheap fan-out vs tokio broadcast and crossbeam; heavy observers, parallel vs sequential
-    Fanout,
+    Fanout {
+        /// Exit with code 1 when a target is missed
+        #[arg(long)]
+        check: bool,
+    },
     /// Relay, then NATS (child processes): 1 publisher, 20 subscribers; max throughput, paced
     /// latency
-    Multicast,
+    Multicast(RunArgs),
     /// Relay, then NATS: 1 publisher, 1 to 100 subscribers, max throughput each
     Sweep {
         /// Where to write the CSV
         #[arg(long, value_name = "PATH", default_value = sweep::SWEEP_CSV)]
         csv: PathBuf,
+        /// Interleaved rounds (relay, nats, relay, ...); the figures are medians over them
+        #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        rounds: u32,
+        /// Exit with code 1 when a target is missed
+        #[arg(long)]
+        check: bool,
     },
     /// Relay (child process): idle subscribers; memory each, publish-to-last latency
     Scale {
@@ -65,7 +82,11 @@ enum Command {
     },
     /// Relay killed and restarted; a NATS cluster node killed: until every bus is back and
     /// events flow
-    Recovery,
+    Recovery {
+        /// Accepted for every subcommand; recovery has no target (its failures always exit 1)
+        #[arg(long)]
+        check: bool,
+    },
     /// The relay server that `multicast`, `sweep`, `scale` and `recovery` start as a child
     /// process (`--listen ADDR --sas-key NAME=KEY`, read by `relay::serve`).
     #[command(hide = true, disable_help_flag = true)]
@@ -85,11 +106,11 @@ fn subscribers(value: &str) -> Result<usize, String> {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Fanout => fanout::fanout(),
-        Command::Multicast => multicast::multicast(),
-        Command::Sweep { csv } => sweep::sweep(&csv),
+        Command::Fanout { check } => fanout::fanout(check),
+        Command::Multicast(args) => multicast::multicast(&args),
+        Command::Sweep { csv, rounds, check } => sweep::sweep(&csv, rounds, check),
         Command::Scale { subscribers, check } => scale::scale(subscribers, check),
-        Command::Recovery => recovery::recovery(),
+        Command::Recovery { check } => recovery::recovery(check),
         Command::RelayServer { args } => match relay::serve(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use benches::relay;
 
-use crate::support::{Error, print_machine, report};
+use crate::support::{Error, Outcome, conclude, print_machine};
 
-/// Runs `compare recovery`.
-pub(crate) fn recovery() -> ExitCode {
-    report("recovery", recovery_inner())
+/// Runs `compare recovery`; `check` changes nothing (recovery has no target): every failure to
+/// recover, or to measure, already exits with code 1.
+pub(crate) fn recovery(check: bool) -> ExitCode {
+    conclude("recovery", recovery_inner(), check)
 }
 
-fn recovery_inner() -> Result<(), Error> {
+fn recovery_inner() -> Result<Outcome, Error> {
     use benches::recovery::{self, KILLS, Recovery, SUBSCRIBERS};
     print_machine(interrole::pool_threads());
     println!(
@@ -74,5 +75,5 @@ fn recovery_inner() -> Result<(), Error> {
     );
     println!();
     println!("{last}");
-    Ok(())
+    Ok(Outcome::default())
 }
