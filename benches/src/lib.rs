@@ -8,11 +8,13 @@
 //!   parallel, and adaptively.
 //! - [`codec`]: encoding and decoding an envelope with a 256-byte payload.
 //! - [`relay`]: load on the relay server in a child process (multicast throughput and latency,
-//!   idle subscribers at scale), for `compare multicast` and `compare scale`.
+//!   idle subscribers at scale), for `compare multicast`, `sweep` and `scale`.
 //! - [`nats`]: the same multicast load on a `nats-server` in a child process, with async-nats
-//!   clients, for the NATS rows of `compare multicast`.
-//! - [`verify`]: deliveries checked by sender and sequence number (lost, duplicated, reordered
-//!   counted apart).
+//!   clients, for the NATS rows of `compare multicast` and `sweep`.
+//! - [`bus`]: `compare bus`, a `Bus` per publisher and subscriber over the relay and over NATS,
+//!   against raw async-nats.
+//! - [`verify`]: every delivery of those runs checked by sender and sequence number (lost,
+//!   duplicated, reordered counted apart).
 //! - [`cpu`]: the CPU set the brokers are pinned to, and their worker count.
 //! - [`recovery`]: how long until events flow again after the relay restarts or a NATS node
 //!   dies, for `compare recovery`.
@@ -528,6 +530,7 @@ pub mod codec {
     }
 }
 
+pub mod bus;
 pub mod cpu;
 pub mod nats;
 pub mod recovery;

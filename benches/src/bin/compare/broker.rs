@@ -42,6 +42,14 @@ impl Broker {
         }
     }
 
+    /// The broker's URL: `ws://ADDR` for the relay, `nats://ADDR` for nats-server.
+    pub(crate) fn url(&self) -> String {
+        match self {
+            Self::Relay(server) => format!("ws://{}", server.addr()),
+            Self::Nats(server) => server.url(),
+        }
+    }
+
     /// The relay path or NATS subject of the run called `name`.
     pub(crate) fn topic(&self, name: &str) -> String {
         match self {

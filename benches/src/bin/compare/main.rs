@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p benches --bin compare -- fanout
+//! cargo run --release -p benches --bin compare -- bus
 //! cargo run --release -p benches --bin compare -- multicast
 //! cargo run --release -p benches --bin compare -- sweep --csv target/sweep.csv
 //! cargo run --release -p benches --bin compare -- scale
@@ -11,12 +12,14 @@
 //! cargo run --release -p benches --bin compare -- recovery
 //! ```
 //!
-//! `multicast` and `scale` start the relay server in a child process (this executable's hidden
-//! `relay-server` subcommand) on 127.0.0.1 and kill it at the end; `multicast` then does the same
-//! with `nats-server` (skipped, and said so, when it is not installed), round after round.
-//! `sweep` does the same for each subscriber count of [`relay::SWEEP_SUBSCRIBERS`] (max
-//! throughput only) and writes a CSV. The brokers of `multicast` and `sweep` are pinned to the
-//! same CPUs ([`benches::cpu`]).
+//! `bus` runs a `Bus` per publisher and subscriber over the relay (a child process: this
+//! executable's hidden `relay-server` subcommand) and over nats-server (a child process), and raw
+//! async-nats on nats-server, in interleaved rounds. `multicast` and `scale` start the relay in a
+//! child process on 127.0.0.1 and kill it at the end; `multicast` then does the same with
+//! `nats-server` (skipped, and said so, when it is not installed), round after round. `sweep` does
+//! the same for each subscriber count of [`relay::SWEEP_SUBSCRIBERS`] (max throughput only) and
+//! writes a CSV. The brokers of `bus`, `multicast` and `sweep` are pinned to the same CPUs
+//! ([`benches::cpu`]).
 //!
 //! Every subcommand exits with code 1 when a delivery check fails (an event lost, duplicated or
 //! out of order) and, with `--check`, when a target is missed.
@@ -25,6 +28,7 @@
 //! and `sweep`; `support` holds what they all share.
 
 mod broker;
+mod bus;
 mod fanout;
 mod multicast;
 mod recovery;
@@ -56,6 +60,10 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// A Bus over the relay and over NATS against raw async-nats (child processes): 1
+    /// publisher, 20 subscribers, typed events, every delivery checked; max throughput, paced
+    /// latency
+    Bus(RunArgs),
     /// Relay, then NATS (child processes): 1 publisher, 20 subscribers; max throughput, paced
     /// latency
     Multicast(RunArgs),
@@ -107,6 +115,7 @@ fn subscribers(value: &str) -> Result<usize, String> {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Fanout { check } => fanout::fanout(check),
+        Command::Bus(args) => bus::bus(&args),
         Command::Multicast(args) => multicast::multicast(&args),
         Command::Sweep { csv, rounds, check } => sweep::sweep(&csv, rounds, check),
         Command::Scale { subscribers, check } => scale::scale(subscribers, check),
