@@ -1,5 +1,5 @@
 //! Benchmark support for interrole: the fixtures and the measuring code shared by the criterion
-//! benches (`benches/benches/*.rs`) and the `compare` command (`src/bin/compare.rs`).
+//! benches (`benches/benches/*.rs`) and the `compare` command (`src/bin/compare/`).
 //!
 //! - [`fanout`]: one publish to N cheap observers, for interrole and two peers
 //!   (`tokio::sync::broadcast`, one crossbeam channel per subscriber), all on one thread; plus
@@ -8,9 +8,14 @@
 //!   parallel, and adaptively.
 //! - [`codec`]: encoding and decoding an envelope with a 256-byte payload.
 //! - [`relay`]: load on the relay server in a child process (multicast throughput and latency,
-//!   idle subscribers at scale), for `compare multicast` and `compare scale`.
+//!   idle subscribers at scale), for `compare multicast`, `sweep` and `scale`.
 //! - [`nats`]: the same multicast load on a `nats-server` in a child process, with async-nats
-//!   clients, for the NATS rows of `compare multicast`.
+//!   clients, for the NATS rows of `compare multicast` and `sweep`.
+//! - [`bus`]: `compare bus`, a `Bus` per publisher and subscriber over the relay and over NATS,
+//!   against raw async-nats.
+//! - [`verify`]: every delivery of those runs checked by sender and sequence number (lost,
+//!   duplicated, reordered counted apart).
+//! - [`cpu`]: the CPU set the brokers are pinned to, and their worker count.
 //! - [`recovery`]: how long until events flow again after the relay restarts or a NATS node
 //!   dies, for `compare recovery`.
 //! - [`measure`]: a small `Instant`-based harness (warm-up, repetitions, median) for `compare`.
@@ -525,9 +530,12 @@ pub mod codec {
     }
 }
 
+pub mod bus;
+pub mod cpu;
 pub mod nats;
 pub mod recovery;
 pub mod relay;
+pub mod verify;
 
 /// A small harness for `compare`: warm-up, repetitions, median.
 pub mod measure {

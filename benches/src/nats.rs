@@ -1,17 +1,23 @@
 //! NATS load measurements for `compare multicast` and `compare sweep`, the same shape as
 //! [`relay::multicast_run`] on a `nats-server` in a child process ([`NatsProcess`]): one
 //! publisher and N subscribers, each its own async-nats client on 127.0.0.1, with the same opaque
-//! 256-byte envelopes (the send time in the first 8 bytes, nanoseconds since an `Instant` of this
-//! process, little-endian) as the payload of plain core NATS messages on one subject.
+//! 256-byte envelopes as the payload of plain core NATS messages on one subject: the send time in
+//! the first 8 bytes (nanoseconds since an `Instant` of this process), then the event's sequence
+//! number (from 0) in the next 8 and the publisher's number (0) in the next 4, little-endian;
+//! each subscriber checks what it receives by those two ([`verify`](crate::verify)).
 //!
-//! The publisher calls `Client::publish` once per event and `Client::flush` after each batch of
-//! up to [`relay::BATCH`] events; each subscriber reads its `Subscriber` stream. The pacing, the
+//! The publisher calls `Client::publish` once per event, as a NATS user writes it: no
+//! `Client::flush` after a batch, since the client's connection task writes out whatever is
+//! queued as soon as it can. Each subscriber reads its `Subscriber` stream. The pacing, the
 //! window against the slowest subscriber, the warm-up, the grace period and the figures are
 //! those of [`relay::multicast_run`], so that the two rows of a run compare like with like.
 //!
 //! Core NATS has no acknowledgements, rejections or gap reports: the window runs against the
 //! slowest subscriber only, and [`RunResult::rejected`] and [`RunResult::missed`] are always 0
 //! (anything dropped shows as [`RunResult::lost`]).
+//!
+//! The server runs with `GOMAXPROCS` set to the relay's tokio worker count and, through
+//! [`NatsProcess::spawn_pinned`], on the relay's CPU set ([`cpu`](crate::cpu)).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -22,7 +28,9 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, StreamExt};
 use interrole_core::Bytes;
 
+use crate::cpu::{BROKER_WORKERS, BrokerCpus};
 use crate::relay::{self, Pace, RunResult};
+use crate::verify::Deliveries;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -37,7 +45,8 @@ const GRACE: Duration = Duration::from_secs(5);
 /// every subscriber).
 const WARM_UP_RETRY: Duration = Duration::from_millis(100);
 
-/// `nats-server -a 127.0.0.1 -p PORT` in a child process on a free port, killed when dropped.
+/// `nats-server -a 127.0.0.1 -p PORT` in a child process on a free port, with
+/// `GOMAXPROCS` = [`BROKER_WORKERS`], killed when dropped.
 #[derive(Debug)]
 pub struct NatsProcess {
     child: Child,
@@ -54,6 +63,14 @@ impl NatsProcess {
     /// The process could not start, exited early (the port was taken in the meantime, say), or
     /// did not accept connections within 5 s.
     pub fn spawn() -> Result<Option<Self>, Error> {
+        Self::spawn_pinned(&BrokerCpus::unpinned("not asked"))
+    }
+
+    /// As [`NatsProcess::spawn`], the server pinned to `cpus`.
+    ///
+    /// # Errors
+    /// As [`NatsProcess::spawn`].
+    pub fn spawn_pinned(cpus: &BrokerCpus) -> Result<Option<Self>, Error> {
         let version = match Command::new(NATS_SERVER).arg("--version").output() {
             Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -61,8 +78,10 @@ impl NatsProcess {
         };
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let child = Command::new(NATS_SERVER)
+        let child = cpus
+            .command(NATS_SERVER)
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .env("GOMAXPROCS", BROKER_WORKERS.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -127,11 +146,22 @@ fn now_ns(epoch: Instant) -> u64 {
     epoch.elapsed().as_nanos() as u64
 }
 
-/// A 256-byte envelope stamped with `stamp` (0: the warm-up event).
-fn envelope(stamp: u64) -> Bytes {
+/// A 256-byte envelope stamped with `stamp` (0: the warm-up event), carrying event `seq` of
+/// publisher 0.
+fn envelope(stamp: u64, seq: u64) -> Bytes {
     let mut envelope = [0x5au8; relay::ENVELOPE_BYTES];
     envelope[..8].copy_from_slice(&stamp.to_le_bytes());
+    envelope[8..16].copy_from_slice(&seq.to_le_bytes());
+    envelope[16..20].copy_from_slice(&0u32.to_le_bytes());
     Bytes::copy_from_slice(&envelope)
+}
+
+/// The stamp, sequence number and publisher of an envelope (`None`: too short).
+fn read_envelope(e: &[u8]) -> Option<(u64, u64, u32)> {
+    let stamp = u64::from_le_bytes(e.get(..8)?.try_into().ok()?);
+    let seq = u64::from_le_bytes(e.get(8..16)?.try_into().ok()?);
+    let publisher = u32::from_le_bytes(e.get(16..20)?.try_into().ok()?);
+    Some((stamp, seq, publisher))
 }
 
 /// One publisher and `subscribers` subscribers (one async-nats client each) on `subject` of the
@@ -180,7 +210,7 @@ pub async fn nats_multicast_run(
             return Err("warm-up event not delivered to every subscriber".into());
         }
         if sent_at.is_none_or(|s| s.elapsed() >= WARM_UP_RETRY) {
-            publisher.publish(subject.clone(), envelope(0)).await?;
+            publisher.publish(subject.clone(), envelope(0, 0)).await?;
             publisher.flush().await?;
             sent_at = Some(Instant::now());
         }
@@ -208,19 +238,18 @@ pub async fn nats_multicast_run(
     }
     shared.stop.store(true, Ordering::Relaxed);
     let mut latencies_ns = Vec::new();
+    let mut per_subscriber = Vec::with_capacity(subscribers);
     for task in tasks {
-        latencies_ns.extend(task.await?);
+        let (deliveries, l) = task.await?;
+        per_subscriber.push(deliveries.counts(published));
+        latencies_ns.extend(l);
     }
     latencies_ns.sort_unstable();
     drop(publisher);
     let end_ns = shared.last_delivery_ns.load(Ordering::Relaxed);
     Ok(RunResult {
         published,
-        per_subscriber: shared
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect(),
+        per_subscriber,
         missed: 0,
         rejected: 0,
         elapsed: Duration::from_nanos(end_ns.saturating_sub(start_ns)),
@@ -228,18 +257,21 @@ pub async fn nats_multicast_run(
     })
 }
 
-/// Publishes `n` events stamped with the current time, then flushes.
+/// Publishes events `first..first + n`, stamped with the current time (no flush: the client's
+/// connection task writes them out).
 async fn publish_batch(
     client: &async_nats::Client,
     subject: &async_nats::Subject,
     shared: &Shared,
+    first: u64,
     n: u64,
 ) -> Result<(), Error> {
-    let payload = envelope(now_ns(shared.epoch));
-    for _ in 0..n {
-        client.publish(subject.clone(), payload.clone()).await?;
+    let stamp = now_ns(shared.epoch);
+    for seq in first..first + n {
+        client
+            .publish(subject.clone(), envelope(stamp, seq))
+            .await?;
     }
-    client.flush().await?;
     Ok(())
 }
 
@@ -267,7 +299,7 @@ async fn publish_max(
         let n = (relay::BATCH as u64)
             .min(events - sent)
             .min(relay::WINDOW - lead);
-        publish_batch(client, subject, shared, n).await?;
+        publish_batch(client, subject, shared, sent, n).await?;
         sent += n;
     }
     Ok(sent)
@@ -287,7 +319,7 @@ async fn publish_paced(
         let due = ((t.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
         if due > sent {
             let n = (due - sent).min(relay::BATCH as u64);
-            publish_batch(client, subject, shared, n).await?;
+            publish_batch(client, subject, shared, sent, n).await?;
             sent += n;
         } else {
             tokio::time::sleep(Duration::from_micros(500)).await;
@@ -296,9 +328,10 @@ async fn publish_paced(
     Ok(sent)
 }
 
-/// Reads messages until told to stop; returns the latencies in ns. Each message is timed when
-/// the stream yields it; the shared counters are updated once per run of messages that were
-/// ready together (as the relay's subscribers do once per WebSocket message).
+/// Reads messages until told to stop; returns what was received (by publisher and sequence
+/// number) and the latencies in ns. Each message is timed when the stream yields it; the shared
+/// counters are updated once per run of messages that were ready together (as the relay's
+/// subscribers do once per WebSocket message).
 async fn subscriber(
     client: async_nats::Client,
     mut sub: async_nats::Subscriber,
@@ -306,9 +339,9 @@ async fn subscriber(
     shared: Arc<Shared>,
     warmed: Arc<AtomicU64>,
     record_latency: bool,
-) -> Vec<u64> {
+) -> (Deliveries, Vec<u64>) {
     let mut warm = false;
-    let mut count = 0;
+    let mut deliveries = Deliveries::new(1);
     let mut latencies = Vec::new();
     while !shared.stop.load(Ordering::Relaxed) {
         let mut next = match tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
@@ -319,31 +352,30 @@ async fn subscriber(
         let mut now = 0;
         while let Some(m) = next {
             now = now_ns(shared.epoch);
-            let mut stamp = [0u8; 8];
-            if let Some(s) = m.payload.get(..8) {
-                stamp.copy_from_slice(s);
-            }
-            match u64::from_le_bytes(stamp) {
-                0 if !warm => {
+            match read_envelope(&m.payload) {
+                Some((0, ..)) if !warm => {
                     warm = true;
                     warmed.fetch_add(1, Ordering::Relaxed);
                 }
-                0 => {}
-                stamp => {
-                    count += 1;
+                Some((0, ..)) => {}
+                Some((stamp, seq, publisher)) => {
+                    deliveries.record(Some(publisher as usize), seq);
                     if record_latency {
                         latencies.push(now.saturating_sub(stamp));
                     }
                 }
+                None => {
+                    deliveries.record(None, 0);
+                }
             }
             next = sub.next().now_or_never().flatten();
         }
-        shared.counts[i].store(count, Ordering::Relaxed);
+        shared.counts[i].store(deliveries.distinct(), Ordering::Relaxed);
         shared.last_delivery_ns.fetch_max(now, Ordering::Relaxed);
     }
     let _ = sub.unsubscribe().await;
     drop(client);
-    latencies
+    (deliveries, latencies)
 }
 
 #[cfg(test)]
@@ -351,11 +383,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn envelope_carries_the_stamp_first() {
-        let e = envelope(0x0102_0304_0506_0708);
+    fn envelope_carries_the_stamp_first_then_the_sequence_number() {
+        let e = envelope(0x0102_0304_0506_0708, 77);
         assert_eq!(e.len(), relay::ENVELOPE_BYTES);
         assert_eq!(e[..8], 0x0102_0304_0506_0708u64.to_le_bytes());
-        assert!(e[8..].iter().all(|&b| b == 0x5a));
+        assert_eq!(read_envelope(&e), Some((0x0102_0304_0506_0708, 77, 0)));
+        assert!(e[20..].iter().all(|&b| b == 0x5a));
+        assert_eq!(read_envelope(&e[..19]), None);
     }
 
     #[test]
@@ -379,6 +413,7 @@ mod tests {
             .expect("run");
         assert_eq!(r.published, 1000);
         assert_eq!(r.lost(), 0);
+        assert!(r.is_exact(), "{:?}", r.counts());
         assert_eq!(r.latencies_ns.len(), 3000);
     }
 }

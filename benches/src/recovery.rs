@@ -3,14 +3,18 @@
 //!
 //! - **Relay**: [`SUBSCRIBERS`] subscriber buses and a publisher bus (this process, the default
 //!   retry policy) on a relay process; the relay is killed with SIGKILL and started again on the
-//!   same port; measured: from the restart until every bus is connected again, and until every
-//!   subscriber has received a probe published after the restart.
+//!   same port at once; measured: from the kill until the new process listens, until every bus
+//!   is connected again, and until every subscriber has received a probe published after the
+//!   kill.
 //! - **NATS**: a three-node `nats-server` cluster; the publisher on node 0, the subscribers
 //!   listing nodes 1 and 2 (so about half start on node 1); node 1 is killed; measured: from the
 //!   kill until every subscriber that was on node 1 is connected again, and until every
-//!   subscriber has received a probe published after the kill. A fresh cluster per kill.
+//!   subscriber has received a probe published after the kill. A fresh cluster per kill. Which
+//!   subscribers were on node 1 is read from its monitoring endpoint (`/connz`) before the kill:
+//!   if that fails, or no subscriber was there, the measurement fails rather than timing nothing.
 //!
-//! The publisher sends a probe every millisecond throughout.
+//! Both are timed from the moment just before the SIGKILL is sent. The publisher sends a probe
+//! every millisecond throughout.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -37,11 +41,13 @@ pub const KILLS: usize = 5;
 pub struct Probe(pub u64);
 interrole::impl_event!(Probe = "bench.recovery.probe");
 
-/// One kill: how long until every bus was connected again, and until every subscriber had a
-/// probe published after the fault.
+/// One kill: how long, from the kill, until every bus was connected again, and until every
+/// subscriber had a probe published after the fault.
 #[derive(Debug, Clone, Copy)]
 pub struct Recovery {
-    /// Until every bus (the publisher's included) was connected again.
+    /// The relay: until the new relay process listened (None for NATS, whose cluster stays up).
+    pub server_back: Option<Duration>,
+    /// Until every bus that lost its server was connected again.
     pub reconnected: Duration,
     /// Until every subscriber had received a probe published after the fault.
     pub flowing: Duration,
@@ -146,6 +152,7 @@ pub async fn relay_recovery(kills: usize) -> Result<Vec<Recovery>, Error> {
     for _ in 0..kills {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let before = opened(&all);
+        let killed_at = Instant::now();
         if let Some(r) = relay.take() {
             r.kill();
         }
@@ -160,10 +167,14 @@ pub async fn relay_recovery(kills: usize) -> Result<Vec<Recovery>, Error> {
             }
         }
         relay = Some(restarted.ok_or("the relay did not start again")?);
-        let restarted_at = Instant::now();
+        let server_back = killed_at.elapsed();
         // Every bus lost the relay.
         let lost = vec![true; all.len()];
-        out.push(wait_recovered(&all, &lost, &subs, &before, restarted_at, epoch).await?);
+        let r = wait_recovered(&all, &lost, &subs, &before, killed_at, epoch).await?;
+        out.push(Recovery {
+            server_back: Some(server_back),
+            ..r
+        });
     }
     probes.abort();
     for b in &all {
@@ -291,15 +302,27 @@ pub async fn nats_recovery(kills: usize) -> Result<Vec<Recovery>, Error> {
         }
         let before = opened(&subs.buses);
         // The subscribers connected to node 1, by their client names (the instance ids).
-        let connz = http_get(nodes[1].monitor, "/connz").unwrap_or_default();
+        let connz = http_get(nodes[1].monitor, "/connz").map_err(|e| {
+            format!(
+                "reading node 1's /connz (monitoring port {}): {e}",
+                nodes[1].monitor
+            )
+        })?;
         let on_node: Vec<bool> = (0..SUBSCRIBERS)
             .map(|i| connz.contains(&format!("\"name\":\"sub-{i}\"")))
             .collect();
+        if !on_node.contains(&true) {
+            return Err(format!(
+                "no subscriber was on node 1, the node to be killed (its /connz names none of sub-0..sub-{}): nothing would reconnect",
+                SUBSCRIBERS - 1
+            )
+            .into());
+        }
+        let killed_at = Instant::now();
         if let Some(mut c) = nodes[1].child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let killed_at = Instant::now();
         // Only the buses that were on node 1 reconnect; the others count as connected.
         let r = wait_recovered(&subs.buses, &on_node, &subs, &before, killed_at, epoch).await?;
         out.push(r);
@@ -345,6 +368,7 @@ async fn wait_recovered(
             .all(|l| l.load(Ordering::Relaxed) > after);
         if let (Some(r), true) = (reconnected, flowing) {
             return Ok(Recovery {
+                server_back: None,
                 reconnected: r,
                 flowing: fault_at.elapsed(),
             });
@@ -358,12 +382,22 @@ async fn wait_recovered(
 
 /// A plain HTTP GET on 127.0.0.1:`port` (the NATS monitoring endpoint); the body without
 /// spaces and newlines.
-fn http_get(port: u16, path: &str) -> Option<String> {
+///
+/// # Errors
+/// The connection or the read failed, or the answer is not a `200` with a body.
+fn http_get(port: u16, path: &str) -> Result<String, Error> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
     let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out.split_once("\r\n\r\n")?.1.replace([' ', '\n'], ""))
+    s.read_to_string(&mut out)?;
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .ok_or("an answer without a body")?;
+    let status = head.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(format!("answered {status:?}").into());
+    }
+    Ok(body.replace([' ', '\n'], ""))
 }

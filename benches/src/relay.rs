@@ -5,11 +5,12 @@
 //!
 //! Envelopes are opaque 256-byte blobs (not an `InterRoleEvent` encoding; the relay never
 //! decodes them): the first 8 bytes carry the send time, nanoseconds since an `Instant` taken
-//! in this process, little-endian; the rest is filler.
+//! in this process, little-endian; the rest is filler. Each subscriber checks what it receives
+//! by the frames' sender and sequence number ([`verify`](crate::verify)).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,6 +26,9 @@ use interrole_relay::url::{Action, RelayAddress};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::cpu::{BROKER_WORKERS, BrokerCpus};
+use crate::verify::{Counts, Deliveries};
 
 /// The shared access key name the relay process is started with.
 pub const KEY_NAME: &str = "bench";
@@ -75,8 +79,13 @@ const GRACE: Duration = Duration::from_secs(5);
 type Error = Box<dyn std::error::Error + Send + Sync>;
 type Ws = WebSocketStream<TcpStream>;
 
+/// The publisher's instance id in the multicast runs.
+const PUBLISHER: &str = "bench-pub";
+/// The sequence number of the warm-up event; the measured events follow it from 2.
+const WARM_UP_SEQ: u64 = 1;
+
 /// The hidden `compare relay-server --listen ADDR --sas-key NAME=KEY` subcommand: runs the relay
-/// server as a library on a 2-worker runtime, prints its bound address on stdout, and serves
+/// server as a library on a runtime of [`BROKER_WORKERS`] workers, prints its bound address on stdout, and serves
 /// until stdin closes (the parent went away) or for at most 10 minutes.
 ///
 /// # Errors
@@ -94,7 +103,7 @@ pub fn serve(args: &[String]) -> Result<(), Error> {
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(BROKER_WORKERS)
         .enable_all()
         .build()?;
     rt.block_on(async {
@@ -138,14 +147,28 @@ impl RelayProcess {
         Self::spawn_at("127.0.0.1:0")
     }
 
+    /// Starts the relay on 127.0.0.1 (a free port), pinned to `cpus`, and waits for its
+    /// address.
+    ///
+    /// # Errors
+    /// As [`RelayProcess::spawn`].
+    pub fn spawn_pinned(cpus: &BrokerCpus) -> Result<Self, Error> {
+        Self::spawn_on("127.0.0.1:0", cpus)
+    }
+
     /// Starts the relay listening on `listen` (this executable must have the `relay-server`
     /// subcommand) and waits for its address.
     ///
     /// # Errors
     /// The process could not start or did not print an address (the port is taken, say).
     pub fn spawn_at(listen: &str) -> Result<Self, Error> {
+        Self::spawn_on(listen, &BrokerCpus::unpinned("not asked"))
+    }
+
+    fn spawn_on(listen: &str, cpus: &BrokerCpus) -> Result<Self, Error> {
         let exe = std::env::current_exe()?;
-        let child = Command::new(exe)
+        let child = cpus
+            .command(exe)
             .args([
                 "relay-server",
                 "--listen",
@@ -271,9 +294,11 @@ fn publish_message(first: u64, count: u64, stamp: u64) -> Bytes {
 pub struct RunResult {
     /// Events published (the warm-up event excluded).
     pub published: u64,
-    /// Events each subscriber received (the warm-up event excluded).
-    pub per_subscriber: Vec<u64>,
-    /// Events the relay reported MISSED, over all subscribers.
+    /// What each subscriber received, checked by sender and sequence number (the warm-up
+    /// event excluded).
+    pub per_subscriber: Vec<Counts>,
+    /// Events reported missed over all subscribers (by the relay's MISSED frames, or by a bus
+    /// to its observers).
     pub missed: u64,
     /// REJECT frames the publisher received.
     pub rejected: u64,
@@ -284,17 +309,28 @@ pub struct RunResult {
 }
 
 impl RunResult {
-    /// Deliveries over all subscribers.
+    /// The deliveries checked, summed over all subscribers.
+    pub fn counts(&self) -> Counts {
+        self.per_subscriber.iter().copied().sum()
+    }
+
+    /// Distinct deliveries of published events, over all subscribers.
     pub fn delivered(&self) -> u64 {
-        self.per_subscriber.iter().sum()
+        self.counts().delivered
     }
 
-    /// Deliveries expected but not made.
+    /// Deliveries expected but not made (each subscriber's events never received).
     pub fn lost(&self) -> u64 {
-        (self.published * self.per_subscriber.len() as u64).saturating_sub(self.delivered())
+        self.counts().lost
     }
 
-    /// Deliveries per second.
+    /// Whether every subscriber received every event exactly once, in order, nothing else, and
+    /// nothing was reported missed or rejected.
+    pub fn is_exact(&self) -> bool {
+        self.counts().is_exact() && self.missed == 0 && self.rejected == 0
+    }
+
+    /// Distinct deliveries per second.
     pub fn throughput(&self) -> f64 {
         self.delivered() as f64 / self.elapsed.as_secs_f64()
     }
@@ -368,7 +404,7 @@ pub async fn multicast_run(
             record_latency,
         )));
     }
-    let pub_ws = connect(addr, Action::Publish, path, "bench-pub").await?;
+    let pub_ws = connect(addr, Action::Publish, path, PUBLISHER).await?;
     let (mut sink, mut stream) = pub_ws.split();
     let acked = Arc::new(AtomicU64::new(0));
     let rejected = Arc::new(AtomicU64::new(0));
@@ -394,7 +430,8 @@ pub async fn multicast_run(
     };
 
     // Warm-up: seq 1, until every subscriber has it (they are all registered then).
-    sink.send(Message::Binary(publish_message(1, 1, 0))).await?;
+    sink.send(Message::Binary(publish_message(WARM_UP_SEQ, 1, 0)))
+        .await?;
     let t = Instant::now();
     while warmed.load(Ordering::Relaxed) < subscribers as u64 {
         if t.elapsed() > GRACE {
@@ -421,9 +458,11 @@ pub async fn multicast_run(
     shared.stop.store(true, Ordering::Relaxed);
     let mut missed = 0;
     let mut latencies_ns = Vec::new();
+    let mut per_subscriber = Vec::with_capacity(subscribers);
     for task in tasks {
-        let (m, l) = task.await?;
+        let (m, deliveries, l) = task.await?;
         missed += m;
+        per_subscriber.push(deliveries.counts(published));
         latencies_ns.extend(l);
     }
     latencies_ns.sort_unstable();
@@ -432,11 +471,7 @@ pub async fn multicast_run(
     let end_ns = shared.last_delivery_ns.load(Ordering::Relaxed);
     Ok(RunResult {
         published,
-        per_subscriber: shared
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect(),
+        per_subscriber,
         missed,
         rejected: rejected.load(Ordering::Relaxed),
         elapsed: Duration::from_nanos(end_ns.saturating_sub(start_ns)),
@@ -470,7 +505,7 @@ async fn publish_max(
             continue;
         }
         let n = (BATCH as u64).min(events - sent).min(WINDOW - lead);
-        let msg = publish_message(sent + 2, n, now_ns(shared.epoch));
+        let msg = publish_message(WARM_UP_SEQ + 1 + sent, n, now_ns(shared.epoch));
         sink.send(Message::Binary(msg)).await?;
         sent += n;
     }
@@ -490,7 +525,7 @@ async fn publish_paced(
         let due = ((t.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
         if due > sent {
             let n = (due - sent).min(BATCH as u64);
-            let msg = publish_message(sent + 2, n, now_ns(shared.epoch));
+            let msg = publish_message(WARM_UP_SEQ + 1 + sent, n, now_ns(shared.epoch));
             sink.send(Message::Binary(msg)).await?;
             sent += n;
         } else {
@@ -500,17 +535,19 @@ async fn publish_paced(
     Ok(sent)
 }
 
-/// Reads events until told to stop; returns (MISSED count, latencies in ns).
+/// Reads events until told to stop; returns the MISSED count, what was received (by sender and
+/// sequence number: the publisher is sender 0, its measured events numbered from 0) and the
+/// latencies in ns.
 async fn subscriber(
     mut ws: Ws,
     i: usize,
     shared: Arc<Shared>,
     warmed: Arc<AtomicU64>,
     record_latency: bool,
-) -> (u64, Vec<u64>) {
+) -> (u64, Deliveries, Vec<u64>) {
     let limits = limits();
     let mut missed = 0;
-    let mut count = 0;
+    let mut deliveries = Deliveries::new(1);
     let mut latencies = Vec::new();
     while !shared.stop.load(Ordering::Relaxed) {
         let b = match tokio::time::timeout(Duration::from_millis(50), ws.next()).await {
@@ -525,11 +562,18 @@ async fn subscriber(
         };
         for f in frames {
             match f {
-                Frame::Event { seq: 1, .. } => {
+                Frame::Event {
+                    seq: WARM_UP_SEQ, ..
+                } => {
                     warmed.fetch_add(1, Ordering::Relaxed);
                 }
-                Frame::Event { envelope, .. } => {
-                    count += 1;
+                Frame::Event {
+                    sender,
+                    seq,
+                    envelope,
+                } => {
+                    let from = (sender.as_str() == PUBLISHER).then_some(0);
+                    deliveries.record(from, seq.wrapping_sub(WARM_UP_SEQ + 1));
                     if record_latency && envelope.len() >= 8 {
                         let mut stamp = [0u8; 8];
                         stamp.copy_from_slice(&envelope[..8]);
@@ -540,11 +584,11 @@ async fn subscriber(
                 _ => {}
             }
         }
-        shared.counts[i].store(count, Ordering::Relaxed);
+        shared.counts[i].store(deliveries.distinct(), Ordering::Relaxed);
         shared.last_delivery_ns.fetch_max(now, Ordering::Relaxed);
     }
     let _ = ws.close(None).await;
-    (missed, latencies)
+    (missed, deliveries, latencies)
 }
 
 /// What `compare scale` measured.

@@ -1,11 +1,12 @@
 //! The brokers that `multicast` and `sweep` load: the relay, then nats-server, each in a child
 //! process started just before its runs and killed after them, so that the two never share the
-//! CPU.
+//! CPU; both pinned to the same CPUs, nats-server with `GOMAXPROCS` = the relay's workers.
 
+use benches::cpu::BrokerCpus;
 use benches::nats::{NATS_SERVER, NatsProcess, nats_multicast_run};
 use benches::relay::{self, Pace, RelayProcess, RunResult};
 
-use crate::support::{Error, start_relay};
+use crate::support::Error;
 
 /// A broker running in a child process (killed when dropped).
 #[derive(Debug)]
@@ -16,12 +17,15 @@ pub(crate) enum Broker {
 
 impl Broker {
     /// Runs `measure` on the relay, then on nats-server when it is installed (and says so when
-    /// it is not). Each broker is started just before and killed just after its `measure`, on
-    /// errors too.
-    pub(crate) fn each(mut measure: impl FnMut(&Broker) -> Result<(), Error>) -> Result<(), Error> {
-        measure(&Broker::Relay(start_relay()?))?;
+    /// it is not), both on `cpus`. Each broker is started just before and killed just after its
+    /// `measure`, on errors too.
+    pub(crate) fn each(
+        cpus: &BrokerCpus,
+        mut measure: impl FnMut(&Broker) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        measure(&Broker::Relay(spawn_relay(cpus)?))?;
         // The relay is gone before NATS starts.
-        match spawn_nats()? {
+        match spawn_nats(cpus)? {
             Some(server) => measure(&Broker::Nats(server)),
             None => {
                 println!("nats: {NATS_SERVER} not found on PATH: the NATS side was skipped");
@@ -35,6 +39,14 @@ impl Broker {
         match self {
             Self::Relay(_) => "relay",
             Self::Nats(_) => "nats",
+        }
+    }
+
+    /// The broker's URL: `ws://ADDR` for the relay, `nats://ADDR` for nats-server.
+    pub(crate) fn url(&self) -> String {
+        match self {
+            Self::Relay(server) => format!("ws://{}", server.addr()),
+            Self::Nats(server) => server.url(),
         }
     }
 
@@ -66,12 +78,20 @@ impl Broker {
     }
 }
 
-/// Starts `nats-server` in a child process, when it is installed, and says where it listens.
-fn spawn_nats() -> Result<Option<NatsProcess>, Error> {
-    let server = NatsProcess::spawn()?;
+/// Starts the relay in a child process on `cpus` and says where it listens.
+pub(crate) fn spawn_relay(cpus: &BrokerCpus) -> Result<RelayProcess, Error> {
+    let server = RelayProcess::spawn_pinned(cpus)?;
+    println!("relay: pid {} on {}", server.pid(), server.addr());
+    Ok(server)
+}
+
+/// Starts `nats-server` in a child process on `cpus`, when it is installed, and says where it
+/// listens.
+pub(crate) fn spawn_nats(cpus: &BrokerCpus) -> Result<Option<NatsProcess>, Error> {
+    let server = NatsProcess::spawn_pinned(cpus)?;
     if let Some(server) = &server {
         println!(
-            "nats: pid {} on {} ({}, child process, default configuration); load: 2 tokio workers, async-nats",
+            "nats: pid {} on {} ({})",
             server.pid(),
             server.url(),
             server.version()

@@ -11,7 +11,7 @@ use benches::measure::{calls_for, median, ns_per_call};
 use benches::{FANOUT_SIZES, TARGET_N, TARGET_RATIO_VS_TOKIO, TARGET_SPEEDUP_PER_CORE};
 use interrole::Dispatch;
 
-use crate::support::{print_machine, verdict};
+use crate::support::{Outcome, conclude, print_machine};
 
 /// Repetitions of each cheap fan-out measurement (interleaved across the systems).
 const FANOUT_REPS: usize = 15;
@@ -22,7 +22,10 @@ const HEAVY_REPS: usize = 21;
 /// Publishes per repetition of a heavy-observer measurement.
 const HEAVY_BATCH: u64 = 25;
 
-pub(crate) fn fanout() -> ExitCode {
+/// Runs `compare fanout`; with `check`, a missed target exits with code 1. (A delivery check
+/// that fails, a publish not reaching every receiver exactly once, panics: exit code 101.)
+pub(crate) fn fanout(check: bool) -> ExitCode {
+    let mut outcome = Outcome::default();
     let cores = interrole::pool_threads();
     print_machine(cores);
     println!(
@@ -84,22 +87,25 @@ pub(crate) fn fanout() -> ExitCode {
         "floor = a Vec<Box<dyn Fn(&Tick)>> called in a loop. Every publish was checked to reach every receiver exactly."
     );
     println!();
-    println!(
-        "target: a Bus::publish per delivery <= {TARGET_BUS_VS_TOKIO} x tokio broadcast's at N = {TARGET_N}: {bus_tokio:.3} -> {}",
-        verdict(bus_tokio <= TARGET_BUS_VS_TOKIO)
+    outcome.target(
+        &format!("a Bus::publish per delivery <= {TARGET_BUS_VS_TOKIO} x tokio broadcast's at N = {TARGET_N}"),
+        bus_tokio,
+        bus_tokio <= TARGET_BUS_VS_TOKIO,
     );
-    println!(
-        "target: the hub within {TARGET_HUB_VS_FLOOR} x the closure-list floor at N = {TARGET_N}: {hub_floor:.3} -> {}",
-        verdict(hub_floor <= TARGET_HUB_VS_FLOOR)
+    outcome.target(
+        &format!("the hub within {TARGET_HUB_VS_FLOOR} x the closure-list floor at N = {TARGET_N}"),
+        hub_floor,
+        hub_floor <= TARGET_HUB_VS_FLOOR,
     );
-    println!(
-        "target: the hub alone <= {TARGET_RATIO_VS_TOKIO} x tokio broadcast's at N = {TARGET_N}: {hub_tokio:.3} -> {}",
-        verdict(hub_tokio <= TARGET_RATIO_VS_TOKIO)
+    outcome.target(
+        &format!("the hub alone <= {TARGET_RATIO_VS_TOKIO} x tokio broadcast's at N = {TARGET_N}"),
+        hub_tokio,
+        hub_tokio <= TARGET_RATIO_VS_TOKIO,
     );
     println!();
 
     // The heavy observers first: the async comparison's runtime threads are gone by then.
-    let (speedup, cores_line) = heavy_observers(cores);
+    let (speedup, cores_line) = heavy_observers(cores, &mut outcome);
     println!();
     let async_ratio = async_fanout();
     println!();
@@ -107,7 +113,7 @@ pub(crate) fn fanout() -> ExitCode {
     println!(
         "fanout n={TARGET_N} ratio_vs_tokio_broadcast={bus_tokio:.3} ratio_vs_floor={bus_floor:.3} hub_ratio_vs_tokio_broadcast={hub_tokio:.3} hub_ratio_vs_floor={hub_floor:.3} async_ratio_vs_tokio_tasks={async_ratio:.3} parallel_speedup={speedup:.3} cores={cores}"
     );
-    ExitCode::SUCCESS
+    conclude("fanout", Ok(outcome), check)
 }
 
 /// A default `Bus::publish` per delivery against tokio broadcast's, at most.
@@ -241,7 +247,7 @@ fn measure_fanout(n: usize) -> [f64; 5] {
 }
 
 /// Runs the heavy-observer comparison; returns the parallel speed-up and a summary line.
-fn heavy_observers(cores: usize) -> (f64, String) {
+fn heavy_observers(cores: usize, outcome: &mut Outcome) -> (f64, String) {
     let iterations = heavy::calibrate(heavy::WORK);
     println!(
         "== heavy observers: {} observers, each ~{} us of CPU (busy loop: {iterations} iterations) ==",
@@ -302,9 +308,12 @@ fn heavy_observers(cores: usize) -> (f64, String) {
     let speedup = sequential / medians[1];
     let target = TARGET_SPEEDUP_PER_CORE * cores as f64;
     println!();
-    println!(
-        "target: parallel speed-up >= {TARGET_SPEEDUP_PER_CORE} x {cores} cores = {target:.2}: speed-up {speedup:.3} -> {} (ceiling on {cores} cores: {cores}x)",
-        verdict(speedup >= target)
+    outcome.target(
+        &format!(
+            "parallel speed-up >= {TARGET_SPEEDUP_PER_CORE} x {cores} cores = {target:.2} (ceiling on {cores} cores: {cores}x)"
+        ),
+        speedup,
+        speedup >= target,
     );
     let adaptive_parallel = {
         let (d, p) = dispatch_counts(&fixtures[2]);

@@ -1,16 +1,20 @@
-//! `compare multicast`: one publisher and 20 subscribers on the relay, then on NATS; the
-//! maximum throughput, and the latency at a set pace.
+//! `compare multicast`: one publisher and 20 subscribers on the relay, then on NATS, round after
+//! round; the maximum throughput and the latency at a set pace, every delivery checked.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
-use benches::relay::{self, Pace};
+use benches::cpu::BrokerCpus;
+use benches::measure::median;
+use benches::relay::{self, Pace, RunResult};
+use benches::verify::Counts;
 
 use crate::broker::Broker;
-use crate::support::{Error, print_machine, report, verdict};
+use crate::support::{Error, Outcome, RunArgs, conclude, latency, list, median_of, print_machine};
 
 /// Runs `compare multicast`.
-pub(crate) fn multicast() -> ExitCode {
-    report("multicast", multicast_inner())
+pub(crate) fn multicast(args: &RunArgs) -> ExitCode {
+    conclude("multicast", multicast_inner(args), args.check)
 }
 
 /// Target: relay deliveries/s at least this times NATS's (max-throughput run).
@@ -18,54 +22,63 @@ const TARGET_THROUGHPUT_VS_NATS: f64 = 1.0;
 /// Target: relay p99 latency at most this times NATS's (paced run).
 const TARGET_P99_VS_NATS: f64 = 1.0;
 
-/// The max-throughput and the paced run of one system.
+/// The max-throughput and the paced run of one system in one round.
 struct Multicast {
+    round: u32,
     system: &'static str,
-    max: relay::RunResult,
-    paced: relay::RunResult,
+    max: RunResult,
+    paced: RunResult,
 }
 
-fn max_pace() -> Pace {
-    Pace::Max {
-        events: relay::THROUGHPUT_EVENTS,
-        max: relay::THROUGHPUT_MAX,
+impl Multicast {
+    fn counts(&self) -> Counts {
+        self.max.counts() + self.paced.counts()
     }
 }
 
-fn paced_pace() -> Pace {
-    Pace::Paced {
-        rate: relay::LATENCY_RATE,
-        run: relay::LATENCY_RUN,
-    }
-}
-
-fn multicast_inner() -> Result<(), Error> {
+fn multicast_inner(args: &RunArgs) -> Result<Outcome, Error> {
     print_machine(interrole::pool_threads());
     let subs = relay::MULTICAST_SUBSCRIBERS;
+    let cpus = BrokerCpus::detect();
     println!(
-        "1 publisher, {subs} subscribers, opaque {}-byte envelopes (send timestamp in the first 8 bytes)",
-        relay::ENVELOPE_BYTES
+        "1 publisher, {subs} subscribers, opaque {}-byte envelopes (send timestamp in the first 8 bytes); {} interleaved rounds (relay, nats, relay, ...)",
+        relay::ENVELOPE_BYTES,
+        args.rounds
     );
+    println!("{}", cpus.describe());
+    let max_pace = Pace::Max {
+        events: args.events,
+        max: relay::THROUGHPUT_MAX,
+    };
+    let paced_pace = Pace::Paced {
+        rate: relay::LATENCY_RATE,
+        run: Duration::from_secs(args.seconds),
+    };
     let rt = relay::runtime()?;
-    let mut systems = Vec::new();
-    Broker::each(|broker| {
-        let topic = broker.topic("throughput");
-        let max = rt.block_on(broker.multicast_run(&topic, subs, max_pace(), false))?;
-        let topic = broker.topic("latency");
-        let paced = rt.block_on(broker.multicast_run(&topic, subs, paced_pace(), true))?;
-        systems.push(Multicast {
-            system: broker.name(),
-            max,
-            paced,
-        });
-        Ok(())
-    })?;
+    let mut runs = Vec::new();
+    for round in 1..=args.rounds {
+        println!("round {round}:");
+        Broker::each(&cpus, |broker| {
+            let topic = broker.topic(&format!("throughput-{round}"));
+            let max = rt.block_on(broker.multicast_run(&topic, subs, max_pace, false))?;
+            let topic = broker.topic(&format!("latency-{round}"));
+            let paced = rt.block_on(broker.multicast_run(&topic, subs, paced_pace, true))?;
+            runs.push(Multicast {
+                round,
+                system: broker.name(),
+                max,
+                paced,
+            });
+            Ok(())
+        })?;
+    }
     drop(rt);
     println!();
 
     println!(
-        "{:<6} | {:<34} | {:>9} | {:>10} | {:>8} | {:>12} | {:>8} | {:>8} | {:>8} | {:>5} | {:>6}",
+        "{:<6} | {:>5} | {:<34} | {:>9} | {:>10} | {:>8} | {:>12} | {:>8} | {:>8} | {:>8} | {:>5} | {:>5} | {:>5} | {:>6}",
         "system",
+        "round",
         "run",
         "published",
         "delivered",
@@ -75,43 +88,64 @@ fn multicast_inner() -> Result<(), Error> {
         "p99 us",
         "p99.9 us",
         "lost",
+        "dup",
+        "reord",
         "missed"
     );
-    println!("{}", "-".repeat(139));
-    let max_name = format!("max throughput (<= {} events)", relay::THROUGHPUT_EVENTS);
-    let paced_name = format!(
-        "paced {} ev/s for {} s",
-        relay::LATENCY_RATE,
-        relay::LATENCY_RUN.as_secs()
-    );
-    // Latencies are recorded in the paced run only.
-    let lat = |r: &relay::RunResult, q: f64| {
-        if r.latencies_ns.is_empty() {
-            "-".to_owned()
-        } else {
-            format!("{:.1}", r.latency_us(q))
-        }
-    };
-    for m in &systems {
+    println!("{}", "-".repeat(165));
+    let max_name = format!("max throughput (<= {} events)", args.events);
+    let paced_name = format!("paced {} ev/s for {} s", relay::LATENCY_RATE, args.seconds);
+    let mut outcome = Outcome::default();
+    for m in &runs {
         for (name, r) in [(&max_name, &m.max), (&paced_name, &m.paced)] {
+            let c = r.counts();
             println!(
-                "{:<6} | {name:<34} | {:>9} | {:>10} | {:>8.3} | {:>12.0} | {:>8} | {:>8} | {:>8} | {:>5} | {:>6}",
+                "{:<6} | {:>5} | {name:<34} | {:>9} | {:>10} | {:>8.3} | {:>12.0} | {:>8} | {:>8} | {:>8} | {:>5} | {:>5} | {:>5} | {:>6}",
                 m.system,
+                m.round,
                 r.published,
                 r.delivered(),
                 r.elapsed.as_secs_f64(),
                 r.throughput(),
-                lat(r, 0.5),
-                lat(r, 0.99),
-                lat(r, 0.999),
-                r.lost(),
+                latency(r, 0.5),
+                latency(r, 0.99),
+                latency(r, 0.999),
+                c.lost,
+                c.duplicated,
+                c.reordered,
                 r.missed,
             );
+            outcome.check_run(&format!("{} round {} {name}", m.system, m.round), r);
         }
     }
     println!();
+    let systems: Vec<&'static str> = {
+        let mut s: Vec<_> = runs.iter().map(|m| m.system).collect();
+        s.dedup();
+        s.truncate(2);
+        s
+    };
     println!(
-        "max throughput: batches of up to {} events (relay: PUBLISH frames per WebSocket message; nats: publishes, then a flush),",
+        "medians over {} rounds: {:<6} | {:>12} | {:>8} | {:>8} | {:>8}",
+        args.rounds, "system", "deliveries/s", "p50 us", "p99 us", "p99.9 us"
+    );
+    let of =
+        |system: &str| -> Vec<&Multicast> { runs.iter().filter(|m| m.system == system).collect() };
+    for system in &systems {
+        let ms = of(system);
+        println!(
+            "{:>25}{:<6} | {:>12.0} | {:>8.1} | {:>8.1} | {:>8.1}",
+            "",
+            system,
+            median_of(&ms, |m| m.max.throughput()),
+            median_of(&ms, |m| m.paced.latency_us(0.5)),
+            median_of(&ms, |m| m.paced.latency_us(0.99)),
+            median_of(&ms, |m| m.paced.latency_us(0.999)),
+        );
+    }
+    println!();
+    println!(
+        "max throughput: batches of up to {} events (relay: PUBLISH frames per WebSocket message; nats: publishes, no flush),",
         relay::BATCH
     );
     println!(
@@ -119,55 +153,81 @@ fn multicast_inner() -> Result<(), Error> {
         relay::WINDOW
     );
     println!(
-        "  seconds = first send to last delivery; deliveries/s = events received over all {subs} subscribers per second"
+        "  seconds = first send to last delivery; deliveries/s = distinct events received over all {subs} subscribers per second"
     );
     println!(
         "latency: receive time - send time (one Instant clock, this process), every delivery to every subscriber"
+    );
+    println!(
+        "every delivery checked by sender and sequence number: lost, dup(licated) and reord(ered) counted apart"
     );
     if systems.len() > 1 {
         println!(
             "nats: one async-nats client per subscriber and one for the publisher, core NATS (no acknowledgements; missed is always 0)"
         );
     }
-    for m in &systems {
+    for m in &runs {
         for (name, r) in [("max throughput", &m.max), ("paced", &m.paced)] {
             if r.rejected > 0 {
                 println!(
-                    "{} {name}: {} PUBLISH frames rejected",
-                    m.system, r.rejected
+                    "{} round {} {name}: {} PUBLISH frames rejected",
+                    m.system, m.round, r.rejected
                 );
             }
         }
     }
-    let ratios = match &systems[..] {
-        [relay, nats] => {
-            let throughput = relay.max.throughput() / nats.max.throughput();
-            let p99 = relay.paced.latency_us(0.99) / nats.paced.latency_us(0.99);
-            println!();
-            println!(
-                "target: relay deliveries/s >= {TARGET_THROUGHPUT_VS_NATS} x NATS's: ratio {throughput:.3} -> {}",
-                verdict(throughput >= TARGET_THROUGHPUT_VS_NATS)
-            );
-            println!(
-                "target: relay p99 <= {TARGET_P99_VS_NATS} x NATS's: ratio {p99:.3} -> {}",
-                verdict(p99 <= TARGET_P99_VS_NATS)
-            );
-            Some((throughput, p99))
-        }
-        _ => None,
-    };
-    let relay = &systems[0];
-    let lost = relay.max.lost() + relay.paced.lost();
+    let relay_runs = of("relay");
+    let relay_counts: Counts = relay_runs.iter().map(|m| m.counts()).sum();
+    let all_counts: Counts = runs.iter().map(Multicast::counts).sum();
+    // Per round, relay over NATS; the median of those.
+    let mut ratios = None;
+    if systems.len() > 1 {
+        let nats_runs = of("nats");
+        let (mut throughput, mut p99): (Vec<f64>, Vec<f64>) = relay_runs
+            .iter()
+            .zip(&nats_runs)
+            .map(|(r, n)| {
+                (
+                    r.max.throughput() / n.max.throughput(),
+                    r.paced.latency_us(0.99) / n.paced.latency_us(0.99),
+                )
+            })
+            .unzip();
+        println!(
+            "relay / nats per round: deliveries/s {}; p99 {}",
+            list(&throughput),
+            list(&p99)
+        );
+        let (throughput, p99) = (median(&mut throughput), median(&mut p99));
+        println!();
+        outcome.target(
+            &format!("relay deliveries/s >= {TARGET_THROUGHPUT_VS_NATS} x NATS's (median of the rounds' ratios)"),
+            throughput,
+            throughput >= TARGET_THROUGHPUT_VS_NATS,
+        );
+        outcome.target(
+            &format!("relay p99 <= {TARGET_P99_VS_NATS} x NATS's (median of the rounds' ratios)"),
+            p99,
+            p99 <= TARGET_P99_VS_NATS,
+        );
+        ratios = Some((throughput, p99));
+    }
     println!();
     println!(
-        "multicast subscribers={subs} throughput_eps={:.0} p50_us={:.1} p99_us={:.1} p999_us={:.1} lost={lost}",
-        relay.max.throughput(),
-        relay.paced.latency_us(0.5),
-        relay.paced.latency_us(0.99),
-        relay.paced.latency_us(0.999),
+        "multicast subscribers={subs} throughput_eps={:.0} p50_us={:.1} p99_us={:.1} p999_us={:.1} lost={} duplicated={} reordered={}",
+        median_of(&relay_runs, |m| m.max.throughput()),
+        median_of(&relay_runs, |m| m.paced.latency_us(0.5)),
+        median_of(&relay_runs, |m| m.paced.latency_us(0.99)),
+        median_of(&relay_runs, |m| m.paced.latency_us(0.999)),
+        relay_counts.lost,
+        relay_counts.duplicated,
+        relay_counts.reordered,
     );
     if let Some((throughput, p99)) = ratios {
-        println!("relay_vs_nats throughput_ratio={throughput:.3} p99_ratio={p99:.3}");
+        println!(
+            "relay_vs_nats throughput_ratio={throughput:.3} p99_ratio={p99:.3} lost={} duplicated={} reordered={}",
+            all_counts.lost, all_counts.duplicated, all_counts.reordered
+        );
     }
-    Ok(())
+    Ok(outcome)
 }
