@@ -124,6 +124,15 @@ pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), Co
         .map_err(|e| CodecError::new(CodecErrorKind::Decode, format!("cannot decode value: {e}")))
 }
 
+/// [`decode_prefix`] for a value that borrows from `bytes` (its strings, say), so that decoding
+/// it allocates nothing.
+pub(crate) fn decode_prefix_borrowed<'de, T: serde::Deserialize<'de>>(
+    bytes: &'de [u8],
+) -> Result<(T, usize), CodecError> {
+    bincode::serde::borrow_decode_from_slice(bytes, CONFIG)
+        .map_err(|e| CodecError::new(CodecErrorKind::Decode, format!("cannot decode value: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -410,10 +410,14 @@ fn what_readers_refuse() {
     let mut zero = doc.clone();
     zero[4] = 0;
     assert_eq!(kind(zero), CodecErrorKind::InvalidHeader);
-    // A sender that is not an instance id ("w!").
+    // A sender that is not an instance id ("w!"), also right after the valid one was read (the
+    // names of the last envelope read are reused, never unchecked ones).
+    assert!(InterRoleEvent::from_wire(Bytes::from(doc.clone())).is_ok());
     let mut sender = doc.clone();
     sender[3] = b'!';
     assert_eq!(kind(sender), CodecErrorKind::InvalidHeader);
+    let again = InterRoleEvent::from_wire(Bytes::from(doc.clone())).unwrap();
+    assert_eq!(again.sender().as_str(), "w1");
     // A payload with a byte left over decodes as a header but not as the type.
     let mut longer = doc;
     longer.push(0);

@@ -94,49 +94,114 @@ impl Refusals {
     }
 }
 
-/// Publishes in order; after each batch, a round trip to the server acknowledges it to the bus.
+/// How many published batches may wait for their round trip at once: the next batch goes out
+/// while the server answers for the previous ones.
+const ROUND_TRIPS_IN_FLIGHT: usize = 32;
+
+/// How long the server has to answer a round trip.
+const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Publishes in order; behind each batch, a round trip to the server, whose answer acknowledges
+/// the batch to the bus. The next batch does not wait for that answer (up to
+/// [`ROUND_TRIPS_IN_FLIGHT`] batches): the answers come back in order, on a subscription of
+/// their own, and are awaited beside the publishing.
 async fn write_loop(
     client: Client,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     mut refusals: Refusals,
     shared: Arc<Shared>,
 ) {
-    while let Some(batch) = next_batch(&mut rx).await {
-        let mut last = 0;
-        let n = batch.len() as u64;
-        for Outgoing {
-            subject,
-            seq,
-            envelope,
-            directed,
-        } in batch
-        {
-            // A directed event carries a reply subject, so that the server says at once when
-            // nobody subscribes to its target's subject ("no responders").
-            let published = if directed {
-                let reply = format!("{}.{seq}", refusals.prefix);
-                client.publish_with_reply(subject, reply, envelope).await
-            } else {
-                client.publish(subject, envelope).await
-            };
-            if let Err(e) = published {
-                fail(&shared, NatsError::Publish(e));
-                return;
-            }
-            last = seq;
-        }
-        if let Err(e) = round_trip(&client).await {
-            fail(&shared, e);
+    let trip_prefix = client.new_inbox();
+    let mut answers = match client.subscribe(format!("{trip_prefix}.*")).await {
+        Ok(answers) => answers,
+        Err(e) => {
+            fail(&shared, NatsError::Subscribe(e));
             return;
         }
-        // The server answered the round trip after everything before it, and the client hands
-        // messages to subscriptions in the order they arrive: every refusal of this batch is
-        // waiting, and is reported before the acknowledgement that covers it.
-        refusals.report(&shared);
-        shared.written(n);
-        if !shared.is_ending() {
-            shared.inbound().acknowledged(last);
+    };
+    // The answers' subscription is registered before the first round trip that uses it.
+    if let Err(e) = round_trip(&client).await {
+        fail(&shared, e);
+        return;
+    }
+    // (events, last sequence number) of each batch whose round trip is out, in order.
+    let (sent_tx, mut sent_rx) = mpsc::channel::<(u64, u64)>(ROUND_TRIPS_IN_FLIGHT);
+    let refusal_prefix = refusals.prefix.clone();
+    let publishing = shared.clone();
+    let publish = async move {
+        let shared = publishing;
+        let mut trip = 0u64;
+        while let Some(batch) = next_batch(&mut rx).await {
+            let mut last = 0;
+            let n = batch.len() as u64;
+            for Outgoing {
+                subject,
+                seq,
+                envelope,
+                directed,
+            } in batch
+            {
+                // A directed event carries a reply subject, so that the server says at once
+                // when nobody subscribes to its target's subject ("no responders").
+                let published = if directed {
+                    let reply = format!("{refusal_prefix}.{seq}");
+                    client.publish_with_reply(subject, reply, envelope).await
+                } else {
+                    client.publish(subject, envelope).await
+                };
+                if let Err(e) = published {
+                    fail(&shared, NatsError::Publish(e));
+                    return false;
+                }
+                last = seq;
+            }
+            // A message to a subject nobody serves, which the server answers with "no
+            // responders" once it has processed everything before it.
+            trip += 1;
+            let reply = format!("{trip_prefix}.{trip}");
+            if let Err(e) = client
+                .publish_with_reply(client.new_inbox(), reply, Bytes::new())
+                .await
+            {
+                fail(&shared, NatsError::Publish(e));
+                return false;
+            }
+            if sent_tx.send((n, last)).await.is_err() {
+                return false;
+            }
         }
+        true
+    };
+    let acknowledge = async move {
+        while let Some((n, last)) = sent_rx.recv().await {
+            match tokio::time::timeout(ROUND_TRIP_TIMEOUT, answers.next()).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    fail(&shared, NatsError::SubscriptionEnded);
+                    return;
+                }
+                Err(_) => {
+                    fail(&shared, NatsError::RoundTripTimeout);
+                    return;
+                }
+            }
+            // The server answered the round trip after everything before it, and the client
+            // hands messages to subscriptions in the order they arrive: every refusal of this
+            // batch is waiting, and is reported before the acknowledgement that covers it.
+            refusals.report(&shared);
+            shared.written(n);
+            if !shared.is_ending() {
+                shared.inbound().acknowledged(last);
+            }
+        }
+    };
+    tokio::pin!(publish, acknowledge);
+    tokio::select! {
+        // Nothing more to publish: the answers still out are awaited, and acknowledged unless
+        // the connection is ending. (After a failure to publish, the connection is failed.)
+        clean = &mut publish => if clean { acknowledge.await },
+        // Awaiting an answer failed: the writer stops at once.
+        () = &mut acknowledge => {}
     }
 }
 
