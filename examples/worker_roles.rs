@@ -24,8 +24,9 @@
 //!   observer gets `on_completed` once) and drops the subscription.
 //!
 //! The controller waits until every worker is listening, publishes a configuration refresh,
-//! then (across processes) asks every worker for its status with a request/reply round trip until
-//! each one confirms the refresh, publishes a graceful recycle, and waits for every worker to
+//! then (across processes) asks every worker for its status at once (`Bus::request_all`: one
+//! query, a reply from each worker) until each one confirms the refresh, publishes a graceful
+//! recycle, and waits for every worker to
 //! report back and, across processes, for every worker process to exit with status 0. One
 //! worker's refresh handler panics once, on purpose: the other workers are unaffected and the
 //! failing one is told through its own `on_error`. A summary table and a one-line summary close
@@ -892,29 +893,53 @@ fn position(procs: &[WorkerProcess], name: &str) -> Option<usize> {
     procs.iter().position(|p| p.name == name)
 }
 
-/// Asks `worker` for its status until it confirms the refresh (and, for the faulty worker, the
-/// panic report), or `deadline` passes.
-async fn query_status(
+/// Asks every worker for its status at once (scatter-gather: one `StatusQuery` to the topic,
+/// a `RoleStatus` back from each worker), round after round, until each has confirmed the
+/// refresh (and the faulty worker the panic report) or `deadline` passes. Returns what kept the
+/// query from being sent.
+async fn status_round(
     bus: &Bus,
-    worker: &str,
-    faulty: bool,
+    procs: &mut [WorkerProcess],
+    faulty: &str,
     deadline: Instant,
-) -> Result<RoleStatus, String> {
-    let target = InstanceId::new(worker).map_err(|e| e.to_string())?;
-    loop {
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
-        let status = bus
-            .request::<StatusQuery, RoleStatus>(&target, StatusQuery, left)
-            .await
-            .map_err(|e| format!("the status query to {worker} failed: {e}"))?;
-        let settled = status.report.refreshes >= 1 && (!faulty || status.report.panics >= 1);
-        if settled || Instant::now() >= deadline {
-            return Ok(RoleStatus::clone(&status));
+) -> Vec<String> {
+    let settled = |p: &WorkerProcess| {
+        p.status
+            .as_ref()
+            .is_some_and(|s| s.report.refreshes >= 1 && (p.name != faulty || s.report.panics >= 1))
+    };
+    let mut rounds = 0u32;
+    while !procs.iter().all(settled) && Instant::now() < deadline {
+        rounds += 1;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let replies = match bus.request_all::<StatusQuery, RoleStatus>(
+            StatusQuery,
+            left.min(Duration::from_secs(2)),
+            Some(procs.len()),
+        ) {
+            Ok(replies) => replies,
+            Err(e) => return vec![format!("the status query could not be sent: {e}")],
+        };
+        let mut replies = std::pin::pin!(replies);
+        while let Some(reply) = futures::StreamExt::next(&mut replies).await {
+            match reply {
+                Ok(status) => match position(procs, &status.instance) {
+                    Some(i) => {
+                        debug!(instance = %status.instance, status = ?*status, "status");
+                        procs[i].status = Some(RoleStatus::clone(&status));
+                    }
+                    None => warn!(instance = %status.instance, "a status from an unknown worker"),
+                },
+                Err(e) => warn!(error = %e, "a status reply was refused"),
+            }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        if !procs.iter().all(settled) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
+    debug!(rounds, "status rounds");
+    // What a worker did not confirm is reported by the checks that follow.
+    Vec::new()
 }
 
 /// Runs the scenario with one process per worker, over a relay or NATS.
@@ -1032,15 +1057,7 @@ async fn drive(
         controller.publish(refresh)?;
 
         let deadline = Instant::now() + PROCESS_STEP_TIMEOUT;
-        for p in &mut procs {
-            match query_status(&controller, &p.name, p.name == faulty_name, deadline).await {
-                Ok(status) => {
-                    debug!(instance = %p.name, ?status, "status");
-                    p.status = Some(status);
-                }
-                Err(e) => problems.push(e),
-            }
-        }
+        problems.extend(status_round(&controller, &mut procs, &faulty_name, deadline).await);
         info!(
             answered = procs.iter().filter(|p| p.status.is_some()).count(),
             "status queries answered: every worker has the refresh"

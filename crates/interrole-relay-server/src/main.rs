@@ -180,12 +180,15 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sy
         tracing::warn!("no --sas-key configured: every multicast handshake will be refused (401)");
     }
     let server = Server::bind(config).await?;
+    // Listening for signals before saying it listens: a SIGTERM sent as soon as a script has read
+    // the line below shuts the relay down instead of killing it.
+    let signalled = shutdown_signal();
     // Printed on stdout so that scripts and tests can find an ephemeral port.
     println!("listening on {}", server.local_addr());
     tracing::info!(addr = %server.local_addr(), "relay started");
     let handle = server.shutdown_handle();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signalled.await;
         tracing::info!("signal received, shutting down");
         handle.shutdown();
     });
@@ -194,20 +197,30 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sy
     Ok(())
 }
 
+/// SIGTERM or SIGINT, listened for from this call on (the handlers are installed before the
+/// future is first polled).
 #[cfg(unix)]
-async fn wait_for_signal() {
+fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let term = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        match (term, interrupt) {
+            (Ok(mut term), Ok(mut interrupt)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+            }
+            _ => std::future::pending().await,
+        }
     }
 }
 
+/// Ctrl-C.
 #[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
+fn shutdown_signal() -> impl Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 
 use crate::dispatch::hub::{Hub, HubStats, publish_group};
 use crate::error::{PublishError, RequestError};
-use crate::inbound::{PendingGuard, Receiver};
+use crate::inbound::{PendingGuard, PendingReply, Receiver};
+use crate::replies::Replies;
 use crate::observe::mailbox::{self, AsyncFn, AsyncObserver, FromEnvelope, Mailbox, Pusher, Received};
 use crate::observe::observer::{FnObserver, Observable, Observer, ObserverError, Typed};
 use crate::observe::subscription::Subscription;
@@ -298,7 +299,10 @@ impl Bus {
         }
         assert_valid_tag::<E>();
         let to_self = target.is_some_and(|t| *t == inner.instance);
-        let local = locally && (target.is_none() || to_self);
+        // A reply to one of this bus's own requests (its own `serve` answering it) goes to the
+        // request, as a reply from another instance does, not to the observers.
+        let self_reply = to_self && reply_to.is_some_and(|r| inner.receiver.awaits_reply(r));
+        let local = locally && (target.is_none() || to_self) && !self_reply;
         let remote_target = if to_self { None } else { target };
         publish_group(&inner.hub.inner, local, || {
             let mut seq = inner.seq.lock();
@@ -317,6 +321,10 @@ impl Bus {
             };
             let envelope = InterRoleEvent::in_stream(id.clone(), event, stream, reply_to);
             on_numbered(id.seq);
+            if self_reply {
+                // Nothing else to do with it if the request was forgotten meanwhile.
+                drop(inner.receiver.take_reply(envelope.clone()));
+            }
             if !to_self {
                 match &inner.uplink {
                     Uplink::Direct(slot) => match slot.get() {
@@ -376,7 +384,7 @@ impl Bus {
         let mut tx = Some(tx);
         let sent = self.send_with(request, Some(target), None, |seq| {
             if let Some(tx) = tx.take() {
-                pending.pending.lock().insert(seq, tx);
+                pending.pending.lock().insert(seq, PendingReply::One(tx));
                 pending.key = Some(seq);
             }
         });
@@ -391,6 +399,80 @@ impl Bus {
             Ok(Err(_)) => Err(RequestError::Publish(PublishError::Closed)),
             Err(_) => Err(RequestError::Timeout(timeout)),
         }
+    }
+
+    /// Sends `request` to every instance on the topic (this one included) and returns the
+    /// stream of their replies of type `R`: scatter-gather. Every instance that serves `Q`
+    /// ([`Bus::serve`]) answers once. The stream ends after `expected` replies when that is
+    /// given, at `timeout` in any case, or when the bus closes; a refusal of the request by
+    /// the transport is its last item.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use futures::StreamExt;
+    /// use interrole::{Bus, Loopback};
+    /// use std::time::Duration;
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Ping;
+    /// interrole::impl_event!(Ping = "example.ping");
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Pong(String);
+    /// interrole::impl_event!(Pong = "example.pong");
+    ///
+    /// let fabric = Loopback::new();
+    /// let asker = Bus::builder().instance("asker").transport(fabric.clone()).build()?;
+    /// let workers: Vec<Bus> = (1..=3)
+    ///     .map(|i| Bus::builder().instance(format!("w{i}")).transport(fabric.clone()).build())
+    ///     .collect::<Result<_, _>>()?;
+    /// let _serving: Vec<_> = workers
+    ///     .iter()
+    ///     .map(|w| {
+    ///         let me = w.instance().to_string();
+    ///         w.serve(move |_: &Ping| Pong(me.clone()))
+    ///     })
+    ///     .collect();
+    /// let replies = asker.request_all::<Ping, Pong>(Ping, Duration::from_secs(5), Some(3))?;
+    /// let mut from: Vec<String> = replies.map(|r| r.unwrap().0.clone()).collect().await;
+    /// from.sort();
+    /// assert_eq!(from, ["w1", "w2", "w3"]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`PublishError`] when the request could not be sent.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not async: the request is sent before this returns. Dropping the stream forgets the
+    /// request; replies that come later are dropped. Poll the stream inside a tokio runtime
+    /// (its deadline is a tokio timer).
+    pub fn request_all<Q: Event, R: Event>(
+        &self,
+        request: Q,
+        timeout: Duration,
+        expected: Option<usize>,
+    ) -> Result<Replies<R>, PublishError> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let receiver = self.inner.receiver.clone();
+        // Forgets the request if sending it fails (or its `Serialize` panics) after it was
+        // numbered; once sent, the stream forgets it when dropped.
+        let mut pending = PendingGuard {
+            pending: &receiver.pending,
+            key: None,
+        };
+        let mut tx = Some(tx);
+        self.send_with(request, None, None, |seq| {
+            if let Some(tx) = tx.take() {
+                pending.pending.lock().insert(seq, PendingReply::Many(tx));
+                pending.key = Some(seq);
+            }
+        })?;
+        let key = pending.key.take().expect("a sent request was numbered");
+        drop(pending);
+        Ok(Replies::new(rx, receiver, key, timeout, expected))
     }
 
     /// Answers `request` (an envelope received by an observer) with `reply`, directed to its

@@ -10,8 +10,14 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::dispatch::hub::Hub;
 
-/// Where a request's reply (or the refusal of the request) goes.
-pub(crate) type PendingReply = tokio::sync::oneshot::Sender<Result<InterRoleEvent, TransportError>>;
+/// Where the replies to one request (or its refusal) go.
+pub(crate) enum PendingReply {
+    /// [`Bus::request`](crate::Bus::request): the first reply, or the refusal; then forgotten.
+    One(tokio::sync::oneshot::Sender<Result<InterRoleEvent, TransportError>>),
+    /// [`Bus::request_all`](crate::Bus::request_all): every reply, until the request is
+    /// forgotten (its stream of replies dropped).
+    Many(tokio::sync::mpsc::UnboundedSender<Result<InterRoleEvent, TransportError>>),
+}
 
 /// Removes a request from the pending replies when dropped.
 pub(crate) struct PendingGuard<'a> {
@@ -59,8 +65,43 @@ impl Receiver {
 
     /// Fails the request `seq`, if one waits.
     pub(crate) fn fail_request(&self, seq: u64, error: TransportError) {
-        if let Some(tx) = self.pending.lock().remove(&seq) {
-            let _ = tx.send(Err(error));
+        match self.pending.lock().remove(&seq) {
+            Some(PendingReply::One(tx)) => {
+                let _ = tx.send(Err(error));
+            }
+            Some(PendingReply::Many(tx)) => {
+                let _ = tx.send(Err(error));
+            }
+            None => {}
+        }
+    }
+
+    /// Whether a request numbered `seq` waits for replies.
+    pub(crate) fn awaits_reply(&self, seq: u64) -> bool {
+        self.pending.lock().contains_key(&seq)
+    }
+
+    /// Hands `event` to the request it answers, when one waits for it; gives it back otherwise.
+    pub(crate) fn take_reply(&self, event: InterRoleEvent) -> Option<InterRoleEvent> {
+        let Some(request) = event.reply_to().filter(|_| event.stream().directed) else {
+            return Some(event);
+        };
+        let mut pending = self.pending.lock();
+        match pending.get(&request) {
+            Some(PendingReply::Many(tx)) => {
+                if tx.send(Ok(event)).is_err() {
+                    // Its stream is gone: forgotten.
+                    pending.remove(&request);
+                }
+                None
+            }
+            Some(PendingReply::One(_)) => {
+                if let Some(PendingReply::One(tx)) = pending.remove(&request) {
+                    let _ = tx.send(Ok(event));
+                }
+                None
+            }
+            None => Some(event),
         }
     }
 }
@@ -68,14 +109,9 @@ impl Receiver {
 impl Inbound for Receiver {
     fn event(&self, event: InterRoleEvent) {
         self.received.fetch_add(1, Ordering::Relaxed);
-        if let Some(request) = event.reply_to() {
-            if event.stream().directed {
-                if let Some(tx) = self.pending.lock().remove(&request) {
-                    let _ = tx.send(Ok(event));
-                    return;
-                }
-            }
-        }
+        let Some(event) = self.take_reply(event) else {
+            return;
+        };
         if !event.is_local() && !self.knows(event.type_tag()) {
             self.unknown.fetch_add(1, Ordering::Relaxed);
             if self.unknown_logged.lock().insert(event.type_tag().clone()) {

@@ -116,10 +116,12 @@ mod inbound;
 mod loopback;
 mod observe;
 mod reliable;
+mod replies;
 
 pub use builder::BusBuilder;
 pub use bus::{Bus, BusStats};
 pub use error::{BuildError, PublishError, RequestError};
+pub use replies::Replies;
 pub use reliable::{HostState, HostStatus, Reliability, ReliableHost, ReliableStats};
 
 /// The relay transport and its settings (feature `relay`): [`Credentials`](relay::Credentials),

@@ -168,6 +168,45 @@ async fn typed_events_and_request_reply_over_nats() {
     b.close().await;
 }
 
+/// One request answered by every instance that serves it (`Bus::request_all`): the asker's
+/// own `serve` included, each once, and nothing for the observers of the reply type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
+async fn scatter_gather_over_nats() {
+    let server = common::NatsServer::start("scatter_gather_over_nats");
+    let a = bus(&server.url(), "gather", "a").await;
+    let b = bus(&server.url(), "gather", "b").await;
+    let c = bus(&server.url(), "gather", "c").await;
+    let d = bus(&server.url(), "gather", "d").await;
+    let _sa = a.serve(|q: &Ask| Answer { y: q.x });
+    let _sb = b.serve(|q: &Ask| Answer { y: q.x + 1 });
+    let _sc = c.serve(|q: &Ask| Answer { y: q.x + 2 });
+    let (answers, _watch) = {
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = seen.clone();
+        let watch = d.subscribe::<Answer, _>(move |_| {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+        (seen, watch)
+    };
+    for round in 0..5u64 {
+        let mut ys: Vec<u64> = futures::StreamExt::collect::<Vec<_>>(
+            a.request_all::<Ask, Answer>(Ask { x: round * 10 }, LONG, Some(3))
+                .unwrap(),
+        )
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().y)
+        .collect();
+        ys.sort();
+        assert_eq!(ys, [round * 10, round * 10 + 1, round * 10 + 2]);
+    }
+    assert_eq!(answers.load(std::sync::atomic::Ordering::Relaxed), 0);
+    for bus in [a, b, c, d] {
+        bus.close().await;
+    }
+}
+
 /// A request to an instance that is not connected is refused at once (the server's "no
 /// responders"), not left to time out; a `send_to` it is counted as refused. An instance that is
 /// connected still gets its directed events.

@@ -366,6 +366,44 @@ async fn send_to_and_request_reply() {
     }
 }
 
+/// One request answered by every instance that serves it (`Bus::request_all`): the asker's
+/// own `serve` included, each once, and nothing for the observers of the reply type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scatter_gather_over_the_relay() {
+    let h = RelayHarness::start().await;
+    let a = bus(&h.url(), "gather", "a").await;
+    let b = bus(&h.url(), "gather", "b").await;
+    let c = bus(&h.url(), "gather", "c").await;
+    let d = bus(&h.url(), "gather", "d").await;
+    let _sa = a.serve(|q: &Ask| Answer { y: q.x });
+    let _sb = b.serve(|q: &Ask| Answer { y: q.x + 1 });
+    let _sc = c.serve(|q: &Ask| Answer { y: q.x + 2 });
+    let (answers, _watch) = {
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = seen.clone();
+        let watch = d.subscribe::<Answer, _>(move |_| {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+        (seen, watch)
+    };
+    for round in 0..5u64 {
+        let mut ys: Vec<u64> = futures::StreamExt::collect::<Vec<_>>(
+            a.request_all::<Ask, Answer>(Ask { x: round * 10 }, LONG, Some(3))
+                .unwrap(),
+        )
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().y)
+        .collect();
+        ys.sort();
+        assert_eq!(ys, [round * 10, round * 10 + 1, round * 10 + 2]);
+    }
+    assert_eq!(answers.load(std::sync::atomic::Ordering::Relaxed), 0);
+    for bus in [a, b, c, d] {
+        bus.close().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_credentials_are_fatal_and_said() {
     let h = RelayHarness::start().await;
