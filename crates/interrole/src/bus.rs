@@ -684,6 +684,9 @@ impl Bus {
             inner.closing.transport.store(true, Ordering::Release);
         }
         inner.hub.complete();
+        // No reply can come now: the requests still waiting end (`request` with `Closed`, a
+        // `request_all` stream with its end).
+        inner.receiver.forget_requests();
         let mut drained = inner.drained();
         // An error: the waiting task is gone (its runtime shut down), so nothing is left to wait
         // for.
@@ -754,6 +757,7 @@ impl Drop for BusInner {
         // the transport (dropping the connection closes it; a reliable link's host stops).
         self.closed.store(true, Ordering::Release);
         self.hub.complete();
+        self.receiver.forget_requests();
         if let Uplink::Reliable(r) = &self.uplink {
             r.abandon();
         }

@@ -76,6 +76,12 @@ impl Receiver {
         }
     }
 
+    /// Forgets every request still waiting: they end (the bus is closing).
+    pub(crate) fn forget_requests(&self) {
+        let forgotten = std::mem::take(&mut *self.pending.lock());
+        drop(forgotten);
+    }
+
     /// Whether a request numbered `seq` waits for replies.
     pub(crate) fn awaits_reply(&self, seq: u64) -> bool {
         self.pending.lock().contains_key(&seq)

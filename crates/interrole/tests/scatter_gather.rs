@@ -116,3 +116,20 @@ async fn a_bus_answers_its_own_request() {
     assert_eq!(replies.len(), 1);
     assert_eq!(seen.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replies_end_when_the_bus_closes() {
+    let fabric = Loopback::new();
+    let asker = on(&fabric, "asker");
+    let mut replies = asker
+        .request_all::<Census, Present>(Census { round: 9 }, LONG, None)
+        .unwrap();
+    let started = Instant::now();
+    let closing = asker.clone();
+    tokio::spawn(async move { closing.close().await });
+    assert!(replies.next().await.is_none());
+    assert!(
+        started.elapsed() < LONG / 2,
+        "ended at the timeout, not at the close"
+    );
+}
