@@ -117,6 +117,8 @@ mod loopback;
 mod observe;
 mod reliable;
 mod replies;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use builder::BusBuilder;
 pub use bus::{Bus, BusStats};
