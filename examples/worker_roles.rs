@@ -572,11 +572,16 @@ impl WorkerRole {
         if let Err(e) = bus.send_to(&self.controller, recycled) {
             error!(error = %e, "on_stop: could not report the recycle to the controller");
         }
-        // Close while the subscriber is still subscribed: it gets `on_completed` exactly once.
-        // Dropping the guard first (the original's order) would unsubscribe it silently, without
-        // `on_completed`; after `close` the guard is inactive and dropping it is a no-op. Across
-        // processes, `close` also waits until the relay has taken the report.
-        bus.close().await;
+        // Drain while the subscriber is still subscribed: it gets what it was given, then
+        // `on_completed` exactly once. Dropping the guard first (the original's order) would
+        // unsubscribe it silently, without `on_completed`; after the drain the guard is inactive
+        // and dropping it is a no-op. Across processes, the drain also waits until the relay (or
+        // NATS) has acknowledged the report.
+        if !bus.drain(STEP_TIMEOUT).await {
+            warn!(
+                "on_stop: the drain ran out of time (an event not acknowledged, or a mailbox not drained)"
+            );
+        }
         debug_assert!(!subscription.is_active());
         drop(subscription);
         info!("on_stop: recycled gracefully");

@@ -120,13 +120,15 @@ pub(crate) struct Closing {
     drained: Mutex<Option<tokio::sync::watch::Receiver<Option<bool>>>>,
     /// The whole close is done.
     done: AtomicBool,
+    /// A step ran out of time: an event not acknowledged, or a mailbox not drained.
+    late: AtomicBool,
 }
 
 impl BusInner {
     /// Waits (in a task of their own runtime, which goes on if the close is dropped) for the
     /// async observers' tasks to finish, up to the close timeout; the first call starts the
     /// wait, later calls join it.
-    fn drained(&self) -> tokio::sync::watch::Receiver<Option<bool>> {
+    fn drained(&self, timeout: Duration) -> tokio::sync::watch::Receiver<Option<bool>> {
         let mut drained = self.closing.drained.lock();
         if let Some(rx) = &*drained {
             return rx.clone();
@@ -137,7 +139,6 @@ impl BusInner {
             (false, Some(runtime)) => {
                 let (tx, rx) = tokio::sync::watch::channel(None);
                 // Timed on the observers' own runtime, so that close works under any executor.
-                let timeout = self.close_timeout;
                 runtime.spawn(async move {
                     let joined = futures::future::join_all(tasks);
                     let in_time = tokio::time::timeout(timeout, joined).await.is_ok();
@@ -664,22 +665,54 @@ impl Bus {
     /// still completes the observers and ends the connection. Async observers' tasks drain their
     /// mailboxes whether or not anyone waits for them.
     pub async fn close(&self) {
+        self.finish(self.inner.close_timeout).await;
+    }
+
+    /// Drains the bus and closes it: publishes fail from now on; what this bus published is
+    /// waited for until the far end has acknowledged it, for at most `timeout`; the connection is
+    /// then closed; every observer gets what it was already given (an async observer, what its
+    /// mailbox holds, waited for up to `timeout` again) and then `on_completed`. Returns whether
+    /// everything was done in time: every event this bus published acknowledged and every mailbox
+    /// drained. Events that arrive while the outbox drains are still delivered (a durable
+    /// subscription acknowledges what it takes, so dropping them would lose them).
+    ///
+    /// The same as [`Bus::close`] with a timeout of its own and the outcome said. Draining again,
+    /// or closing, once a drain or a close has finished does nothing and returns the outcome of
+    /// the first.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe and resumable, as [`Bus::close`]: each step is done once; a drain whose
+    /// future is dropped part-way is taken up by the next `drain` or `close` (with that call's
+    /// timeout), or finished by dropping the last handle of the bus.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        self.finish(timeout).await
+    }
+
+    /// The steps of [`Bus::close`] and [`Bus::drain`]; returns whether none ran out of time.
+    async fn finish(&self, timeout: Duration) -> bool {
         let inner = &*self.inner;
         inner.closed.store(true, Ordering::Release);
         if inner.closing.done.load(Ordering::Acquire) {
-            return;
+            return !inner.closing.late.load(Ordering::Acquire);
         }
         if !inner.closing.transport.load(Ordering::Acquire) {
-            match &inner.uplink {
-                Uplink::Direct(slot) => {
-                    if let Some(conn) = slot.get() {
-                        if let Err(error) = conn.flush().await {
+            let acknowledged = match &inner.uplink {
+                Uplink::Direct(slot) => match slot.get() {
+                    Some(conn) => {
+                        let flushed = conn.flush().await;
+                        if let Err(error) = &flushed {
                             tracing::warn!(%error, "flushing the transport on close");
                         }
                         conn.close().await;
+                        flushed.is_ok()
                     }
-                }
-                Uplink::Reliable(r) => r.close(inner.close_timeout).await,
+                    None => true,
+                },
+                Uplink::Reliable(r) => r.close(timeout).await,
+            };
+            if !acknowledged {
+                inner.closing.late.store(true, Ordering::Release);
             }
             inner.closing.transport.store(true, Ordering::Release);
         }
@@ -687,7 +720,7 @@ impl Bus {
         // No reply can come now: the requests still waiting end (`request` with `Closed`, a
         // `request_all` stream with its end).
         inner.receiver.forget_requests();
-        let mut drained = inner.drained();
+        let mut drained = inner.drained(timeout);
         // An error: the waiting task is gone (its runtime shut down), so nothing is left to wait
         // for.
         let in_time = match drained.wait_for(Option::is_some).await {
@@ -695,10 +728,12 @@ impl Bus {
             Err(_) => true,
         };
         if !in_time {
-            tracing::warn!(timeout = ?inner.close_timeout, "async observers did not drain in time");
+            inner.closing.late.store(true, Ordering::Release);
+            tracing::warn!(?timeout, "async observers did not drain in time");
         }
         inner.closing.done.store(true, Ordering::Release);
         tracing::debug!(instance = %inner.instance, "bus closed");
+        !inner.closing.late.load(Ordering::Acquire)
     }
 
     /// Whether [`Bus::close`] was called.

@@ -207,6 +207,29 @@ async fn scatter_gather_over_nats() {
     }
 }
 
+/// What a bus published before it drains reaches the others: the drain waits for the far end's
+/// acknowledgements, then closes; it says whether everything was acknowledged in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
+async fn a_drain_loses_nothing_published_before_it_over_nats() {
+    let server = common::NatsServer::start("a_drain_loses_nothing_published_before_it_over_nats");
+    let a = bus(&server.url(), "drain", "a").await;
+    let b = bus(&server.url(), "drain", "b").await;
+    let seen = Arc::new(Seen::default());
+    let _g = b.observe::<Tick, _>(seen.clone());
+    for n in 0..500 {
+        a.publish(Tick { n }).unwrap();
+    }
+    assert!(
+        a.drain(LONG).await,
+        "not everything was acknowledged in time"
+    );
+    assert!(a.publish(Tick { n: 999 }).is_err());
+    wait_until("b to get all 500", || ticks(&seen).len() >= 500).await;
+    assert_eq!(ticks(&seen), (0..500).collect::<Vec<_>>());
+    b.close().await;
+}
+
 /// A request to an instance that is not connected is refused at once (the server's "no
 /// responders"), not left to time out; a `send_to` it is counted as refused. An instance that is
 /// connected still gets its directed events.

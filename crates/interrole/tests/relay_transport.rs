@@ -404,6 +404,28 @@ async fn scatter_gather_over_the_relay() {
     }
 }
 
+/// What a bus published before it drains reaches the others: the drain waits for the far end's
+/// acknowledgements, then closes; it says whether everything was acknowledged in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_loses_nothing_published_before_it_over_the_relay() {
+    let h = RelayHarness::start().await;
+    let a = bus(&h.url(), "drain", "a").await;
+    let b = bus(&h.url(), "drain", "b").await;
+    let seen = Arc::new(Seen::default());
+    let _g = b.observe::<Tick, _>(seen.clone());
+    for n in 0..500 {
+        a.publish(Tick { n }).unwrap();
+    }
+    assert!(
+        a.drain(LONG).await,
+        "not everything was acknowledged in time"
+    );
+    assert!(a.publish(Tick { n: 999 }).is_err());
+    wait_until("b to get all 500", || ns(&seen).len() >= 500).await;
+    assert_eq!(ns(&seen), (0..500).collect::<Vec<_>>());
+    b.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_credentials_are_fatal_and_said() {
     let h = RelayHarness::start().await;

@@ -749,12 +749,14 @@ impl Reliable {
     /// Closes: waits (up to `timeout`) for the outbox to be acknowledged, then closes the
     /// connection. Can be called again after its future was dropped: it waits again, then
     /// finishes.
-    pub(crate) async fn close(&self, timeout: Duration) {
+    /// Waits up to `timeout` for the far end to acknowledge what was published, then closes the
+    /// connection; returns whether everything was acknowledged.
+    pub(crate) async fn close(&self, timeout: Duration) -> bool {
         if self.status.borrow().state != HostState::Closed {
             self.set_state(HostState::Closing, None);
         }
         let deadline = tokio::time::Instant::now() + timeout;
-        loop {
+        let acknowledged = loop {
             let (unacked, connected) = {
                 let busy = self.busy.lock().len();
                 let l = self.outbox.lock();
@@ -764,10 +766,10 @@ impl Reliable {
                 if unacked > 0 {
                     tracing::warn!(instance = %self.instance, unacked, connected, "closing with events not acknowledged");
                 }
-                break;
+                break unacked == 0;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        };
         let _ = self.close.send(true);
         let conn = self.outbox.lock().conn.take();
         if let Some((_, conn)) = conn {
@@ -775,6 +777,7 @@ impl Reliable {
             conn.close().await;
         }
         self.set_state(HostState::Closed, None);
+        acknowledged
     }
 }
 
