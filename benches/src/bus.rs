@@ -563,23 +563,15 @@ async fn publish_paced(
     rate: u64,
     run: Duration,
 ) -> Result<u64, Error> {
-    let total = (rate as f64 * run.as_secs_f64()) as u64;
-    let t = Instant::now();
-    let mut sent = 0u64;
-    while sent < total {
-        let due = ((t.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
-        if due > sent {
-            let n = (due - sent).min(relay::BATCH as u64);
-            for seq in sent..sent + n {
-                c.publisher.send(shared, seq, false).await?;
-            }
-            sent += n;
-            tokio::task::yield_now().await;
-        } else {
-            tokio::time::sleep(Duration::from_micros(500)).await;
+    let mut pacer = relay::Pacer::new(rate, run);
+    while let Some((from, n)) = pacer.next().await {
+        for seq in from..from + n {
+            c.publisher.send(shared, seq, false).await?;
         }
+        // A bus's publish does not yield: let the connection tasks run.
+        tokio::task::yield_now().await;
     }
-    Ok(sent)
+    Ok(pacer.sent())
 }
 
 #[cfg(test)]

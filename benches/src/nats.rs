@@ -312,20 +312,11 @@ async fn publish_paced(
     rate: u64,
     run: Duration,
 ) -> Result<u64, Error> {
-    let total = (rate as f64 * run.as_secs_f64()) as u64;
-    let t = Instant::now();
-    let mut sent = 0u64;
-    while sent < total {
-        let due = ((t.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
-        if due > sent {
-            let n = (due - sent).min(relay::BATCH as u64);
-            publish_batch(client, subject, shared, sent, n).await?;
-            sent += n;
-        } else {
-            tokio::time::sleep(Duration::from_micros(500)).await;
-        }
+    let mut pacer = relay::Pacer::new(rate, run);
+    while let Some((from, n)) = pacer.next().await {
+        publish_batch(client, subject, shared, from, n).await?;
     }
-    Ok(sent)
+    Ok(pacer.sent())
 }
 
 /// Reads messages until told to stop; returns what was received (by publisher and sequence

@@ -367,6 +367,49 @@ pub enum Pace {
     },
 }
 
+/// The batches of a [`Pace::Paced`] run, as they fall due: `rate` events a second for `run`, at
+/// most [`BATCH`] at a time. Shared by every system's paced publisher.
+#[derive(Debug)]
+pub struct Pacer {
+    rate: u64,
+    total: u64,
+    started: Instant,
+    sent: u64,
+}
+
+impl Pacer {
+    /// A run starting now.
+    pub fn new(rate: u64, run: Duration) -> Self {
+        Self {
+            rate,
+            total: (rate as f64 * run.as_secs_f64()) as u64,
+            started: Instant::now(),
+            sent: 0,
+        }
+    }
+
+    /// Waits until events are due; returns the first one's index and how many, or `None` once
+    /// the run has sent them all.
+    pub async fn next(&mut self) -> Option<(u64, u64)> {
+        while self.sent < self.total {
+            let due =
+                ((self.started.elapsed().as_secs_f64() * self.rate as f64) as u64).min(self.total);
+            if due > self.sent {
+                let (from, n) = (self.sent, (due - self.sent).min(BATCH as u64));
+                self.sent += n;
+                return Some((from, n));
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        None
+    }
+
+    /// How many events the run has handed out.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+}
+
 struct Shared {
     epoch: Instant,
     counts: Vec<AtomicU64>,
@@ -518,21 +561,12 @@ async fn publish_paced(
     rate: u64,
     run: Duration,
 ) -> Result<u64, Error> {
-    let total = (rate as f64 * run.as_secs_f64()) as u64;
-    let t = Instant::now();
-    let mut sent = 0u64;
-    while sent < total {
-        let due = ((t.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
-        if due > sent {
-            let n = (due - sent).min(BATCH as u64);
-            let msg = publish_message(WARM_UP_SEQ + 1 + sent, n, now_ns(shared.epoch));
-            sink.send(Message::Binary(msg)).await?;
-            sent += n;
-        } else {
-            tokio::time::sleep(Duration::from_micros(500)).await;
-        }
+    let mut pacer = Pacer::new(rate, run);
+    while let Some((from, n)) = pacer.next().await {
+        let msg = publish_message(WARM_UP_SEQ + 1 + from, n, now_ns(shared.epoch));
+        sink.send(Message::Binary(msg)).await?;
     }
-    Ok(sent)
+    Ok(pacer.sent())
 }
 
 /// Reads events until told to stop; returns the MISSED count, what was received (by sender and

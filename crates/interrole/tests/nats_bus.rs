@@ -8,6 +8,8 @@ mod cert;
 #[path = "../../interrole-nats/tests/common/mod.rs"]
 mod common;
 
+mod transport_cases;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -168,66 +170,32 @@ async fn typed_events_and_request_reply_over_nats() {
     b.close().await;
 }
 
-/// One request answered by every instance that serves it (`Bus::request_all`): the asker's
-/// own `serve` included, each once, and nothing for the observers of the reply type.
+/// One request answered by every instance that serves it (`Bus::request_all`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs nats-server"]
 async fn scatter_gather_over_nats() {
     let server = common::NatsServer::start("scatter_gather_over_nats");
-    let a = bus(&server.url(), "gather", "a").await;
-    let b = bus(&server.url(), "gather", "b").await;
-    let c = bus(&server.url(), "gather", "c").await;
-    let d = bus(&server.url(), "gather", "d").await;
-    let _sa = a.serve(|q: &Ask| Answer { y: q.x });
-    let _sb = b.serve(|q: &Ask| Answer { y: q.x + 1 });
-    let _sc = c.serve(|q: &Ask| Answer { y: q.x + 2 });
-    let (answers, _watch) = {
-        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let count = seen.clone();
-        let watch = d.subscribe::<Answer, _>(move |_| {
-            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        });
-        (seen, watch)
-    };
-    for round in 0..5u64 {
-        let mut ys: Vec<u64> = futures::StreamExt::collect::<Vec<_>>(
-            a.request_all::<Ask, Answer>(Ask { x: round * 10 }, LONG, Some(3))
-                .unwrap(),
-        )
-        .await
-        .into_iter()
-        .map(|r| r.unwrap().y)
-        .collect();
-        ys.sort();
-        assert_eq!(ys, [round * 10, round * 10 + 1, round * 10 + 2]);
-    }
-    assert_eq!(answers.load(std::sync::atomic::Ordering::Relaxed), 0);
-    for bus in [a, b, c, d] {
-        bus.close().await;
-    }
+    let url = server.url();
+    let bus = |id| bus(&url, "gather", id);
+    transport_cases::scatter_gather(
+        bus("a").await,
+        bus("b").await,
+        bus("c").await,
+        bus("d").await,
+    )
+    .await;
 }
 
-/// What a bus published before it drains reaches the others: the drain waits for the far end's
-/// acknowledgements, then closes; it says whether everything was acknowledged in time.
+/// Nothing published before a drain is lost (`Bus::drain`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs nats-server"]
 async fn a_drain_loses_nothing_published_before_it_over_nats() {
     let server = common::NatsServer::start("a_drain_loses_nothing_published_before_it_over_nats");
-    let a = bus(&server.url(), "drain", "a").await;
-    let b = bus(&server.url(), "drain", "b").await;
-    let seen = Arc::new(Seen::default());
-    let _g = b.observe::<Tick, _>(seen.clone());
-    for n in 0..500 {
-        a.publish(Tick { n }).unwrap();
-    }
-    assert!(
-        a.drain(LONG).await,
-        "not everything was acknowledged in time"
+    let (a, b) = (
+        bus(&server.url(), "drain", "a").await,
+        bus(&server.url(), "drain", "b").await,
     );
-    assert!(a.publish(Tick { n: 999 }).is_err());
-    wait_until("b to get all 500", || ticks(&seen).len() >= 500).await;
-    assert_eq!(ticks(&seen), (0..500).collect::<Vec<_>>());
-    b.close().await;
+    transport_cases::drain_loses_nothing(a, b).await;
 }
 
 /// A request to an instance that is not connected is refused at once (the server's "no
