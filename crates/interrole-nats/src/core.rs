@@ -42,10 +42,17 @@ pub(crate) async fn start(
         prefix,
         subscriber: refused,
     };
+    let trips = RoundTrips::subscribe(client).await?;
     // The subscriptions are registered once the server has answered a round trip.
     round_trip(client).await?;
     let reader = tokio::spawn(read_loop(multicast, directed, shared.clone()));
-    let writer = tokio::spawn(write_loop(client.clone(), rx, refusals, shared.clone()));
+    let writer = tokio::spawn(write_loop(
+        client.clone(),
+        rx,
+        refusals,
+        trips,
+        shared.clone(),
+    ));
     Ok((reader, writer))
 }
 
@@ -61,6 +68,25 @@ async fn round_trip(client: &Client) -> Result<(), NatsError> {
         Ok(Err(e)) if e.kind() == RequestErrorKind::TimedOut => Err(NatsError::RoundTripTimeout),
         Ok(Err(e)) => Err(NatsError::RoundTrip(e)),
         Err(_) => Err(NatsError::RoundTripTimeout),
+    }
+}
+
+/// Where the server's answers to the writer's round trips arrive: `{prefix}.{n}`, in order.
+#[derive(Debug)]
+struct RoundTrips {
+    prefix: String,
+    answers: async_nats::Subscriber,
+}
+
+impl RoundTrips {
+    /// Subscribes before the connection's first round trip, which registers it too.
+    async fn subscribe(client: &Client) -> Result<Self, NatsError> {
+        let prefix = client.new_inbox();
+        let answers = client
+            .subscribe(format!("{prefix}.*"))
+            .await
+            .map_err(NatsError::Subscribe)?;
+        Ok(Self { prefix, answers })
     }
 }
 
@@ -109,21 +135,13 @@ async fn write_loop(
     client: Client,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     mut refusals: Refusals,
+    trips: RoundTrips,
     shared: Arc<Shared>,
 ) {
-    let trip_prefix = client.new_inbox();
-    let mut answers = match client.subscribe(format!("{trip_prefix}.*")).await {
-        Ok(answers) => answers,
-        Err(e) => {
-            fail(&shared, NatsError::Subscribe(e));
-            return;
-        }
-    };
-    // The answers' subscription is registered before the first round trip that uses it.
-    if let Err(e) = round_trip(&client).await {
-        fail(&shared, e);
-        return;
-    }
+    let RoundTrips {
+        prefix: trip_prefix,
+        mut answers,
+    } = trips;
     // (events, last sequence number) of each batch whose round trip is out, in order.
     let (sent_tx, mut sent_rx) = mpsc::channel::<(u64, u64)>(ROUND_TRIPS_IN_FLIGHT);
     let refusal_prefix = refusals.prefix.clone();
