@@ -487,7 +487,9 @@ def enum_of(name, *variants):
     return Shape(name, encode, decode)
 
 
-ENVELOPE_VERSION = 1
+ENVELOPE_VERSION_PLAIN = 1  # no headers
+ENVELOPE_VERSION = 2  # version 1 and the headers
+HEADERS = mapping(STRING, STRING)
 HEADER = struct_of(
     "header",
     ("sender", STRING), ("seq", U64), ("type_tag", STRING), ("timestamp_micros", U64),
@@ -495,20 +497,32 @@ HEADER = struct_of(
 )
 
 
+def valid_header(key, value):
+    return (1 <= len(key) <= 128 and all(c.isascii() and (c.isalnum() or c in "-_.") for c in key)
+            and len(value.encode("utf-8")) <= 4096
+            and not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value))
+
+
 def encode_envelope(sender, seq_no, type_tag, payload, timestamp_micros=None, epoch=0,
-                    directed=False, n=0, reply_to=0):
-    """An envelope in no stream (epoch 0) unless told otherwise; `payload` already encoded."""
+                    directed=False, n=0, reply_to=0, headers=None):
+    """An envelope in no stream (epoch 0) unless told otherwise; `payload` already encoded.
+    Version 1 without headers, version 2 with them (a dict, in its order)."""
     if timestamp_micros is None:
         timestamp_micros = time.time_ns() // 1000
     header = {"sender": sender, "seq": seq_no, "type_tag": type_tag,
               "timestamp_micros": timestamp_micros, "epoch": epoch, "directed": directed,
               "n": n, "reply_to": reply_to}
-    return bytes([ENVELOPE_VERSION]) + HEADER.to_bytes(header) + bytes(payload)
+    if not headers:
+        return bytes([ENVELOPE_VERSION_PLAIN]) + HEADER.to_bytes(header) + bytes(payload)
+    if not all(valid_header(k, v) for k, v in headers.items()):
+        raise ValueError(f"invalid headers {headers}")
+    return (bytes([ENVELOPE_VERSION]) + HEADER.to_bytes(header) + HEADERS.to_bytes(headers)
+            + bytes(payload))
 
 
 def decode_envelope(data):
-    """The header (a dict) and the payload's bytes."""
-    if not data or data[0] != ENVELOPE_VERSION:
+    """The header (a dict, with "headers" a dict) and the payload's bytes."""
+    if not data or data[0] not in (ENVELOPE_VERSION_PLAIN, ENVELOPE_VERSION):
         raise ProtocolError(f"envelope version {data[:1].hex() or 'missing'}")
     r = Reader(data)
     r.pos = 1
@@ -517,6 +531,16 @@ def decode_envelope(data):
         raise ProtocolError(f"invalid sender or tag in {header}")
     if header["seq"] == 0:
         raise ProtocolError("envelope seq 0")
+    headers = {}
+    if data[0] == ENVELOPE_VERSION:
+        for _ in range(read_bincode_uint(r, 64)):
+            key, value = STRING.decode(r), STRING.decode(r)
+            if key in headers or not valid_header(key, value):
+                raise ProtocolError(f"invalid or repeated header {key!r}")
+            headers[key] = value
+        if len(headers) > 64 or sum(len(k) + len(v.encode()) for k, v in headers.items()) > 16384:
+            raise ProtocolError("headers over their limits")
+    header["headers"] = headers
     return header, r.rest()
 
 
@@ -575,11 +599,11 @@ class Publisher:
         self.next_seq = 1
         self.acked = 0
 
-    def publish(self, type_tag, payload, target=None):
+    def publish(self, type_tag, payload, target=None, headers=None):
         """Sends one event in its envelope; returns its sequence number."""
         seq_no = self.next_seq
         self.next_seq += 1
-        envelope = encode_envelope(self.instance, seq_no, type_tag, payload)
+        envelope = encode_envelope(self.instance, seq_no, type_tag, payload, headers=headers)
         if len(envelope) > MAX_ENVELOPE:
             raise ValueError(f"an envelope of {len(envelope)} bytes is over the limit")
         self.ws.send_binary(message(publish_frame(seq_no, target, envelope)))
@@ -689,7 +713,7 @@ def exchange(args):
         say("received " + json.dumps({"header": header, "value": value}, ensure_ascii=False))
         break
 
-    echo = publisher.publish(JOB_REPORT_TAG, JOB_REPORT.to_bytes(value))
+    echo = publisher.publish(JOB_REPORT_TAG, JOB_REPORT.to_bytes(value), headers=header["headers"])
     publisher.wait_acked(echo, timeout)
     say(f"echoed {echo}")
     publisher.close()
@@ -807,7 +831,7 @@ def self_test():
     check("example 1 header", header, {
         "sender": "w1", "seq": 1, "type_tag": "demo.recycle",
         "timestamp_micros": 1_700_000_000_000_000, "epoch": 0, "directed": False, "n": 0,
-        "reply_to": 0})
+        "reply_to": 0, "headers": {}})
     check("example 1 payload", recycle.from_bytes(payload), {"role": "web", "grace_secs": 30})
 
     epoch = 1_700_000_000_000_000
@@ -828,7 +852,19 @@ def self_test():
     check("example 2 header", (header["seq"], header["epoch"], header["directed"], header["n"],
                                header["reply_to"]), (epoch + 6, epoch, True, 2, 42))
     check("example 2 payload", JOB_REPORT.from_bytes(payload), report)
-    for bad in [b"\x02" + example_1[1:], example_1[:10], example_1[:4] + b"\x00" + example_1[5:]]:
+    example_3 = h("02" + " ".join(f"{b:02x}" for b in example_1[1:-5])
+                  + " 02 06 74 65 6e 61 6e 74 04 61 63 6d 65 07 61 74 74 65 6d 70 74 01 32"
+                  + " 03 77 65 62 1e")
+    headers = {"tenant": "acme", "attempt": "2"}
+    check("example 3", encode_envelope("w1", 1, "demo.recycle",
+                                       recycle.to_bytes({"role": "web", "grace_secs": 30}),
+                                       timestamp_micros=1_700_000_000_000_000,
+                                       headers=headers), example_3)
+    header, payload = decode_envelope(example_3)
+    check("example 3 headers", list(header["headers"].items()), list(headers.items()))
+    check("example 3 payload", recycle.from_bytes(payload), {"role": "web", "grace_secs": 30})
+    for bad in [b"\x03" + example_1[1:], example_1[:10], example_1[:4] + b"\x00" + example_1[5:],
+                example_3[:-10], example_3.replace(b"attempt", b"tenant\x00")]:
         try:
             decode_envelope(bad)
         except ProtocolError:

@@ -5,20 +5,23 @@
 //! longer maintained upstream. Nothing else in interrole calls bincode, so changing the codec means
 //! changing this file and the envelope version byte.
 //!
-//! # The envelope on the wire (version 1)
+//! # The envelope on the wire (versions 1 and 2)
 //!
 //! ```text
-//! +------+----------------------------------------------+-----------------------+
-//! | 0x01 | header: bincode(standard) of                 | payload: the rest of  |
-//! |      |   sender: str, seq: u64, type_tag: str,      | the buffer, bincode   |
-//! |      |   timestamp_micros: u64, epoch: u64,         | of the event value    |
-//! |      |   directed: bool, n: u64, reply_to: u64      |                       |
-//! +------+----------------------------------------------+-----------------------+
+//! +------+----------------------------------------------+-------------+-------------------+
+//! | 0x01 | header: bincode(standard) of                 |             | payload: the rest |
+//! | 0x02 |   sender: str, seq: u64, type_tag: str,      | 0x02 only:  | of the buffer,    |
+//! |      |   timestamp_micros: u64, epoch: u64,         | headers:    | bincode of the    |
+//! |      |   directed: bool, n: u64, reply_to: u64      | map str→str | event value       |
+//! +------+----------------------------------------------+-------------+-------------------+
 //! ```
 //!
 //! `epoch`, `directed` and `n` are the event's [`StreamPos`](crate::StreamPos) (all 0 when it is
 //! not tracked); `reply_to` is the sequence number of the request a reply answers (0: none).
 //! A `bool` is one byte, 0 or 1. A `str` is a varint length followed by UTF-8 bytes; a `u64` is a varint (one byte below 251).
+//! The headers ([`Headers`](crate::Headers)) are a varint count, then each key and its value.
+//! A writer uses version 1 for an event without headers, so that readers of version 1 still
+//! read every such event; this build reads both.
 //! The payload has no length prefix: it runs to the end of the buffer the transport delivered.
 //!
 //! Section 10 of `docs/protocol.md` defines every byte of this, and how bincode lays out each
@@ -27,8 +30,12 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// The envelope format version this build writes and reads.
-pub const ENVELOPE_VERSION: u8 = 1;
+/// The envelope format version this build writes for an event with headers, and reads.
+pub const ENVELOPE_VERSION: u8 = 2;
+
+/// The first envelope format version, which this build writes for an event without headers
+/// (so that readers of version 1 read it), and reads.
+pub const ENVELOPE_VERSION_PLAIN: u8 = 1;
 
 /// The largest value the decoder will allocate for, in bytes: a guard against hostile lengths.
 pub const DECODE_LIMIT: usize = 64 * 1024 * 1024;

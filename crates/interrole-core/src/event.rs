@@ -9,7 +9,8 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{self, CodecError, CodecErrorKind, ENVELOPE_VERSION};
+use crate::codec::{self, CodecError, CodecErrorKind, ENVELOPE_VERSION, ENVELOPE_VERSION_PLAIN};
+use crate::headers::Headers;
 use crate::id::{EventId, InstanceId, TypeTag};
 
 /// An application event: a plain serde type with a stable type tag.
@@ -119,6 +120,7 @@ struct Header {
     timestamp_micros: u64,
     stream: StreamPos,
     reply_to: u64,
+    headers: Headers,
 }
 
 /// Where an event stands in its sender's streams: what a receiver uses to drop duplicates, find
@@ -257,6 +259,17 @@ impl InterRoleEvent {
         stream: StreamPos,
         reply_to: Option<u64>,
     ) -> Self {
+        Self::with_headers(id, value, stream, reply_to, Headers::new())
+    }
+
+    /// [`InterRoleEvent::in_stream`] with headers.
+    pub fn with_headers<T: Event>(
+        id: EventId,
+        value: T,
+        stream: StreamPos,
+        reply_to: Option<u64>,
+        headers: Headers,
+    ) -> Self {
         Self {
             body: Arc::new(Envelope {
                 header: Header {
@@ -265,6 +278,7 @@ impl InterRoleEvent {
                     timestamp_micros: crate::clock::now_micros(),
                     stream,
                     reply_to: reply_to.unwrap_or(0),
+                    headers,
                 },
                 wire: OnceLock::new(),
                 encode: Some(encode_local::<T>),
@@ -281,6 +295,11 @@ impl InterRoleEvent {
     /// For a reply, the sequence number of the request it answers.
     pub fn reply_to(&self) -> Option<u64> {
         Some(self.body.header.reply_to).filter(|&s| s != 0)
+    }
+
+    /// The event's headers (empty for most events).
+    pub fn headers(&self) -> &Headers {
+        &self.body.header.headers
     }
 
     /// The event's id: sender and sequence number.
@@ -389,7 +408,13 @@ impl InterRoleEvent {
             .get_or_init(|| {
                 let h = &self.body.header;
                 let mut out = Vec::with_capacity(64);
-                out.push(ENVELOPE_VERSION);
+                // The first format when it says everything: readers of either version read it.
+                let plain = h.headers.is_empty();
+                out.push(if plain {
+                    ENVELOPE_VERSION_PLAIN
+                } else {
+                    ENVELOPE_VERSION
+                });
                 codec::encode_value_into(
                     &WireHeaderRef {
                         sender: h.id.sender.as_str(),
@@ -403,6 +428,9 @@ impl InterRoleEvent {
                     },
                     &mut out,
                 )?;
+                if !plain {
+                    codec::encode_value_into(&h.headers, &mut out)?;
+                }
                 match (self.body.encode, self.remote()) {
                     (Some(encode), _) => encode(&self.body.payload, &mut out)?,
                     (None, Some(remote)) => out.extend_from_slice(&remote.payload),
@@ -416,19 +444,22 @@ impl InterRoleEvent {
     /// Reads an envelope off the wire. The payload stays encoded until a typed look
     /// ([`InterRoleEvent::payload`]) asks for it; the bytes are shared, not copied.
     ///
+    /// Reads both format versions: 1, and 2 (version 1 with headers).
+    ///
     /// # Errors
     /// [`CodecErrorKind::UnsupportedVersion`] for another format version,
     /// [`CodecErrorKind::Decode`] for a truncated or malformed header,
-    /// [`CodecErrorKind::InvalidHeader`] for an invalid sender, tag or a sequence number of 0.
+    /// [`CodecErrorKind::InvalidHeader`] for an invalid sender, tag or header, or a sequence
+    /// number of 0.
     pub fn from_wire(bytes: Bytes) -> Result<Self, CodecError> {
         let Some(&version) = bytes.first() else {
             return Err(CodecError::new(CodecErrorKind::Decode, "empty envelope"));
         };
-        if version != ENVELOPE_VERSION {
+        if version != ENVELOPE_VERSION && version != ENVELOPE_VERSION_PLAIN {
             return Err(CodecError::new(
                 CodecErrorKind::UnsupportedVersion,
                 format!(
-                    "envelope version {version} is not supported (this build reads {ENVELOPE_VERSION})"
+                    "envelope version {version} is not supported (this build reads {ENVELOPE_VERSION_PLAIN} and {ENVELOPE_VERSION})"
                 ),
             ));
         }
@@ -442,7 +473,17 @@ impl InterRoleEvent {
         if header.seq == 0 {
             return Err(invalid("sequence number 0 is reserved".into()));
         }
-        let payload = bytes.slice(1 + used..);
+        let mut used = 1 + used;
+        let mut headers = Headers::new();
+        if version == ENVELOPE_VERSION {
+            let (pairs, more): (Vec<(&str, &str)>, usize) =
+                codec::decode_prefix_borrowed(&bytes[used..]).map_err(|e| {
+                    CodecError::new(CodecErrorKind::Decode, format!("envelope headers: {e}"))
+                })?;
+            headers = Headers::from_pairs(pairs).map_err(|e| invalid(e.to_string()))?;
+            used += more;
+        }
+        let payload = bytes.slice(used..);
         Ok(Self {
             body: Arc::new(Envelope {
                 header: Header {
@@ -458,6 +499,7 @@ impl InterRoleEvent {
                         n: header.n,
                     },
                     reply_to: header.reply_to,
+                    headers,
                 },
                 wire: OnceLock::from(Ok(bytes)),
                 encode: None,
@@ -490,6 +532,7 @@ impl fmt::Debug for InterRoleEvent {
             .field("id", &format_args!("{}", h.id))
             .field("type_tag", &h.type_tag)
             .field("timestamp_micros", &h.timestamp_micros)
+            .field("headers", &h.headers)
             .field("local", &self.is_local())
             .finish()
     }
@@ -545,7 +588,7 @@ mod tests {
             },
         );
         let wire = e.to_wire().unwrap();
-        assert_eq!(wire[0], ENVELOPE_VERSION);
+        assert_eq!(wire[0], ENVELOPE_VERSION_PLAIN);
         // Encoded once: the second call returns the same buffer.
         assert_eq!(e.to_wire().unwrap().as_ptr(), wire.as_ptr());
         let back = InterRoleEvent::from_wire(wire.clone()).unwrap();
@@ -579,6 +622,65 @@ mod tests {
         let back = InterRoleEvent::from_wire(e.to_wire().unwrap()).unwrap();
         assert_eq!((back.stream(), back.reply_to()), (pos, Some(7)));
         assert!(back.stream().is_tracked());
+    }
+
+    #[test]
+    fn headers_travel_in_version_2_and_only_then() {
+        let headers = Headers::new()
+            .with(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .unwrap()
+            .with("tenant", "acme")
+            .unwrap();
+        let e = InterRoleEvent::with_headers(
+            id(3),
+            Other(5),
+            StreamPos::default(),
+            None,
+            headers.clone(),
+        );
+        let wire = e.to_wire().unwrap();
+        assert_eq!(wire[0], ENVELOPE_VERSION);
+        let back = InterRoleEvent::from_wire(wire.clone()).unwrap();
+        assert_eq!(back.headers(), &headers);
+        assert_eq!(back.payload::<Other>(), Some(&Other(5)));
+        assert_eq!(back.to_wire().unwrap(), wire);
+
+        // Without headers the envelope is version 1 and readers of version 1 read it.
+        let plain = InterRoleEvent::new(id(3), Other(5)).to_wire().unwrap();
+        assert_eq!(plain[0], ENVELOPE_VERSION_PLAIN);
+        // A version 2 envelope with no headers reads too.
+        let mut empty = plain.to_vec();
+        empty[0] = ENVELOPE_VERSION;
+        empty.insert(plain.len() - 1, 0);
+        let back = InterRoleEvent::from_wire(Bytes::from(empty)).unwrap();
+        assert!(back.headers().is_empty());
+        assert_eq!(back.payload::<Other>(), Some(&Other(5)));
+    }
+
+    #[test]
+    fn invalid_headers_off_the_wire_are_refused() {
+        let e = InterRoleEvent::with_headers(
+            id(3),
+            Other(5),
+            StreamPos::default(),
+            None,
+            Headers::new().with("ab", "v").unwrap(),
+        );
+        let wire = e.to_wire().unwrap();
+        // The key "ab" becomes "a " (invalid), then "aa" twice is a repeat.
+        let at = wire.windows(3).position(|w| w == b"\x02ab").unwrap();
+        let mut bad = wire.to_vec();
+        bad[at + 2] = b' ';
+        let err = InterRoleEvent::from_wire(Bytes::from(bad)).unwrap_err();
+        assert_eq!(err.kind(), CodecErrorKind::InvalidHeader, "{err}");
+        // A count running past the end.
+        let mut short = wire.to_vec();
+        short[at - 1] = 9;
+        let err = InterRoleEvent::from_wire(Bytes::from(short)).unwrap_err();
+        assert_eq!(err.kind(), CodecErrorKind::Decode, "{err}");
     }
 
     #[test]

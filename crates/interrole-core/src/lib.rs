@@ -31,11 +31,15 @@
 //! ## Compatibility
 //!
 //! The envelope's wire form carries a version byte ([`codec::ENVELOPE_VERSION`]); a reader refuses
-//! versions it does not know with a specific error rather than guessing.
+//! versions it does not know with a specific error rather than guessing. A writer uses the
+//! oldest version that holds the event ([`codec::ENVELOPE_VERSION_PLAIN`] when it has no
+//! headers), so that a fleet upgraded role by role keeps reading what the upgraded roles send
+//! until they send headers.
 
 mod clock;
 pub mod codec;
 mod event;
+mod headers;
 mod id;
 #[cfg(feature = "link")]
 pub mod link;
@@ -46,6 +50,10 @@ mod transport;
 
 pub use codec::{CodecError, CodecErrorKind};
 pub use event::{Event, InterRoleEvent, PayloadError, StreamPos};
+pub use headers::{
+    HeaderError, Headers, MAX_HEADER_KEY_LEN, MAX_HEADER_VALUE_LEN, MAX_HEADERS, MAX_HEADERS_BYTES,
+    header_key_is_valid, header_value_is_valid,
+};
 pub use id::{EventId, InstanceId, InvalidName, MAX_NAME_LEN, Topic, TypeTag, tag_is_valid};
 pub use retry::{RetryDelays, RetryPolicy};
 pub use transport::{

@@ -2,7 +2,9 @@
 //! panic; every truncation of a valid envelope is refused with an error, not misread.
 
 use bytes::Bytes;
-use interrole_core::{CodecErrorKind, EventId, InstanceId, InterRoleEvent, impl_event};
+use interrole_core::{
+    CodecErrorKind, EventId, Headers, InstanceId, InterRoleEvent, StreamPos, impl_event,
+};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -34,17 +36,33 @@ fn payload() -> impl Strategy<Value = Payload> {
         })
 }
 
+/// Valid headers: up to 8 keys with values of any printable text.
+fn headers() -> impl Strategy<Value = Headers> {
+    prop::collection::vec(("[A-Za-z0-9._-]{1,20}", "[^\\p{Cc}]{0,30}"), 0..8).prop_map(|pairs| {
+        let mut h = Headers::new();
+        for (k, v) in pairs {
+            h.insert(&k, &v).unwrap();
+        }
+        h
+    })
+}
+
 proptest! {
     #[test]
-    fn envelopes_round_trip(sender in name(), seq in 1..u64::MAX, p in payload()) {
+    fn envelopes_round_trip(
+        sender in name(), seq in 1..u64::MAX, p in payload(), h in headers(),
+    ) {
         let id = EventId { sender: InstanceId::new(&sender).unwrap(), seq };
-        let event = InterRoleEvent::new(id.clone(), p.clone());
+        let event = InterRoleEvent::with_headers(
+            id.clone(), p.clone(), StreamPos::default(), None, h.clone(),
+        );
         let wire = event.to_wire().unwrap();
         let back = InterRoleEvent::from_wire(wire.clone()).unwrap();
         prop_assert_eq!(back.id(), &id);
         prop_assert_eq!(back.type_tag().as_str(), "props.payload");
         prop_assert_eq!(back.timestamp(), event.timestamp());
         prop_assert_eq!(back.payload::<Payload>(), Some(&p));
+        prop_assert_eq!(back.headers(), &h);
         // Re-encoding a received envelope gives the same bytes.
         prop_assert_eq!(back.to_wire().unwrap(), wire);
     }
@@ -59,9 +77,11 @@ proptest! {
     }
 
     #[test]
-    fn every_truncation_is_refused(sender in name(), p in payload()) {
+    fn every_truncation_is_refused(sender in name(), p in payload(), h in headers()) {
         let id = EventId { sender: InstanceId::new(&sender).unwrap(), seq: 1 };
-        let wire = InterRoleEvent::new(id, p).to_wire().unwrap();
+        let wire = InterRoleEvent::with_headers(id, p, StreamPos::default(), None, h)
+            .to_wire()
+            .unwrap();
         // Every cut, from the empty envelope to the one missing only its last byte.
         for cut in 0..wire.len() {
             let short = wire.slice(..cut);

@@ -10,7 +10,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use interrole_core::codec::{decode_value, encode_value};
-use interrole_core::{CodecErrorKind, EventId, InstanceId, InterRoleEvent, StreamPos, impl_event};
+use interrole_core::{
+    CodecErrorKind, EventId, Headers, InstanceId, InterRoleEvent, StreamPos, impl_event,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -280,6 +282,7 @@ fn check_envelope<T: interrole_core::Event + PartialEq + Debug>(
     );
     assert_eq!(back.stream(), event.stream());
     assert_eq!(back.reply_to(), event.reply_to());
+    assert_eq!(back.headers(), event.headers());
     assert_eq!(
         back.raw_payload().unwrap().to_vec(),
         field(layout, "payload")
@@ -392,6 +395,51 @@ fn example_2_a_reply_in_a_directed_stream() {
     assert_eq!(field(JOB_REPORT, "payload").len(), 48);
 }
 
+/// Section 10, example 3: example 1 with two headers, in version 2.
+const RECYCLE_WITH_HEADERS: Layout = &[
+    ("version", "02"),
+    ("sender", "02 77 31"),
+    ("seq", "01"),
+    ("type_tag", "0c 64 65 6d 6f 2e 72 65 63 79 63 6c 65"),
+    ("timestamp_micros", "fd 00 40 1e 18 24 0a 06 00"),
+    ("epoch", "00"),
+    ("directed", "00"),
+    ("n", "00"),
+    ("reply_to", "00"),
+    (
+        "headers",
+        "02 06 74 65 6e 61 6e 74 04 61 63 6d 65 07 61 74 74 65 6d 70 74 01 32",
+    ),
+    ("payload", "03 77 65 62 1e"),
+];
+
+#[test]
+fn example_3_headers_in_version_2() {
+    let value = Recycle {
+        role: "web".into(),
+        grace_secs: 30,
+    };
+    let id = EventId {
+        sender: InstanceId::new("w1").unwrap(),
+        seq: 1,
+    };
+    let headers = Headers::new()
+        .with("tenant", "acme")
+        .unwrap()
+        .with("attempt", "2")
+        .unwrap();
+    let event =
+        InterRoleEvent::with_headers(id, value.clone(), StreamPos::default(), None, headers);
+    check_envelope(RECYCLE_WITH_HEADERS, &event, &value);
+    assert_eq!(concat(RECYCLE_WITH_HEADERS).len(), 59);
+    // The headers are example 1's envelope with the version byte changed and the map inserted.
+    let mut v1 = concat(RECYCLE);
+    v1[0] = 2;
+    let payload = v1.len() - 5;
+    v1.splice(payload..payload, field(RECYCLE_WITH_HEADERS, "headers"));
+    assert_eq!(v1, concat(RECYCLE_WITH_HEADERS));
+}
+
 #[test]
 fn what_readers_refuse() {
     let doc = concat(RECYCLE);
@@ -401,9 +449,23 @@ fn what_readers_refuse() {
             .kind()
     };
     // Another version.
-    let mut v2 = doc.clone();
-    v2[0] = 2;
-    assert_eq!(kind(v2), CodecErrorKind::UnsupportedVersion);
+    for version in [0, 3, 0xff] {
+        let mut other = doc.clone();
+        other[0] = version;
+        assert_eq!(kind(other), CodecErrorKind::UnsupportedVersion);
+    }
+    // Version 2 whose header map is cut short, has an invalid key, or repeats one.
+    let with = concat(RECYCLE_WITH_HEADERS);
+    let at = with.len() - 5 - 23;
+    assert_eq!(kind(with[..at + 5].to_vec()), CodecErrorKind::Decode);
+    let mut bad_key = with.clone();
+    bad_key[at + 2] = b' ';
+    assert_eq!(kind(bad_key), CodecErrorKind::InvalidHeader);
+    let mut repeated = with.clone();
+    repeated.splice(at + 14..at + 21, b"tenant ".iter().copied());
+    repeated[at + 13] = 6;
+    repeated.remove(at + 20);
+    assert_eq!(kind(repeated), CodecErrorKind::InvalidHeader);
     // A header cut short.
     assert_eq!(kind(doc[..10].to_vec()), CodecErrorKind::Decode);
     // Sequence number 0.

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use interrole_core::{
-    Connection, Event, EventId, Inbound, InstanceId, InterRoleEvent, StreamPos, Topic, Transport,
+    Connection, Event, EventId, Headers, Inbound, InstanceId, InterRoleEvent, StreamPos, Topic, Transport,
     TransportError, TypeTag,
 };
 use parking_lot::Mutex;
@@ -183,8 +183,8 @@ impl Sink for BusSink {
         let bus = Bus { inner };
         let what = control.what();
         let sent = match control {
-            Control::Nak(n) => bus.send_with(n, Some(to), None, |_| {}),
-            Control::Repair(r) => bus.send_with(r, Some(to), None, |_| {}),
+            Control::Nak(n) => bus.send_with(n, Some(to), None, Headers::new(), |_| {}),
+            Control::Repair(r) => bus.send_with(r, Some(to), None, Headers::new(), |_| {}),
             // To every other instance, and not to this bus's own observers.
             Control::Heartbeat(h) => bus.send_remote(h),
         };
@@ -241,12 +241,41 @@ impl Bus {
     /// bus.publish(Bad).unwrap();
     /// ```
     pub fn publish<E: Event>(&self, event: E) -> Result<EventId, PublishError> {
-        self.send(event, None)
+        self.send_with(event, None, None, Headers::new(), |_| {})
+    }
+
+    /// [`Bus::publish`] with headers, which every observer reads from the envelope
+    /// ([`InterRoleEvent::headers`], [`Received::headers`]).
+    ///
+    /// ```
+    /// use interrole::{Bus, Headers, InterRoleEvent};
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Invoice(u64);
+    /// interrole::impl_event!(Invoice = "example.invoice");
+    ///
+    /// let bus = Bus::builder().build()?;
+    /// let _tenant = bus.subscribe_all(|e: &InterRoleEvent| {
+    ///     assert_eq!(e.headers().get("tenant"), Some("acme"));
+    /// });
+    /// bus.publish_with(Invoice(7), Headers::new().with("tenant", "acme")?)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Bus::publish`]. The headers' limits are checked when they are made
+    /// ([`Headers::insert`]).
+    pub fn publish_with<E: Event>(
+        &self,
+        event: E,
+        headers: Headers,
+    ) -> Result<EventId, PublishError> {
+        self.send_with(event, None, None, headers, |_| {})
     }
 
     /// Publishes `event` to the other instances only (the reliability layer's heartbeats).
     fn send_remote<E: Event>(&self, event: E) -> Result<EventId, PublishError> {
-        self.send_inner(event, None, None, false, |_| {})
+        self.send_inner(event, None, None, Headers::new(), false, |_| {})
     }
 
     /// Sends `event` to one instance only: its observers of the type get it, no one else's. To
@@ -263,15 +292,20 @@ impl Bus {
         target: &InstanceId,
         event: E,
     ) -> Result<EventId, PublishError> {
-        self.send(event, Some(target))
+        self.send_with(event, Some(target), None, Headers::new(), |_| {})
     }
 
-    fn send<E: Event>(
+    /// [`Bus::send_to`] with headers.
+    ///
+    /// # Errors
+    /// As [`Bus::send_to`].
+    pub fn send_to_with<E: Event>(
         &self,
+        target: &InstanceId,
         event: E,
-        target: Option<&InstanceId>,
+        headers: Headers,
     ) -> Result<EventId, PublishError> {
-        self.send_with(event, target, None, |_| {})
+        self.send_with(event, Some(target), None, headers, |_| {})
     }
 
     /// Numbers `event`, hands it to the transport and the local observers; `on_numbered` runs
@@ -281,9 +315,10 @@ impl Bus {
         event: E,
         target: Option<&InstanceId>,
         reply_to: Option<u64>,
+        headers: Headers,
         on_numbered: impl FnOnce(u64),
     ) -> Result<EventId, PublishError> {
-        self.send_inner(event, target, reply_to, true, on_numbered)
+        self.send_inner(event, target, reply_to, headers, true, on_numbered)
     }
 
     fn send_inner<E: Event>(
@@ -291,6 +326,7 @@ impl Bus {
         event: E,
         target: Option<&InstanceId>,
         reply_to: Option<u64>,
+        headers: Headers,
         locally: bool,
         on_numbered: impl FnOnce(u64),
     ) -> Result<EventId, PublishError> {
@@ -320,7 +356,8 @@ impl Bus {
                 directed: target.is_some(),
                 n,
             };
-            let envelope = InterRoleEvent::in_stream(id.clone(), event, stream, reply_to);
+            let envelope =
+                InterRoleEvent::with_headers(id.clone(), event, stream, reply_to, headers);
             on_numbered(id.seq);
             if self_reply {
                 // Nothing else to do with it if the request was forgotten meanwhile.
@@ -383,7 +420,7 @@ impl Bus {
             key: None,
         };
         let mut tx = Some(tx);
-        let sent = self.send_with(request, Some(target), None, |seq| {
+        let sent = self.send_with(request, Some(target), None, Headers::new(), |seq| {
             if let Some(tx) = tx.take() {
                 pending.pending.lock().insert(seq, PendingReply::One(tx));
                 pending.key = Some(seq);
@@ -465,7 +502,7 @@ impl Bus {
             key: None,
         };
         let mut tx = Some(tx);
-        self.send_with(request, None, None, |seq| {
+        self.send_with(request, None, None, Headers::new(), |seq| {
             if let Some(tx) = tx.take() {
                 pending.pending.lock().insert(seq, PendingReply::Many(tx));
                 pending.key = Some(seq);
@@ -486,7 +523,13 @@ impl Bus {
         request: &InterRoleEvent,
         reply: R,
     ) -> Result<EventId, PublishError> {
-        self.send_with(reply, Some(request.sender()), Some(request.seq()), |_| {})
+        self.send_with(
+            reply,
+            Some(request.sender()),
+            Some(request.seq()),
+            Headers::new(),
+            |_| {},
+        )
     }
 
     /// Serves requests of type `Q`: `handler` runs for each one (on the dispatch thread, like a

@@ -150,8 +150,9 @@ pub use observe::subscription::Subscription;
 }
 
 pub use interrole_core::{
-    Event, EventId, InstanceId, InterRoleEvent, InvalidName, PayloadError, RetryPolicy, StreamPos,
-    Topic, Transport, TransportError, TransportErrorKind, TypeTag, impl_event,
+    Event, EventId, HeaderError, Headers, InstanceId, InterRoleEvent, InvalidName, PayloadError,
+    RetryPolicy, StreamPos, Topic, Transport, TransportError, TransportErrorKind, TypeTag,
+    impl_event,
 };
 
 /// The attribute that async observers are written with: `#[interrole::async_trait]`.

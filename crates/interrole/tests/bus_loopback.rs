@@ -450,3 +450,50 @@ fn an_undecodable_payload_goes_to_on_error_not_nowhere() {
         other => panic!("expected Undecodable, got {other:?}"),
     }
 }
+
+/// Headers reach every bus's observers with the event, published and directed, the publisher's
+/// own included; an event without headers carries none.
+#[test]
+fn headers_reach_every_observer_with_the_event() {
+    let fabric = Loopback::new();
+    let (a, b) = (on(&fabric, "a"), on(&fabric, "b"));
+    /// Which bus saw which role, with which reason.
+    type Row = (String, String, Option<String>);
+    let seen: Arc<Mutex<Vec<Row>>> = Arc::default();
+    let mut guards = Vec::new();
+    for bus in [&a, &b] {
+        let log = seen.clone();
+        let me = bus.instance().to_string();
+        guards.push(bus.subscribe_all(move |e: &InterRoleEvent| {
+            let role = e
+                .payload::<RoleGracefulRecycle>()
+                .map(|r| r.role_name.clone())
+                .unwrap_or_default();
+            let reason = e.headers().get("reason").map(str::to_owned);
+            log.lock().unwrap().push((me.clone(), role, reason));
+        }));
+    }
+    let recycle = |role: &str| RoleGracefulRecycle {
+        role_name: role.into(),
+    };
+    let why = |r: &str| interrole::Headers::new().with("reason", r).unwrap();
+    a.publish_with(recycle("web"), why("deploy")).unwrap();
+    a.send_to_with(b.instance(), recycle("db"), why("maintenance"))
+        .unwrap();
+    a.publish(recycle("cache")).unwrap();
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    let row = |bus: &str, role: &str, reason: Option<&str>| {
+        (bus.to_owned(), role.to_owned(), reason.map(str::to_owned))
+    };
+    assert_eq!(
+        seen,
+        [
+            row("a", "cache", None),
+            row("a", "web", Some("deploy")),
+            row("b", "cache", None),
+            row("b", "db", Some("maintenance")),
+            row("b", "web", Some("deploy")),
+        ]
+    );
+}

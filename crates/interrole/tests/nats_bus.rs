@@ -198,6 +198,30 @@ async fn a_drain_loses_nothing_published_before_it_over_nats() {
     transport_cases::drain_loses_nothing(a, b).await;
 }
 
+/// Headers travel with published and directed events (`Bus::publish_with`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
+async fn headers_travel_over_nats() {
+    let server = common::NatsServer::start("headers_travel_over_nats");
+    let (a, b) = (
+        bus(&server.url(), "headers", "a").await,
+        bus(&server.url(), "headers", "b").await,
+    );
+    transport_cases::headers_travel(a, b).await;
+}
+
+/// Headers travel through JetStream too (durable mode keeps the envelope as it is).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
+async fn headers_travel_over_durable_nats() {
+    let server = common::NatsServer::start_js("headers_travel_over_durable_nats");
+    let (a, b) = (
+        durable_bus(&server.url(), "headers", "a", 1).await,
+        durable_bus(&server.url(), "headers", "b", 1).await,
+    );
+    transport_cases::headers_travel(a, b).await;
+}
+
 /// A request to an instance that is not connected is refused at once (the server's "no
 /// responders"), not left to time out; a `send_to` it is counted as refused. An instance that is
 /// connected still gets its directed events.

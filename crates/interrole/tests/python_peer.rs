@@ -151,7 +151,12 @@ async fn a_python_peer_and_a_rust_bus_exchange_typed_events() {
     let (tx, mut senders) = mpsc::unbounded_channel();
     let _all = rust.subscribe_all(move |e: &InterRoleEvent| {
         if e.type_tag().as_str() == "demo.job-report" {
-            let _ = tx.send((e.sender().to_string(), e.stream(), e.reply_to()));
+            let _ = tx.send((
+                e.sender().to_string(),
+                e.stream(),
+                e.reply_to(),
+                e.headers().clone(),
+            ));
         }
     });
 
@@ -177,14 +182,24 @@ async fn a_python_peer_and_a_rust_bus_exchange_typed_events() {
     expect(&mut lines, "ready").await;
     expect(&mut lines, "published").await;
     assert_eq!(next(&mut received, "the peer's event").await, from_python());
-    let (sender, stream, reply_to) = next(&mut senders, "the peer's envelope").await;
+    let (sender, stream, reply_to, headers) = next(&mut senders, "the peer's envelope").await;
     assert_eq!(sender, PYTHON);
+    assert!(headers.is_empty());
     assert!(!stream.is_tracked(), "the peer writes events in no stream");
     assert_eq!(reply_to, None);
 
     // 2. Rust -> Python: the peer has READY (it printed "ready"), so what the bus publishes now
     // reaches it; it decodes the header and the value.
-    rust.publish(from_rust()).unwrap();
+    // With headers, which the peer reads (envelope version 2) and sends back with its echo.
+    let headers = interrole::Headers::new()
+        .with(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .unwrap()
+        .with("note", "ünïcode ✓")
+        .unwrap();
+    rust.publish_with(from_rust(), headers.clone()).unwrap();
     assert_eq!(
         next(&mut received, "the bus's own event").await,
         from_rust()
@@ -204,11 +219,16 @@ async fn a_python_peer_and_a_rust_bus_exchange_typed_events() {
     assert_eq!(header["directed"], false);
     assert!(header["epoch"].as_u64().unwrap() > 0, "{header}");
     assert!(header["n"].as_u64().unwrap() >= 1, "{header}");
+    assert_eq!(
+        header["headers"],
+        serde_json::json!({"traceparent": headers.get("traceparent"), "note": "ünïcode ✓"})
+    );
 
     // 3. ...and published it back: its encoder gives the Rust decoder the same value.
     expect(&mut lines, "echoed").await;
     assert_eq!(next(&mut received, "the echo").await, from_rust());
-    assert_eq!(next(&mut senders, "the echo's envelope").await.0, PYTHON);
+    let echo = next(&mut senders, "the echo's envelope").await;
+    assert_eq!((echo.0, echo.3), (PYTHON.to_owned(), headers));
 
     expect(&mut lines, "done").await;
     let status = tokio::time::timeout(LONG, child.wait())

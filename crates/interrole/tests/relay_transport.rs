@@ -394,6 +394,17 @@ async fn a_drain_loses_nothing_published_before_it_over_the_relay() {
     transport_cases::drain_loses_nothing(a, b).await;
 }
 
+/// Headers travel with published and directed events (`Bus::publish_with`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_travel_over_the_relay() {
+    let h = RelayHarness::start().await;
+    let (a, b) = (
+        bus(&h.url(), "headers", "a").await,
+        bus(&h.url(), "headers", "b").await,
+    );
+    transport_cases::headers_travel(a, b).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_credentials_are_fatal_and_said() {
     let h = RelayHarness::start().await;

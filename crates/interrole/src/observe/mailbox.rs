@@ -142,6 +142,16 @@ impl<E: Event> Received<E> {
         &self.event
     }
 
+    /// The event's headers.
+    pub fn headers(&self) -> &interrole_core::Headers {
+        self.event.headers()
+    }
+
+    /// The instance that sent the event.
+    pub fn sender(&self) -> &interrole_core::InstanceId {
+        self.event.sender()
+    }
+
     /// The envelope, giving up the typed view.
     pub fn into_envelope(self) -> InterRoleEvent {
         self.event

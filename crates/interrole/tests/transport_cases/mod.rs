@@ -83,3 +83,55 @@ pub(crate) async fn drain_loses_nothing(a: Bus, b: Bus) {
     assert_eq!(*seen.lock().unwrap(), (0..500).collect::<Vec<_>>());
     b.close().await;
 }
+
+/// Headers travel with events, published and directed, and reach every observer: of every event
+/// (the envelope) and typed async ones (`Received::headers`); an event without headers has none.
+pub(crate) async fn headers_travel(a: Bus, b: Bus) {
+    use interrole::{Headers, InterRoleEvent, Mailbox, Received};
+
+    type Log<T> = Arc<Mutex<Vec<(u64, T)>>>;
+    let seen: Log<Headers> = Arc::default();
+    let log = seen.clone();
+    let _all = b.subscribe_all(move |e: &InterRoleEvent| {
+        if let Some(j) = e.payload::<Job>() {
+            log.lock().unwrap().push((j.n, e.headers().clone()));
+        }
+    });
+    let typed: Log<Option<String>> = Arc::default();
+    let log = typed.clone();
+    let _typed = b.subscribe_async(Mailbox::bounded(64), move |j: Received<Job>| {
+        let log = log.clone();
+        async move {
+            let tenant = j.headers().get("tenant").map(str::to_owned);
+            log.lock().unwrap().push((j.n, tenant));
+        }
+    });
+    let headers = |n: u64| {
+        Headers::new()
+            .with("tenant", "acme")
+            .unwrap()
+            .with("attempt", &n.to_string())
+            .unwrap()
+    };
+    a.publish_with(Job { n: 1 }, headers(1)).unwrap();
+    a.send_to_with(b.instance(), Job { n: 2 }, headers(2))
+        .unwrap();
+    a.publish(Job { n: 3 }).unwrap();
+    wait_until("three events with their headers", || {
+        seen.lock().unwrap().len() == 3 && typed.lock().unwrap().len() == 3
+    })
+    .await;
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_by_key(|(n, _)| *n);
+    assert_eq!(
+        seen,
+        [(1, headers(1)), (2, headers(2)), (3, Headers::new())]
+    );
+    let mut typed = typed.lock().unwrap().clone();
+    typed.sort();
+    let acme = Some("acme".to_owned());
+    assert_eq!(typed, [(1, acme.clone()), (2, acme), (3, None)]);
+    for bus in [a, b] {
+        bus.close().await;
+    }
+}
