@@ -167,6 +167,11 @@ impl BusBuilder {
             .unwrap_or_else(|| Arc::new(Loopback::shared()));
         let lossless = transport.limits().lossless;
         let hub = Hub::with_config(self.dispatch);
+        #[cfg(feature = "opentelemetry")]
+        let _ = hub.inner.trace_labels.set(crate::trace::Labels {
+            topic: topic.clone(),
+            instance: instance.clone(),
+        });
         let receiver = Arc::new(Receiver::new(hub.clone()));
         // On a network transport, sequence numbers continue above a previous life of the same
         // instance: they start from the microsecond the bus was built.

@@ -14,6 +14,8 @@ use interrole_core::{
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
+#[cfg(feature = "opentelemetry")]
+use tracing::Span;
 
 use crate::dispatch::hub::{Hub, HubStats, publish_group};
 use crate::error::{PublishError, RequestError};
@@ -326,7 +328,7 @@ impl Bus {
         event: E,
         target: Option<&InstanceId>,
         reply_to: Option<u64>,
-        headers: Headers,
+        #[allow(unused_mut)] mut headers: Headers,
         locally: bool,
         on_numbered: impl FnOnce(u64),
     ) -> Result<EventId, PublishError> {
@@ -335,6 +337,21 @@ impl Bus {
             return Err(PublishError::Closed);
         }
         assert_valid_tag::<E>();
+        #[cfg(feature = "opentelemetry")]
+        let span = crate::trace::publish(
+            match (target, reply_to) {
+                (_, Some(_)) => crate::trace::Operation::Reply,
+                (Some(_), None) => crate::trace::Operation::Send,
+                (None, None) => crate::trace::Operation::Publish,
+            },
+            &inner.topic,
+            &inner.instance,
+            E::TYPE_TAG,
+            target,
+            &mut headers,
+        );
+        #[cfg(feature = "opentelemetry")]
+        let _entered = span.as_ref().map(Span::enter);
         let to_self = target.is_some_and(|t| *t == inner.instance);
         // A reply to one of this bus's own requests (its own `serve` answering it) goes to the
         // request, as a reply from another instance does, not to the observers.
@@ -359,6 +376,11 @@ impl Bus {
             let envelope =
                 InterRoleEvent::with_headers(id.clone(), event, stream, reply_to, headers);
             on_numbered(id.seq);
+            #[cfg(feature = "opentelemetry")]
+            let _sending = span.as_ref().map(|span| {
+                crate::trace::numbered(span, &envelope);
+                crate::trace::transport_send(inner.transport.name(), &envelope).entered()
+            });
             if self_reply {
                 // Nothing else to do with it if the request was forgotten meanwhile.
                 drop(inner.receiver.take_reply(envelope.clone()));
@@ -420,17 +442,32 @@ impl Bus {
             key: None,
         };
         let mut tx = Some(tx);
+        #[cfg(feature = "opentelemetry")]
+        let span = crate::trace::request(
+            &self.inner.topic,
+            &self.inner.instance,
+            Q::TYPE_TAG,
+            Some(target),
+        );
+        #[cfg(feature = "opentelemetry")]
+        let entered = span.as_ref().map(Span::enter);
         let sent = self.send_with(request, Some(target), None, Headers::new(), |seq| {
             if let Some(tx) = tx.take() {
                 pending.pending.lock().insert(seq, PendingReply::One(tx));
                 pending.key = Some(seq);
             }
         });
+        #[cfg(feature = "opentelemetry")]
+        drop(entered);
         if let Err(e) = sent {
             return Err(RequestError::Publish(e));
         }
         let outcome = tokio::time::timeout(timeout, rx).await;
         drop(pending);
+        #[cfg(feature = "opentelemetry")]
+        if let Some(span) = &span {
+            span.record("interrole.replies", u64::from(matches!(outcome, Ok(Ok(Ok(_))))));
+        }
         match outcome {
             Ok(Ok(Ok(reply))) => Received::new(reply).map_err(RequestError::Reply),
             Ok(Ok(Err(e))) => Err(RequestError::Refused(e)),
@@ -502,6 +539,10 @@ impl Bus {
             key: None,
         };
         let mut tx = Some(tx);
+        #[cfg(feature = "opentelemetry")]
+        let span = crate::trace::request(&self.inner.topic, &self.inner.instance, Q::TYPE_TAG, None);
+        #[cfg(feature = "opentelemetry")]
+        let _entered = span.as_ref().map(Span::enter);
         self.send_with(request, None, None, Headers::new(), |seq| {
             if let Some(tx) = tx.take() {
                 pending.pending.lock().insert(seq, PendingReply::Many(tx));

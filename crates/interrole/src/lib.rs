@@ -119,6 +119,8 @@ mod reliable;
 mod replies;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "opentelemetry")]
+pub mod trace;
 
 pub use builder::BusBuilder;
 pub use bus::{Bus, BusStats};

@@ -172,6 +172,38 @@ pub(crate) struct HubInner {
     threshold_ns: u64,
     pub(crate) counters: Counters,
     closed: AtomicBool,
+    /// The topic and instance of the bus this hub belongs to, for the deliver spans.
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) trace_labels: std::sync::OnceLock<crate::trace::Labels>,
+}
+
+/// What surrounds each observer call of one dispatch: nothing, or (feature `opentelemetry`) an
+/// observer span within the event's deliver span. A type parameter, so that the common dispatch
+/// is compiled with nothing around its calls.
+pub(crate) trait Around: Sync {
+    /// Runs `call`, the call of the observer `id`.
+    fn around(&self, id: u64, event: &InterRoleEvent, call: impl FnOnce());
+}
+
+/// Nothing around the calls.
+struct Bare;
+
+impl Around for Bare {
+    #[inline(always)]
+    fn around(&self, _: u64, _: &InterRoleEvent, call: impl FnOnce()) {
+        call()
+    }
+}
+
+/// Each call in an observer span, a child of the deliver span.
+#[cfg(feature = "opentelemetry")]
+struct Traced(tracing::Span);
+
+#[cfg(feature = "opentelemetry")]
+impl Around for Traced {
+    fn around(&self, id: u64, event: &InterRoleEvent, call: impl FnOnce()) {
+        crate::trace::observer(&self.0, id, event).in_scope(call)
+    }
 }
 
 impl Default for Hub {
@@ -206,6 +238,8 @@ impl Hub {
                     .unwrap_or(u64::MAX),
                 counters: Counters::default(),
                 closed: AtomicBool::new(false),
+                #[cfg(feature = "opentelemetry")]
+                trace_labels: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -354,6 +388,26 @@ impl HubInner {
             self.counters.unobserved.fetch_add(1, Ordering::Relaxed);
             return Vec::new();
         };
+        #[cfg(feature = "opentelemetry")]
+        if let Some(span) = crate::trace::deliver(event, self.trace_labels.get()) {
+            let traced = Traced(span);
+            return traced
+                .0
+                .in_scope(|| self.dispatch(primary, keyed, keyless, event, &traced));
+        }
+        self.dispatch(primary, keyed, keyless, event, &Bare)
+    }
+
+    /// [`HubInner::run`] once the lanes are found.
+    #[inline]
+    fn dispatch<A: Around>(
+        &self,
+        primary: &HubLane,
+        keyed: Option<&HubLane>,
+        keyless: Option<&HubLane>,
+        event: &InterRoleEvent,
+        around: &A,
+    ) -> Vec<Group> {
         let measure = primary.tick(MEASURE_EVERY);
         let parallel = match self.config.mode {
             Dispatch::Sequential => false,
@@ -361,25 +415,27 @@ impl HubInner {
             Dispatch::Adaptive => primary.estimate_ns() >= self.threshold_ns,
         };
         if measure || parallel {
-            return self.run_timed_or_parallel(primary, keyed, keyless, event, measure, parallel);
+            return self
+                .run_timed_or_parallel(primary, keyed, keyless, event, measure, parallel, around);
         }
-        self.run_sequential(keyed, keyless, event)
+        self.run_sequential(keyed, keyless, event, around)
     }
 
     /// The common dispatch, kept small: one lane after the other, on this thread.
     #[inline]
-    fn run_sequential(
+    fn run_sequential<A: Around>(
         &self,
         keyed: Option<&HubLane>,
         keyless: Option<&HubLane>,
         event: &InterRoleEvent,
+        around: &A,
     ) -> Vec<Group> {
         let entered = enter();
         if let Some(lane) = keyed {
-            self.run_lane(lane, event, 1);
+            self.run_lane(lane, event, 1, around);
         }
         if let Some(lane) = keyless {
-            self.run_lane(lane, event, u64::from(keyed.is_none()));
+            self.run_lane(lane, event, u64::from(keyed.is_none()), around);
         }
         entered.leave()
     }
@@ -387,7 +443,8 @@ impl HubInner {
     /// A dispatch that is timed (one in [`MEASURE_EVERY`]) or may go parallel: out of line, so
     /// that the common one stays small.
     #[inline(never)]
-    fn run_timed_or_parallel(
+    #[allow(clippy::too_many_arguments)]
+    fn run_timed_or_parallel<A: Around>(
         &self,
         primary: &HubLane,
         keyed: Option<&HubLane>,
@@ -395,6 +452,7 @@ impl HubInner {
         event: &InterRoleEvent,
         measure: bool,
         parallel: bool,
+        around: &A,
     ) -> Vec<Group> {
         let parallel = parallel
             && keyed.map_or(0, |l| l.len()) + keyless.map_or(0, |l| l.len()) >= 2
@@ -402,9 +460,9 @@ impl HubInner {
         let started = measure.then(Instant::now);
         let children = if parallel {
             self.counters.parallel.fetch_add(1, Ordering::Relaxed);
-            self.run_parallel(keyed, keyless, event)
+            self.run_parallel(keyed, keyless, event, around)
         } else {
-            self.run_sequential(keyed, keyless, event)
+            self.run_sequential(keyed, keyless, event, around)
         };
         if let Some(started) = started {
             primary.record_cost(started.elapsed().as_nanos() as u64);
@@ -414,20 +472,27 @@ impl HubInner {
 
     /// Calls the observers of one lane, one after the other, under the lane's gate.
     #[inline]
-    fn run_lane(&self, lane: &HubLane, event: &InterRoleEvent, dispatched: u64) {
+    fn run_lane<A: Around>(
+        &self,
+        lane: &HubLane,
+        event: &InterRoleEvent,
+        dispatched: u64,
+        around: &A,
+    ) {
         let lane = lane.lock();
         let mut delivered = 0;
         for entry in lane.entries() {
-            delivered += u64::from(self.invoke(entry, event));
+            delivered += u64::from(self.invoke(entry, event, around));
         }
         lane.count(dispatched, delivered);
     }
 
-    fn run_parallel(
+    fn run_parallel<A: Around>(
         &self,
         keyed: Option<&HubLane>,
         keyless: Option<&HubLane>,
         event: &InterRoleEvent,
+        around: &A,
     ) -> Vec<Group> {
         // Both lanes are held for the whole parallel region: each observer is called once, on
         // some pool thread, and no other dispatch reaches these observers meanwhile.
@@ -445,7 +510,7 @@ impl HubInner {
                     .par_iter()
                     .map(|entry| {
                         let entered = enter();
-                        let delivered = self.invoke(entry, event);
+                        let delivered = self.invoke(entry, event, around);
                         (delivered, entered.leave())
                     })
                     .collect::<Vec<_>>()
@@ -477,12 +542,15 @@ impl HubInner {
     ///
     /// The common call (no panic) stays small; the panic path is out of line.
     #[inline]
-    fn invoke(&self, entry: &HubEntry, event: &InterRoleEvent) -> bool {
+    fn invoke<A: Around>(&self, entry: &HubEntry, event: &InterRoleEvent, around: &A) -> bool {
         entry
             .call(|observer| {
-                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| observer.on_next(event))) {
-                    self.panicked(entry.slot(), observer, event, payload);
-                }
+                around.around(entry.slot().id(), event, || {
+                    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| observer.on_next(event)))
+                    {
+                        self.panicked(entry.slot(), observer, event, payload);
+                    }
+                })
             })
             .is_some()
     }
