@@ -89,6 +89,19 @@
 //! observer still subscribed gets `on_completed` exactly once, after which nothing is called.
 //! Dropping the last handle of a bus without closing it completes its observers too.
 //!
+//! # Headers and trace context
+//!
+//! An event may carry [`Headers`], a small ordered map of strings that every observer reads from
+//! the envelope ([`InterRoleEvent::headers`], [`Received::headers`]): [`Bus::publish_with`],
+//! [`Bus::send_to_with`]. With the feature `opentelemetry`, the bus writes the W3C trace context
+//! of the current `tracing` span into them and continues it where the event is delivered: see
+//! the `trace` module.
+//!
+//! # Features
+//!
+//! `relay` (the relay transport), `nats` (the NATS transport), `testing` (a test harness for
+//! users' tests), `opentelemetry` (trace context through events). None is on by default.
+//!
 //! # Unknown types
 //!
 //! An event from another process whose type tag this process does not know is not an error: it
