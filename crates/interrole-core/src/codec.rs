@@ -10,18 +10,21 @@
 //! ```text
 //! +------+----------------------------------------------+-------------+-------------------+
 //! | 0x01 | header: bincode(standard) of                 |             | payload: the rest |
-//! | 0x02 |   sender: str, seq: u64, type_tag: str,      | 0x02 only:  | of the buffer,    |
-//! |      |   timestamp_micros: u64, epoch: u64,         | headers:    | bincode of the    |
-//! |      |   directed: bool, n: u64, reply_to: u64      | map str→str | event value       |
+//! | 0x02 |   sender: str, seq: u64, type_tag: str,      | 0x02 only:  | of the buffer:    |
+//! |      |   timestamp_micros: u64, epoch: u64,         | version u32,| the event value   |
+//! |      |   directed: bool, n: u64, reply_to: u64      | codec u8,   | in its codec      |
+//! |      |                                              | headers map |                   |
 //! +------+----------------------------------------------+-------------+-------------------+
 //! ```
 //!
 //! `epoch`, `directed` and `n` are the event's [`StreamPos`](crate::StreamPos) (all 0 when it is
 //! not tracked); `reply_to` is the sequence number of the request a reply answers (0: none).
 //! A `bool` is one byte, 0 or 1. A `str` is a varint length followed by UTF-8 bytes; a `u64` is a varint (one byte below 251).
-//! The headers ([`Headers`](crate::Headers)) are a varint count, then each key and its value.
-//! A writer uses version 1 for an event without headers, so that readers of version 1 still
-//! read every such event; this build reads both.
+//! `version` is the event contract's version ([`Event::VERSION`](crate::Event::VERSION)),
+//! `codec` the payload's [`Codec`] (its wire id); the headers ([`Headers`](crate::Headers)) are
+//! a varint count, then each key and its value. A writer uses version 1 for an event without
+//! headers, of contract version 1, in bincode, so that readers of version 1 still read every
+//! such event; this build reads both.
 //! The payload has no length prefix: it runs to the end of the buffer the transport delivered.
 //!
 //! Section 10 of `docs/protocol.md` defines every byte of this, and how bincode lays out each
