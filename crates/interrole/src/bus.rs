@@ -125,6 +125,18 @@ pub(crate) struct Closing {
 }
 
 impl BusInner {
+    /// Counts one event of type `E` published, in the metrics.
+    #[inline]
+    fn count_published<E: Event>(&self) {
+        let fingerprint = const { TypeTag::fingerprint_of(E::TYPE_TAG) };
+        self.hub
+            .inner
+            .meters
+            .tag_with(fingerprint, E::TYPE_TAG, E::type_tag)
+            .published
+            .increment(1);
+    }
+
     /// Waits (in a task of their own runtime, which goes on if the close is dropped) for the
     /// async observers' tasks to finish, up to the close timeout; the first call starts the
     /// wait, later calls join it.
@@ -342,6 +354,7 @@ impl Bus {
             if !const { is_reliability_tag(E::TYPE_TAG) } {
                 // The reliability layer's own events (repairs, heartbeats) are not counted.
                 seq.published += 1;
+                inner.count_published::<E>();
             }
             match target {
                 None => seq.multicast = n,
@@ -503,6 +516,7 @@ impl Bus {
         F: Fn(&Q) -> R + Send + Sync + 'static,
     {
         let tag = checked_tag::<Q>();
+        let undecodable = self.undecodable(&tag);
         let weak = Arc::downgrade(&self.inner);
         let observer = FnObserver::new(move |e: &InterRoleEvent| {
             let Some(inner) = weak.upgrade() else { return };
@@ -514,7 +528,10 @@ impl Bus {
                         tracing::warn!(%error, to = %e.sender(), "a reply could not be sent");
                     }
                 }
-                Err(error) => tracing::warn!(%error, "a request did not decode"),
+                Err(error) => {
+                    undecodable.increment(1);
+                    tracing::warn!(%error, "a request did not decode");
+                }
             }
         });
         self.inner.hub.subscribe_tag(tag, Arc::new(observer))
@@ -548,9 +565,11 @@ impl Bus {
         O: Observer<E>,
     {
         let tag = checked_tag::<E>();
-        self.inner
-            .hub
-            .subscribe_tag(tag, Arc::new(Typed::<E, O>::new(Arc::new(observer))))
+        let undecodable = self.undecodable(&tag);
+        self.inner.hub.subscribe_tag(
+            tag,
+            Arc::new(Typed::<E, O>::new(Arc::new(observer), undecodable)),
+        )
     }
 
     /// As [`Bus::observe`], for an observer already shared. Subscribing the same observer (the
@@ -558,8 +577,16 @@ impl Bus {
     pub fn observe_arc<E: Event>(&self, observer: Arc<dyn Observer<E>>) -> Subscription {
         let tag = checked_tag::<E>();
         let identity = Arc::as_ptr(&observer) as *const () as usize;
-        let typed = Arc::new(Typed::<E, dyn Observer<E>>::new(observer));
+        let typed = Arc::new(Typed::<E, dyn Observer<E>>::new(
+            observer,
+            self.undecodable(&tag),
+        ));
         self.inner.hub.inner.register_as(Some(tag), typed, identity)
+    }
+
+    /// The metrics handle counting `tag`'s payloads that did not decode.
+    fn undecodable(&self, tag: &TypeTag) -> metrics::Counter {
+        self.inner.hub.inner.meters.tag(tag).undecodable.clone()
     }
 
     /// Subscribes a closure to every event, whatever its type: it sees envelopes (sender,

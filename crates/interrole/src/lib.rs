@@ -114,6 +114,7 @@ mod bus;
 mod error;
 mod inbound;
 mod loopback;
+mod meters;
 mod observe;
 mod reliable;
 mod replies;
