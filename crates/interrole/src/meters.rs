@@ -7,8 +7,10 @@
 //! time a type is published, delivered or subscribed, in a table of this hub found by the tag's
 //! precomputed fingerprint with plain loads, the way the registry finds a lane ([`TagTable`]).
 //! No metric key is built per event. With no recorder installed every handle is a no-op (a
-//! branch on an empty `Option`), so a bus pays a table probe per publish and per dispatch, and
-//! nothing else. A recorder installed after a bus was built is not seen by that bus.
+//! call that tests an empty `Option`), so a publish pays one probe of that table for its
+//! `published` count and one per lane it is dispatched through for `deliveries`, and nothing
+//! else (`docs/operations.md` has the measurement). A recorder installed after a bus was built
+//! is not seen by that bus.
 //!
 //! A [`Hub`](crate::Hub) made alone has no labels and reports nothing ([`Meters::disabled`]).
 //!
@@ -59,6 +61,14 @@ pub(crate) const OUTBOX_BYTES: &str = "interrole_outbox_bytes";
 pub(crate) const CONNECTED: &str = "interrole_connected";
 /// Times the reliable host opened its connection again after it had been open.
 pub(crate) const RECONNECTIONS: &str = "interrole_reconnections_total";
+
+/// The most type tags that get series of their own on one bus; the events of further tags are
+/// counted under `type="_other"`. Tags come off the wire (an observer of every event sees the
+/// tags other processes send), so a peer must not be able to grow the series without bound.
+pub(crate) const MAX_TAGS: usize = 1024;
+
+/// The `type` label of the events beyond [`MAX_TAGS`].
+pub(crate) const OTHER_TAG: &str = "_other";
 
 /// The handles of one event type on one bus.
 #[derive(Debug)]
@@ -125,28 +135,16 @@ impl Meters {
         }
     }
 
-    /// The handles of the type `tag` (`fingerprint` is its [`TypeTag::fingerprint_of`]),
-    /// registered the first time; `make` gives the tag the first time only.
-    #[inline]
-    pub(crate) fn tag_with(
-        &self,
-        fingerprint: u64,
-        tag: &str,
-        make: impl FnOnce() -> TypeTag,
-    ) -> &TagMeters {
-        match &self.labels {
-            None => &NO_TAG,
-            Some(labels) => match self.tags.find(fingerprint, tag) {
-                Some(m) => m,
-                None => self.tags.add(make(), labels),
-            },
-        }
-    }
-
-    /// The handles of the type `tag`.
+    /// The handles of the type `tag`, registered the first time.
     #[inline]
     pub(crate) fn tag(&self, tag: &TypeTag) -> &TagMeters {
-        self.tag_with(tag.fingerprint(), tag.as_str(), || tag.clone())
+        match &self.labels {
+            None => &NO_TAG,
+            Some(labels) => match self.tags.find(tag) {
+                Some(m) => m,
+                None => self.tags.add(tag, labels),
+            },
+        }
     }
 
     /// The handles of the reliability layer of this bus (registered now), or no-ops for a hub
@@ -216,8 +214,10 @@ impl ReliableMeters {
 #[derive(Debug)]
 struct TagTable {
     first: Level,
-    /// One writer at a time; lookups take no lock.
-    adding: Mutex<()>,
+    /// One writer at a time; lookups take no lock. Counts the tags added.
+    adding: Mutex<usize>,
+    /// The handles of the tags beyond [`MAX_TAGS`].
+    other: OnceLock<TagMeters>,
 }
 
 #[derive(Debug)]
@@ -244,17 +244,21 @@ impl TagTable {
     fn new() -> Self {
         Self {
             first: Level::with_capacity(32),
-            adding: Mutex::new(()),
+            adding: Mutex::new(0),
+            other: OnceLock::new(),
         }
     }
 
+    /// The handles of `tag`, if it has some. (Tags compare by address first, then by
+    /// fingerprint and text, inline.)
     #[inline]
-    fn find(&self, fingerprint: u64, tag: &str) -> Option<&TagMeters> {
+    fn find(&self, tag: &TypeTag) -> Option<&TagMeters> {
+        let fingerprint = tag.fingerprint();
         let mut level = &self.first;
         loop {
             let mut i = fingerprint as usize & level.mask;
             while let Some((key, meters)) = level.entries[i].get() {
-                if key.fingerprint() == fingerprint && key.as_str() == tag {
+                if key == tag {
                     return Some(meters);
                 }
                 i = (i + 1) & level.mask;
@@ -263,15 +267,22 @@ impl TagTable {
         }
     }
 
-    /// Registers the handles of `tag` (unless another thread just did) and returns them.
+    /// Registers the handles of `tag` (unless another thread just did) and returns them; past
+    /// [`MAX_TAGS`] tags, the handles of `type="_other"`.
     #[cold]
     #[inline(never)]
-    fn add(&self, tag: TypeTag, labels: &[Label]) -> &TagMeters {
-        let _one = self.adding.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = self.find(tag.fingerprint(), tag.as_str()) {
+    fn add(&self, tag: &TypeTag, labels: &[Label]) -> &TagMeters {
+        let mut added = self.adding.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = self.find(tag) {
             return m;
         }
-        let meters = TagMeters::new(&tag, labels);
+        if *added >= MAX_TAGS {
+            return self
+                .other
+                .get_or_init(|| TagMeters::new(OTHER_TAG, labels));
+        }
+        *added += 1;
+        let meters = TagMeters::new(tag.as_str(), labels);
         let mut level = &self.first;
         loop {
             let used = level.used.load(Ordering::Relaxed);
@@ -281,7 +292,7 @@ impl TagTable {
                     i = (i + 1) & level.mask;
                 }
                 level.used.store(used + 1, Ordering::Relaxed);
-                let _ = level.entries[i].set((tag, meters));
+                let _ = level.entries[i].set((tag.clone(), meters));
                 return &level.entries[i].get().expect("just set").1;
             }
             let size = level.entries.len() * 4;
@@ -293,8 +304,8 @@ impl TagTable {
 }
 
 impl TagMeters {
-    fn new(tag: &TypeTag, labels: &[Label]) -> Self {
-        let value = SharedString::from(tag.as_str().to_owned());
+    fn new(tag: &str, labels: &[Label]) -> Self {
+        let value = SharedString::from(tag.to_owned());
         let with = |extra: &[(&'static str, &'static str)]| {
             let mut all: Vec<Label> = labels.to_vec();
             all.push(Label::new("type", value.clone()));
@@ -316,6 +327,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tags_past_the_limit_share_one_set_of_handles() {
+        let meters = Meters::new(&Topic::default(), &InstanceId::new("me").unwrap());
+        let tags: Vec<TypeTag> = (0..MAX_TAGS + 2)
+            .map(|i| TypeTag::new(format!("t.{i}")).unwrap())
+            .collect();
+        let own: Vec<*const TagMeters> = tags.iter().map(|t| meters.tag(t) as *const _).collect();
+        let other = meters.tags.other.get().expect("past the limit") as *const _;
+        assert_eq!(own[MAX_TAGS..], [other, other]);
+        assert!(!own[..MAX_TAGS].contains(&other));
+    }
+
+    #[test]
     fn a_tag_keeps_its_handles_across_many_tags() {
         let meters = Meters::new(&Topic::default(), &InstanceId::new("me").unwrap());
         let tags: Vec<TypeTag> = (0..200).map(|i| TypeTag::new(format!("t.{i}")).unwrap()).collect();
@@ -323,6 +346,16 @@ mod tests {
         for (tag, first) in tags.iter().zip(first) {
             assert!(std::ptr::eq(meters.tag(tag), first), "{tag} registered twice");
         }
+    }
+
+    #[test]
+    fn a_static_tag_is_found_from_another_copy() {
+        static TAG: TypeTag = TypeTag::from_static("bench.tick-of-some-length");
+        let meters = Meters::new(&Topic::default(), &InstanceId::new("me").unwrap());
+        let first = meters.tag(&TAG.clone()) as *const TagMeters;
+        let copy = const { TypeTag::from_static("bench.tick-of-some-length") };
+        assert!(std::ptr::eq(meters.tag(&copy), first));
+        assert_eq!(*meters.tags.adding.lock().unwrap(), 1);
     }
 
     #[test]

@@ -443,8 +443,9 @@ impl HubInner {
         self.count_deliveries(event, delivered);
     }
 
-    /// Counts `delivered` observer calls with `event` in the metrics (with no lane held).
-    #[inline]
+    /// Counts `delivered` observer calls with `event` in the metrics (with no lane held). Out of
+    /// line, so that the dispatch loop is compiled as it was without metrics.
+    #[inline(never)]
     fn count_deliveries(&self, event: &InterRoleEvent, delivered: u64) {
         if delivered > 0 {
             self.meters
