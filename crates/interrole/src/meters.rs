@@ -99,7 +99,10 @@ pub(crate) struct Meters {
     pub(crate) unknown: Counter,
     pub(crate) unobserved: Counter,
     pub(crate) lag: Histogram,
-    pub(crate) observers: Gauge,
+    observers: Gauge,
+    /// Held while the observers gauge is read and set, so that the last to set it read the
+    /// newest count.
+    observers_lock: Mutex<()>,
     tags: TagTable,
 }
 
@@ -117,6 +120,7 @@ impl Meters {
             unobserved: metrics::counter!(UNOBSERVED, labels.iter()),
             lag: metrics::histogram!(DELIVERY_LAG, labels.iter()),
             observers: metrics::gauge!(OBSERVERS, labels.iter()),
+            observers_lock: Mutex::new(()),
             labels: Some(labels),
             tags: TagTable::new(),
         }
@@ -131,7 +135,16 @@ impl Meters {
             unobserved: Counter::noop(),
             lag: Histogram::noop(),
             observers: Gauge::noop(),
+            observers_lock: Mutex::new(()),
             tags: TagTable::new(),
+        }
+    }
+
+    /// Sets the observers gauge to `count()`, read now (after a subscribe or unsubscribe).
+    pub(crate) fn set_observers(&self, count: impl FnOnce() -> usize) {
+        if self.labels.is_some() {
+            let _one = self.observers_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.observers.set(count() as f64);
         }
     }
 

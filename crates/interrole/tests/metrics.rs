@@ -4,10 +4,15 @@
 //!
 //! On loopback: published and delivered per type, a panicking observer counted as an observer
 //! error, an async mailbox that overflows counted as lagged, the observers gauge. Over a relay:
-//! received events, the delivery lag histogram and the outbox gauges.
+//! received events, the delivery lag histogram and the outbox gauges; the same on NATS, core and
+//! durable (ignored: needs nats-server).
 
 #[cfg(feature = "relay")]
 mod relay_support;
+
+#[cfg(feature = "nats")]
+#[path = "../../interrole-nats/tests/common/mod.rs"]
+mod nats_common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -258,14 +263,14 @@ async fn a_full_async_mailbox_counts_lagged_events() {
 #[cfg(feature = "relay")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_reports_received_lag_and_outbox() {
-    use relay_support::{LONG, bus, relay, until_live};
+    use relay_support::{LONG, bus, relay};
 
     recorder();
     let server = relay().await;
     let topic = "metrics-relay";
     let a = bus(&server, topic, "m-relay-a").await;
     let b = bus(&server, topic, "m-relay-b").await;
-    until_live(&a, &b, || Ping(u32::MAX)).await;
+    until_live(&a, &b).await;
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let _seen = b.subscribe::<Pong, _>(move |p: &Pong| {
@@ -320,6 +325,103 @@ async fn relay_reports_received_lag_and_outbox() {
     assert_eq!(counter("interrole_reconnections_total", &bus_a), Some(0));
     b.close().await;
     server.shutdown().await;
+}
+
+/// Publishes `Ping`s from `from` until `to` has seen one: from then on, what `from` publishes
+/// reaches `to` (per-sender order). Bounded by 20 s.
+#[cfg(any(feature = "relay", feature = "nats"))]
+async fn until_live(from: &Bus, to: &Bus) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let guard = to.subscribe::<Ping, _>(move |_| {
+        let _ = tx.send(());
+    });
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        from.publish(Ping(u32::MAX)).unwrap();
+        let every = tokio::time::Instant::now() + std::time::Duration::from_millis(50);
+        if tokio::time::timeout_at(every, rx.recv()).await.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never heard {}",
+            to.instance(),
+            from.instance()
+        );
+    }
+    drop(guard);
+}
+
+/// On NATS, core and durable: the same series as over the relay, from the same bus code.
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
+async fn nats_core_and_durable_report_received_lag_and_outbox() {
+    use interrole::nats::{Durable, NatsOptions};
+
+    recorder();
+    let server = nats_common::NatsServer::start_js("metrics_nats_core_and_durable");
+    let long = std::time::Duration::from_secs(20);
+    for (mode, options) in [
+        ("core", NatsOptions::new(&server.url())),
+        (
+            "durable",
+            NatsOptions::new(&server.url()).with_durable(Durable::default()),
+        ),
+    ] {
+        let topic = format!("metrics-nats-{mode}");
+        let (ia, ib) = (format!("m-nats-{mode}-a"), format!("m-nats-{mode}-b"));
+        let join = |id: &str| {
+            Bus::builder()
+                .topic(&topic)
+                .instance(id)
+                .nats(options.clone())
+                .build()
+                .unwrap()
+        };
+        let (a, b) = (join(&ia), join(&ib));
+        for bus in [&a, &b] {
+            bus.host().unwrap().wait_opened(long).await.unwrap();
+        }
+        until_live(&a, &b).await;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let _seen = b.subscribe::<Pong, _>(move |p: &Pong| {
+            let _ = tx.send(p.0);
+        });
+        for i in 0..5 {
+            a.publish(Pong(i)).unwrap();
+        }
+        for i in 0..5 {
+            assert_eq!(
+                tokio::time::timeout(long, rx.recv()).await.unwrap(),
+                Some(i),
+                "{mode}"
+            );
+        }
+        let bus_a = [("topic", topic.as_str()), ("instance", ia.as_str())];
+        let bus_b = [("topic", topic.as_str()), ("instance", ib.as_str())];
+        let received = counter("interrole_events_received_total", &bus_b).unwrap();
+        assert_eq!(received, b.stats().received, "{mode}");
+        assert!(received >= 6, "{mode}: {received}");
+        assert_eq!(
+            samples("interrole_delivery_lag_seconds", &bus_b).len() as u64,
+            received,
+            "{mode}"
+        );
+        let pongs = [bus_a[0], bus_a[1], ("type", Pong::TYPE_TAG)];
+        assert_eq!(
+            counter("interrole_events_published_total", &pongs),
+            Some(5),
+            "{mode}"
+        );
+        assert!(a.drain(long).await, "{mode}: everything acknowledged");
+        assert_eq!(
+            gauge("interrole_outbox_events", &bus_a),
+            Some(0.0),
+            "{mode}"
+        );
+        b.close().await;
+    }
 }
 
 /// Events published while the connection is not open wait in the outbox: the gauges count them.

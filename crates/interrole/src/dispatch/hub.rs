@@ -350,7 +350,7 @@ impl HubInner {
 
     /// Sets the observers gauge (subscribe and unsubscribe only).
     fn count_observers(&self) {
-        self.meters.observers.set(self.registry.len() as f64);
+        self.meters.set_observers(|| self.registry.len());
     }
 
     /// Whether the hub was asked to complete (its observers may not have been completed yet).
