@@ -1,0 +1,151 @@
+//! Events as `tail` prints them: one line of `key=value` fields, or one JSON object.
+
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use interrole::InterRoleEvent;
+use serde_json::{Map, Value, json};
+
+/// What `tail` shows of an event, read once from its envelope.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Shown {
+    sender: String,
+    seq: u64,
+    tag: String,
+    time: String,
+    headers: Value,
+    /// The envelope's bytes on the wire.
+    size: usize,
+    payload: Payload,
+}
+
+/// An event's payload, as it can be shown.
+#[derive(Debug, Clone, PartialEq)]
+enum Payload {
+    /// The encoded bytes (a codec that does not describe itself).
+    Hex(String),
+    /// The payload could not be read; why.
+    Unreadable(String),
+}
+
+impl Shown {
+    /// Reads what is shown of `event`.
+    pub(crate) fn of(event: &InterRoleEvent) -> Self {
+        let size = event.to_wire().map_or(0, |w| w.len());
+        let payload = match event.raw_payload() {
+            Some(bytes) => Payload::Hex(hex(bytes)),
+            None => Payload::Unreadable("a local event has no encoded payload".into()),
+        };
+        Self {
+            sender: event.sender().to_string(),
+            seq: event.seq(),
+            tag: event.type_tag().to_string(),
+            time: rfc3339(event.timestamp()),
+            headers: serde_json::to_value(event.headers()).unwrap_or(Value::Null),
+            size,
+            payload,
+        }
+    }
+
+    /// One line: `TIME sender=.. seq=.. tag=.. size=.. headers={..} payload=..` (the payload as
+    /// JSON, or `payload_hex=..`).
+    pub(crate) fn line(&self) -> String {
+        let mut out = format!(
+            "{} sender={} seq={} tag={} size={}",
+            self.time, self.sender, self.seq, self.tag, self.size
+        );
+        if self.headers.as_object().is_some_and(|h| !h.is_empty()) {
+            let _ = write!(out, " headers={}", self.headers);
+        }
+        match &self.payload {
+            Payload::Hex(h) => {
+                let _ = write!(out, " payload_hex={h}");
+            }
+            Payload::Unreadable(why) => {
+                let _ = write!(out, " payload_error={why:?}");
+            }
+        }
+        out
+    }
+
+    /// One JSON object with the keys `sender`, `seq`, `tag`, `time`, `headers`, `size` and
+    /// `payload_hex` (or `payload_error`).
+    pub(crate) fn json(&self) -> Value {
+        let mut object = Map::new();
+        object.insert("sender".into(), json!(self.sender));
+        object.insert("seq".into(), json!(self.seq));
+        object.insert("tag".into(), json!(self.tag));
+        object.insert("time".into(), json!(self.time));
+        object.insert("headers".into(), self.headers.clone());
+        object.insert("size".into(), json!(self.size));
+        match &self.payload {
+            Payload::Hex(h) => object.insert("payload_hex".into(), json!(h)),
+            Payload::Unreadable(why) => object.insert("payload_error".into(), json!(why)),
+        };
+        Value::Object(object)
+    }
+}
+
+/// Lower-case hex digits, two per byte.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// `time` in UTC, RFC 3339 with microseconds: `2026-12-07T11:43:49.123456Z`.
+pub(crate) fn rfc3339(time: SystemTime) -> String {
+    let micros = time
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let secs = micros / 1_000_000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        micros % 1_000_000
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn times_print_as_rfc3339_in_utc() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        // 2024-02-29 (a leap day) 23:59:59.5
+        let t = UNIX_EPOCH + Duration::from_micros(1_709_251_199_500_000);
+        assert_eq!(rfc3339(t), "2024-02-29T23:59:59.500000Z");
+        let t = UNIX_EPOCH + Duration::from_secs(4_102_444_800); // 2100-01-01
+        assert_eq!(rfc3339(t), "2100-01-01T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn hex_is_two_lower_case_digits_per_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xab, 0xff]), "000fabff");
+        assert_eq!(hex(&[]), "");
+    }
+}
