@@ -488,7 +488,8 @@ def enum_of(name, *variants):
 
 
 ENVELOPE_VERSION_PLAIN = 1  # no headers
-ENVELOPE_VERSION = 2  # version 1 and the headers
+ENVELOPE_VERSION = 2  # version 1, then the contract version, the codec and the headers
+CODECS = {0: "bincode", 1: "json", 2: "msgpack"}
 HEADERS = mapping(STRING, STRING)
 HEADER = struct_of(
     "header",
@@ -504,20 +505,24 @@ def valid_header(key, value):
 
 
 def encode_envelope(sender, seq_no, type_tag, payload, timestamp_micros=None, epoch=0,
-                    directed=False, n=0, reply_to=0, headers=None):
+                    directed=False, n=0, reply_to=0, headers=None, contract=1, codec=0):
     """An envelope in no stream (epoch 0) unless told otherwise; `payload` already encoded.
-    Version 1 without headers, version 2 with them (a dict, in its order)."""
+    Version 1 when it can (no headers, contract version 1, bincode), version 2 otherwise."""
     if timestamp_micros is None:
         timestamp_micros = time.time_ns() // 1000
     header = {"sender": sender, "seq": seq_no, "type_tag": type_tag,
               "timestamp_micros": timestamp_micros, "epoch": epoch, "directed": directed,
               "n": n, "reply_to": reply_to}
-    if not headers:
+    headers = headers or {}
+    if not headers and contract == 1 and codec == 0:
         return bytes([ENVELOPE_VERSION_PLAIN]) + HEADER.to_bytes(header) + bytes(payload)
-    if not all(valid_header(k, v) for k, v in headers.items()):
-        raise ValueError(f"invalid headers {headers}")
-    return (bytes([ENVELOPE_VERSION]) + HEADER.to_bytes(header) + HEADERS.to_bytes(headers)
-            + bytes(payload))
+    if not all(valid_header(k, v) for k, v in headers.items()) or contract < 1:
+        raise ValueError(f"invalid headers {headers} or contract version {contract}")
+    more = bytearray()
+    put_bincode_uint(more, contract)
+    more.append(codec)
+    return (bytes([ENVELOPE_VERSION]) + HEADER.to_bytes(header) + bytes(more)
+            + HEADERS.to_bytes(headers) + bytes(payload))
 
 
 def decode_envelope(data):
@@ -531,8 +536,12 @@ def decode_envelope(data):
         raise ProtocolError(f"invalid sender or tag in {header}")
     if header["seq"] == 0:
         raise ProtocolError("envelope seq 0")
-    headers = {}
+    headers, header["contract"], header["codec"] = {}, 1, 0
     if data[0] == ENVELOPE_VERSION:
+        header["contract"] = read_bincode_uint(r, 32)
+        header["codec"] = r.byte("codec")
+        if header["contract"] == 0 or header["codec"] not in CODECS:
+            raise ProtocolError(f"contract version {header['contract']}, codec {header['codec']}")
         for _ in range(read_bincode_uint(r, 64)):
             key, value = STRING.decode(r), STRING.decode(r)
             if key in headers or not valid_header(key, value):
@@ -831,7 +840,7 @@ def self_test():
     check("example 1 header", header, {
         "sender": "w1", "seq": 1, "type_tag": "demo.recycle",
         "timestamp_micros": 1_700_000_000_000_000, "epoch": 0, "directed": False, "n": 0,
-        "reply_to": 0, "headers": {}})
+        "reply_to": 0, "headers": {}, "contract": 1, "codec": 0})
     check("example 1 payload", recycle.from_bytes(payload), {"role": "web", "grace_secs": 30})
 
     epoch = 1_700_000_000_000_000
@@ -852,7 +861,7 @@ def self_test():
     check("example 2 header", (header["seq"], header["epoch"], header["directed"], header["n"],
                                header["reply_to"]), (epoch + 6, epoch, True, 2, 42))
     check("example 2 payload", JOB_REPORT.from_bytes(payload), report)
-    example_3 = h("02" + " ".join(f"{b:02x}" for b in example_1[1:-5])
+    example_3 = h("02" + " ".join(f"{b:02x}" for b in example_1[1:-5]) + " 01 00"
                   + " 02 06 74 65 6e 61 6e 74 04 61 63 6d 65 07 61 74 74 65 6d 70 74 01 32"
                   + " 03 77 65 62 1e")
     headers = {"tenant": "acme", "attempt": "2"}

@@ -48,8 +48,10 @@ mod retry;
 pub mod testkit;
 mod transport;
 
-pub use codec::{CodecError, CodecErrorKind};
-pub use event::{Event, InterRoleEvent, PayloadError, StreamPos};
+pub use codec::{Codec, CodecError, CodecErrorKind};
+pub use event::{
+    Event, InterRoleEvent, PayloadError, RawEvent, StreamPos, const_str_eq, decode_this_version,
+};
 pub use headers::{
     HeaderError, Headers, MAX_HEADER_KEY_LEN, MAX_HEADER_VALUE_LEN, MAX_HEADERS, MAX_HEADERS_BYTES,
     header_key_is_valid, header_value_is_valid,

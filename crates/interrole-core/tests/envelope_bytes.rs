@@ -395,7 +395,7 @@ fn example_2_a_reply_in_a_directed_stream() {
     assert_eq!(field(JOB_REPORT, "payload").len(), 48);
 }
 
-/// Section 10, example 3: example 1 with two headers, in version 2.
+/// Section 10, example 3: example 1 with two headers, in version 2 (contract version 1, bincode).
 const RECYCLE_WITH_HEADERS: Layout = &[
     ("version", "02"),
     ("sender", "02 77 31"),
@@ -406,6 +406,8 @@ const RECYCLE_WITH_HEADERS: Layout = &[
     ("directed", "00"),
     ("n", "00"),
     ("reply_to", "00"),
+    ("contract_version", "01"),
+    ("codec", "00"),
     (
         "headers",
         "02 06 74 65 6e 61 6e 74 04 61 63 6d 65 07 61 74 74 65 6d 70 74 01 32",
@@ -431,12 +433,16 @@ fn example_3_headers_in_version_2() {
     let event =
         InterRoleEvent::with_headers(id, value.clone(), StreamPos::default(), None, headers);
     check_envelope(RECYCLE_WITH_HEADERS, &event, &value);
-    assert_eq!(concat(RECYCLE_WITH_HEADERS).len(), 59);
+    assert_eq!(concat(RECYCLE_WITH_HEADERS).len(), 61);
     // The headers are example 1's envelope with the version byte changed and the map inserted.
     let mut v1 = concat(RECYCLE);
     v1[0] = 2;
     let payload = v1.len() - 5;
-    v1.splice(payload..payload, field(RECYCLE_WITH_HEADERS, "headers"));
+    let added: Vec<u8> = ["contract_version", "codec", "headers"]
+        .iter()
+        .flat_map(|name| field(RECYCLE_WITH_HEADERS, name))
+        .collect();
+    v1.splice(payload..payload, added);
     assert_eq!(v1, concat(RECYCLE_WITH_HEADERS));
 }
 
@@ -454,9 +460,16 @@ fn what_readers_refuse() {
         other[0] = version;
         assert_eq!(kind(other), CodecErrorKind::UnsupportedVersion);
     }
-    // Version 2 whose header map is cut short, has an invalid key, or repeats one.
+    // Version 2 whose header map is cut short, has an invalid key, or repeats one; whose
+    // contract version is 0; whose codec id is unknown.
     let with = concat(RECYCLE_WITH_HEADERS);
     let at = with.len() - 5 - 23;
+    let mut version_0 = with.clone();
+    version_0[at - 2] = 0;
+    assert_eq!(kind(version_0), CodecErrorKind::InvalidHeader);
+    let mut codec_9 = with.clone();
+    codec_9[at - 1] = 9;
+    assert_eq!(kind(codec_9), CodecErrorKind::UnsupportedCodec);
     assert_eq!(kind(with[..at + 5].to_vec()), CodecErrorKind::Decode);
     let mut bad_key = with.clone();
     bad_key[at + 2] = b' ';

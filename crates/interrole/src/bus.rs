@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use interrole_core::{
-    Connection, Event, EventId, Headers, Inbound, InstanceId, InterRoleEvent, StreamPos, Topic, Transport,
+    Connection, Event, EventId, Headers, Inbound, RawEvent, InstanceId, InterRoleEvent, StreamPos, Topic, Transport,
     TransportError, TypeTag,
 };
 use parking_lot::Mutex;
@@ -39,6 +39,10 @@ pub struct BusStats {
     /// Received events whose type tag this process does not know (no typed observer and not
     /// registered): they reached the observers of every event only.
     pub unknown_tags: u64,
+    /// Received events written by a newer version of their contract than any type this
+    /// process reads them as (each reached its typed observers' `on_error` as
+    /// [`ObserverError::Version`], and the observers of every event as usual).
+    pub newer_versions: u64,
     /// The hub's counters.
     pub hub: HubStats,
 }
@@ -185,8 +189,8 @@ impl Sink for BusSink {
         let bus = Bus { inner };
         let what = control.what();
         let sent = match control {
-            Control::Nak(n) => bus.send_with(n, Some(to), None, Headers::new(), |_| {}),
-            Control::Repair(r) => bus.send_with(r, Some(to), None, Headers::new(), |_| {}),
+            Control::Nak(n) => bus.send_with(Value(n), Some(to), None, Headers::new(), |_| {}),
+            Control::Repair(r) => bus.send_with(Value(r), Some(to), None, Headers::new(), |_| {}),
             // To every other instance, and not to this bus's own observers.
             Control::Heartbeat(h) => bus.send_remote(h),
         };
@@ -243,7 +247,7 @@ impl Bus {
     /// bus.publish(Bad).unwrap();
     /// ```
     pub fn publish<E: Event>(&self, event: E) -> Result<EventId, PublishError> {
-        self.send_with(event, None, None, Headers::new(), |_| {})
+        self.send_with(Value(event), None, None, Headers::new(), |_| {})
     }
 
     /// [`Bus::publish`] with headers, which every observer reads from the envelope
@@ -272,12 +276,36 @@ impl Bus {
         event: E,
         headers: Headers,
     ) -> Result<EventId, PublishError> {
-        self.send_with(event, None, None, headers, |_| {})
+        self.send_with(Value(event), None, None, headers, |_| {})
+    }
+
+    /// Publishes an event given as its encoded payload ([`RawEvent`]): what a tool that does not
+    /// know the Rust type publishes (the `interrole` command line publishes JSON this way).
+    /// Every observer of the tag gets it as if it were published as a value; a typed observer
+    /// decodes it with its codec and version.
+    ///
+    /// # Errors
+    /// As [`Bus::publish`]; [`PublishError::ReservedTag`] for a tag of the reliability layer.
+    pub fn publish_raw(&self, raw: RawEvent, headers: Headers) -> Result<EventId, PublishError> {
+        self.send_with(raw, None, None, headers, |_| {})
+    }
+
+    /// [`Bus::publish_raw`] to one instance: [`Bus::send_to`] for a [`RawEvent`].
+    ///
+    /// # Errors
+    /// As [`Bus::publish_raw`] and [`Bus::send_to`].
+    pub fn send_raw_to(
+        &self,
+        target: &InstanceId,
+        raw: RawEvent,
+        headers: Headers,
+    ) -> Result<EventId, PublishError> {
+        self.send_with(raw, Some(target), None, headers, |_| {})
     }
 
     /// Publishes `event` to the other instances only (the reliability layer's heartbeats).
     fn send_remote<E: Event>(&self, event: E) -> Result<EventId, PublishError> {
-        self.send_inner(event, None, None, Headers::new(), false, |_| {})
+        self.send_inner(Value(event), None, None, Headers::new(), false, |_| {})
     }
 
     /// Sends `event` to one instance only: its observers of the type get it, no one else's. To
@@ -294,7 +322,7 @@ impl Bus {
         target: &InstanceId,
         event: E,
     ) -> Result<EventId, PublishError> {
-        self.send_with(event, Some(target), None, Headers::new(), |_| {})
+        self.send_with(Value(event), Some(target), None, Headers::new(), |_| {})
     }
 
     /// [`Bus::send_to`] with headers.
@@ -307,14 +335,14 @@ impl Bus {
         event: E,
         headers: Headers,
     ) -> Result<EventId, PublishError> {
-        self.send_with(event, Some(target), None, headers, |_| {})
+        self.send_with(Value(event), Some(target), None, headers, |_| {})
     }
 
     /// Numbers `event`, hands it to the transport and the local observers; `on_numbered` runs
     /// with its sequence number before anything is delivered (to register a pending request).
-    fn send_with<E: Event>(
+    fn send_with(
         &self,
-        event: E,
+        event: impl Outgoing,
         target: Option<&InstanceId>,
         reply_to: Option<u64>,
         headers: Headers,
@@ -323,9 +351,9 @@ impl Bus {
         self.send_inner(event, target, reply_to, headers, true, on_numbered)
     }
 
-    fn send_inner<E: Event>(
+    fn send_inner<O: Outgoing>(
         &self,
-        event: E,
+        event: O,
         target: Option<&InstanceId>,
         reply_to: Option<u64>,
         #[allow(unused_mut)] mut headers: Headers,
@@ -336,7 +364,9 @@ impl Bus {
         if inner.closed.load(Ordering::Acquire) {
             return Err(PublishError::Closed);
         }
-        assert_valid_tag::<E>();
+        if !event.allowed() {
+            return Err(PublishError::ReservedTag(event.tag().to_owned()));
+        }
         #[cfg(feature = "opentelemetry")]
         let span = crate::trace::publish(
             match (target, reply_to) {
@@ -346,7 +376,7 @@ impl Bus {
             },
             &inner.topic,
             &inner.instance,
-            E::TYPE_TAG,
+            event.tag(),
             target,
             &mut headers,
         );
@@ -373,8 +403,8 @@ impl Bus {
                 directed: target.is_some(),
                 n,
             };
-            let envelope =
-                InterRoleEvent::with_headers(id.clone(), event, stream, reply_to, headers);
+            let counted = event.counted();
+            let envelope = event.wrap(id.clone(), stream, reply_to, headers);
             on_numbered(id.seq);
             #[cfg(feature = "opentelemetry")]
             let _sending = span.as_ref().map(|span| {
@@ -398,7 +428,7 @@ impl Bus {
                 }
             }
             seq.last += 1;
-            if !const { is_reliability_tag(E::TYPE_TAG) } {
+            if counted {
                 // The reliability layer's own events (repairs, heartbeats) are not counted.
                 seq.published += 1;
             }
@@ -434,6 +464,34 @@ impl Bus {
         request: Q,
         timeout: Duration,
     ) -> Result<Received<R>, RequestError> {
+        let reply = self.request_envelope(target, Value(request), timeout).await?;
+        Received::new(reply).map_err(RequestError::Reply)
+    }
+
+    /// [`Bus::request`] for a [`RawEvent`]: the reply is the envelope, of whatever type the
+    /// server answered with.
+    ///
+    /// # Errors
+    /// As [`Bus::request`] (but for [`RequestError::Reply`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Bus::request`].
+    pub async fn request_raw(
+        &self,
+        target: &InstanceId,
+        request: RawEvent,
+        timeout: Duration,
+    ) -> Result<InterRoleEvent, RequestError> {
+        self.request_envelope(target, request, timeout).await
+    }
+
+    async fn request_envelope<O: Outgoing>(
+        &self,
+        target: &InstanceId,
+        request: O,
+        timeout: Duration,
+    ) -> Result<InterRoleEvent, RequestError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         // Forgets the request however this call ends: a reply, a timeout, the future dropped, or
         // a panic in the request's `Serialize`.
@@ -446,7 +504,7 @@ impl Bus {
         let span = crate::trace::request(
             &self.inner.topic,
             &self.inner.instance,
-            Q::TYPE_TAG,
+            request.tag(),
             Some(target),
         );
         #[cfg(feature = "opentelemetry")]
@@ -469,7 +527,7 @@ impl Bus {
             span.record("interrole.replies", u64::from(matches!(outcome, Ok(Ok(Ok(_))))));
         }
         match outcome {
-            Ok(Ok(Ok(reply))) => Received::new(reply).map_err(RequestError::Reply),
+            Ok(Ok(Ok(reply))) => Ok(reply),
             Ok(Ok(Err(e))) => Err(RequestError::Refused(e)),
             Ok(Err(_)) => Err(RequestError::Publish(PublishError::Closed)),
             Err(_) => Err(RequestError::Timeout(timeout)),
@@ -543,7 +601,7 @@ impl Bus {
         let span = crate::trace::request(&self.inner.topic, &self.inner.instance, Q::TYPE_TAG, None);
         #[cfg(feature = "opentelemetry")]
         let _entered = span.as_ref().map(Span::enter);
-        self.send_with(request, None, None, Headers::new(), |seq| {
+        self.send_with(Value(request), None, None, Headers::new(), |seq| {
             if let Some(tx) = tx.take() {
                 pending.pending.lock().insert(seq, PendingReply::Many(tx));
                 pending.key = Some(seq);
@@ -565,7 +623,7 @@ impl Bus {
         reply: R,
     ) -> Result<EventId, PublishError> {
         self.send_with(
-            reply,
+            Value(reply),
             Some(request.sender()),
             Some(request.seq()),
             Headers::new(),
@@ -586,7 +644,7 @@ impl Bus {
         R: Event,
         F: Fn(&Q) -> R + Send + Sync + 'static,
     {
-        let tag = checked_tag::<Q>();
+        let tag = self.typed_tag::<Q>();
         let weak = Arc::downgrade(&self.inner);
         let observer = FnObserver::new(move |e: &InterRoleEvent| {
             let Some(inner) = weak.upgrade() else { return };
@@ -608,7 +666,7 @@ impl Bus {
     /// type are not counted as unknown. (Subscribing to a type makes it known too, whichever way
     /// the subscription is made.)
     pub fn register<E: Event>(&self) {
-        self.inner.receiver.known.write().insert(checked_tag::<E>());
+        self.inner.receiver.known.write().insert(self.typed_tag::<E>());
     }
 
     /// Subscribes a closure to events of type `E`. It runs on the publishing thread (or on the
@@ -631,7 +689,7 @@ impl Bus {
         E: Event,
         O: Observer<E>,
     {
-        let tag = checked_tag::<E>();
+        let tag = self.typed_tag::<E>();
         self.inner
             .hub
             .subscribe_tag(tag, Arc::new(Typed::<E, O>::new(Arc::new(observer))))
@@ -640,7 +698,7 @@ impl Bus {
     /// As [`Bus::observe`], for an observer already shared. Subscribing the same observer (the
     /// same `Arc`) to the same type again shares the first registration (see [`Subscription`]).
     pub fn observe_arc<E: Event>(&self, observer: Arc<dyn Observer<E>>) -> Subscription {
-        let tag = checked_tag::<E>();
+        let tag = self.typed_tag::<E>();
         let identity = Arc::as_ptr(&observer) as *const () as usize;
         let typed = Arc::new(Typed::<E, dyn Observer<E>>::new(observer));
         self.inner.hub.inner.register_as(Some(tag), typed, identity)
@@ -688,7 +746,7 @@ impl Bus {
         E: Event,
         O: AsyncObserver<Received<E>>,
     {
-        let tag = checked_tag::<E>();
+        let tag = self.typed_tag::<E>();
         self.start_async::<Received<E>>(Some(tag), mailbox, Arc::new(observer))
     }
 
@@ -857,6 +915,7 @@ impl Bus {
             published: self.inner.seq.lock().published,
             received: self.inner.receiver.received.load(Ordering::Relaxed),
             unknown_tags: self.inner.receiver.unknown.load(Ordering::Relaxed),
+            newer_versions: self.inner.receiver.newer.load(Ordering::Relaxed),
             hub: self.inner.hub.stats(),
         }
     }
@@ -915,9 +974,88 @@ const fn is_reliability_tag(tag: &str) -> bool {
 
 /// `E`'s tag, checked at compile time: a type whose tag is not valid does not compile when it is
 /// used with a bus ([`impl_event!`](interrole_core::impl_event) checks it where it is declared).
+impl Bus {
+    /// `E`'s tag, for a typed subscription or registration: also notes the version of the
+    /// contract this process reads `E` as.
+    fn typed_tag<E: Event>(&self) -> TypeTag {
+        let tag = checked_tag::<E>();
+        self.inner.receiver.reads_version(&tag, E::VERSION);
+        tag
+    }
+}
+
 fn checked_tag<E: Event>() -> TypeTag {
     assert_valid_tag::<E>();
     E::type_tag()
+}
+
+/// What a bus numbers and sends: a typed value ([`Value`]) or a [`RawEvent`].
+pub(crate) trait Outgoing {
+    /// The type tag.
+    fn tag(&self) -> &str;
+    /// Whether it may be sent this way (a raw event may not take a reserved tag).
+    fn allowed(&self) -> bool;
+    /// Whether it counts as published (not one of the reliability layer's own events).
+    fn counted(&self) -> bool;
+    /// The envelope.
+    fn wrap(
+        self,
+        id: EventId,
+        stream: StreamPos,
+        reply_to: Option<u64>,
+        headers: Headers,
+    ) -> InterRoleEvent;
+}
+
+/// A typed event on its way out.
+pub(crate) struct Value<E>(pub(crate) E);
+
+impl<E: Event> Outgoing for Value<E> {
+    #[inline]
+    fn tag(&self) -> &str {
+        assert_valid_tag::<E>();
+        E::TYPE_TAG
+    }
+    #[inline]
+    fn allowed(&self) -> bool {
+        assert_valid_tag::<E>();
+        true
+    }
+    #[inline]
+    fn counted(&self) -> bool {
+        !const { is_reliability_tag(E::TYPE_TAG) }
+    }
+    #[inline]
+    fn wrap(
+        self,
+        id: EventId,
+        stream: StreamPos,
+        reply_to: Option<u64>,
+        headers: Headers,
+    ) -> InterRoleEvent {
+        InterRoleEvent::with_headers(id, self.0, stream, reply_to, headers)
+    }
+}
+
+impl Outgoing for RawEvent {
+    fn tag(&self) -> &str {
+        self.tag.as_str()
+    }
+    fn allowed(&self) -> bool {
+        !is_reliability_tag(self.tag.as_str())
+    }
+    fn counted(&self) -> bool {
+        true
+    }
+    fn wrap(
+        self,
+        id: EventId,
+        stream: StreamPos,
+        reply_to: Option<u64>,
+        headers: Headers,
+    ) -> InterRoleEvent {
+        InterRoleEvent::raw(id, self, stream, reply_to, headers)
+    }
 }
 
 /// Fails the build, not the call, when `E`'s tag is not valid; costs nothing at run time.

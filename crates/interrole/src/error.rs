@@ -31,6 +31,10 @@ pub enum PublishError {
         /// Their bytes.
         bytes: usize,
     },
+    /// A raw event ([`RawEvent`](interrole_core::RawEvent)) may not take this tag: it is one of
+    /// the reliability layer's own (`interrole.reliable.`).
+    #[error("the type tag {0} is reserved")]
+    ReservedTag(String),
 }
 
 impl PublishError {
@@ -39,7 +43,7 @@ impl PublishError {
         match self {
             Self::NotConnected | Self::OutboxFull { .. } => true,
             Self::Transport(e) => e.is_transient(),
-            Self::Closed => false,
+            Self::Closed | Self::ReservedTag(_) => false,
         }
     }
 }

@@ -41,6 +41,11 @@ pub(crate) struct Receiver {
     unknown_logged: Mutex<HashSet<TypeTag>>,
     pub(crate) received: AtomicU64,
     pub(crate) unknown: AtomicU64,
+    /// The newest contract version of each tag that some typed observer here reads.
+    versions: RwLock<HashMap<TypeTag, u32>>,
+    /// Events of a newer version than that, and the (tag, version) pairs logged.
+    pub(crate) newer: AtomicU64,
+    newer_logged: Mutex<HashSet<(TypeTag, u32)>>,
     /// Requests waiting for their reply, by the request's sequence number.
     pub(crate) pending: Mutex<HashMap<u64, PendingReply>>,
 }
@@ -53,6 +58,9 @@ impl Receiver {
             unknown_logged: Mutex::new(HashSet::new()),
             received: AtomicU64::new(0),
             unknown: AtomicU64::new(0),
+            versions: RwLock::new(HashMap::new()),
+            newer: AtomicU64::new(0),
+            newer_logged: Mutex::new(HashSet::new()),
             pending: Mutex::new(HashMap::new()),
         }
     }
@@ -61,6 +69,35 @@ impl Receiver {
     /// (however it was subscribed), or it was registered.
     fn knows(&self, tag: &TypeTag) -> bool {
         self.hub.knows(tag) || self.known.read().contains(tag)
+    }
+
+    /// Notes that a typed observer here reads `tag` as `version` of its contract.
+    pub(crate) fn reads_version(&self, tag: &TypeTag, version: u32) {
+        let known = self.versions.read().get(tag).copied();
+        if known.is_none_or(|k| k < version) {
+            let mut versions = self.versions.write();
+            let known = versions.entry(tag.clone()).or_insert(version);
+            *known = (*known).max(version);
+        }
+    }
+
+    /// Counts (and logs once per tag and version) an event newer than every type that reads
+    /// it here.
+    #[cold]
+    fn check_version(&self, event: &InterRoleEvent) {
+        let Some(known) = self.versions.read().get(event.type_tag()).copied() else {
+            return;
+        };
+        if event.version() <= known {
+            return;
+        }
+        self.newer.fetch_add(1, Ordering::Relaxed);
+        let key = (event.type_tag().clone(), event.version());
+        if self.newer_logged.lock().insert(key) {
+            tracing::warn!(type_tag = %event.type_tag(), version = event.version(), known,
+                sender = %event.sender(),
+                "event of a newer contract version than this process reads: its typed observers get on_error, the observers of every event get it (logged once per tag and version)");
+        }
     }
 
     /// Fails the request `seq`, if one waits.
@@ -118,6 +155,9 @@ impl Inbound for Receiver {
         let Some(event) = self.take_reply(event) else {
             return;
         };
+        if event.version() > 1 {
+            self.check_version(&event);
+        }
         if !event.is_local() && !self.knows(event.type_tag()) {
             self.unknown.fetch_add(1, Ordering::Relaxed);
             if self.unknown_logged.lock().insert(event.type_tag().clone()) {

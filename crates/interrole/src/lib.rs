@@ -100,7 +100,16 @@
 //! # Features
 //!
 //! `relay` (the relay transport), `nats` (the NATS transport), `testing` (a test harness for
-//! users' tests), `opentelemetry` (trace context through events). None is on by default.
+//! users' tests), `opentelemetry` (trace context through events), `json` and `msgpack` (payload
+//! codecs that tolerate version skew). None is on by default.
+//!
+//! # Versions of an event's contract
+//!
+//! An event type declares its contract's version and codec (`impl_event!(E = "tag", version =
+//! 2, codec = Json, upgrades_from = EOld)`); both travel in the envelope. A typed observer gets
+//! older versions converted through the declared upgrades, and a version it cannot read as
+//! [`ObserverError::Version`] in its `on_error`, counted in [`BusStats::newer_versions`]: never a
+//! misread. `docs/versioning.md` has the rolling-upgrade recipe.
 //!
 //! # Unknown types
 //!
@@ -165,9 +174,9 @@ pub use observe::subscription::Subscription;
 }
 
 pub use interrole_core::{
-    Event, EventId, HeaderError, Headers, InstanceId, InterRoleEvent, InvalidName, PayloadError,
-    RetryPolicy, StreamPos, Topic, Transport, TransportError, TransportErrorKind, TypeTag,
-    impl_event,
+    Codec, Event, EventId, HeaderError, Headers, InstanceId, InterRoleEvent, InvalidName,
+    PayloadError, RawEvent, RetryPolicy, StreamPos, Topic, Transport, TransportError,
+    TransportErrorKind, TypeTag, impl_event,
 };
 
 /// The attribute that async observers are written with: `#[interrole::async_trait]`.

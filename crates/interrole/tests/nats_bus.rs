@@ -222,6 +222,18 @@ async fn headers_travel_over_durable_nats() {
     transport_cases::headers_travel(a, b).await;
 }
 
+/// Old and new versions of event contracts side by side (a rolling upgrade).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server"]
+async fn old_and_new_contract_versions_side_by_side_over_nats() {
+    let server = common::NatsServer::start("old_and_new_contract_versions_side_by_side_over_nats");
+    let (old, new) = (
+        bus(&server.url(), "upgrade", "old").await,
+        bus(&server.url(), "upgrade", "new").await,
+    );
+    transport_cases::rolling_upgrade(old, new).await;
+}
+
 /// A request to an instance that is not connected is refused at once (the server's "no
 /// responders"), not left to time out; a `send_to` it is counted as refused. An instance that is
 /// connected still gets its directed events.

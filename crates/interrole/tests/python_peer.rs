@@ -220,6 +220,10 @@ async fn a_python_peer_and_a_rust_bus_exchange_typed_events() {
     assert!(header["epoch"].as_u64().unwrap() > 0, "{header}");
     assert!(header["n"].as_u64().unwrap() >= 1, "{header}");
     assert_eq!(
+        (&header["contract"], &header["codec"]),
+        (&1.into(), &0.into())
+    );
+    assert_eq!(
         header["headers"],
         serde_json::json!({"traceparent": headers.get("traceparent"), "note": "ünïcode ✓"})
     );

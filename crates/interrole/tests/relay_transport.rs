@@ -405,6 +405,17 @@ async fn headers_travel_over_the_relay() {
     transport_cases::headers_travel(a, b).await;
 }
 
+/// Old and new versions of event contracts side by side (a rolling upgrade).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_and_new_contract_versions_side_by_side_over_the_relay() {
+    let h = RelayHarness::start().await;
+    let (old, new) = (
+        bus(&h.url(), "upgrade", "old").await,
+        bus(&h.url(), "upgrade", "new").await,
+    );
+    transport_cases::rolling_upgrade(old, new).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_credentials_are_fatal_and_said() {
     let h = RelayHarness::start().await;

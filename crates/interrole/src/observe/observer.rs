@@ -111,6 +111,20 @@ pub enum ObserverError {
         /// The decoder's message.
         reason: String,
     },
+    /// An event of this observer's type arrived in a version of its contract that this observer's
+    /// type does not read: a newer one, or an older one with no upgrade declared
+    /// (`impl_event!(.., upgrades_from = Old)`). It was not decoded: never a misread.
+    #[error("{type_tag} version {version} from {sender}: this observer reads version {known}{}", if *version > *known { " (the event is newer)" } else { ", and no upgrade from the older one is declared" })]
+    Version {
+        /// The event's type tag.
+        type_tag: TypeTag,
+        /// The event's sender.
+        sender: InstanceId,
+        /// The event's contract version.
+        version: u32,
+        /// The version the observer's type reads.
+        known: u32,
+    },
     /// The observer was unsubscribed by the hub because its mailbox overflowed under the
     /// [`Overflow::Disconnect`](crate::Overflow::Disconnect) policy. Nothing follows.
     #[error("observer disconnected: {reason}")]
@@ -127,6 +141,21 @@ impl ObserverError {
                 type_tag,
                 sender: event.sender().clone(),
                 reason: error.to_string(),
+            },
+            PayloadError::NewerVersion {
+                type_tag,
+                version,
+                known,
+            }
+            | PayloadError::NoUpgrade {
+                type_tag,
+                version,
+                known,
+            } => Self::Version {
+                type_tag,
+                sender: event.sender().clone(),
+                version,
+                known,
             },
             other => Self::Undecodable {
                 type_tag: event.type_tag().clone(),

@@ -135,3 +135,198 @@ pub(crate) async fn headers_travel(a: Bus, b: Bus) {
         bus.close().await;
     }
 }
+
+/// A rolling upgrade, old and new instances side by side: the old one (`old`) knows version 1 of
+/// a bincode contract and the old shape of two self-describing ones; the new one (`new`) knows
+/// version 2 (upgraded from 1) and a field added with a default.
+pub(crate) async fn rolling_upgrade(old: Bus, new: Bus) {
+    use interrole::{InterRoleEvent, Observer, ObserverError};
+    use upgrade::*;
+
+    /// What a typed observer got: values, and errors.
+    struct Log<E>(Mutex<Vec<Result<E, ObserverError>>>);
+    impl<E: Clone + Send + Sync + 'static> Observer<E> for Log<E> {
+        fn on_next(&self, value: &E) {
+            self.0.lock().unwrap().push(Ok(value.clone()));
+        }
+        fn on_error(&self, error: ObserverError) {
+            self.0.lock().unwrap().push(Err(error));
+        }
+    }
+    fn log<E>() -> Arc<Log<E>> {
+        Arc::new(Log(Mutex::new(Vec::new())))
+    }
+    let (old_v1, new_v2) = (log::<RecycleV1>(), log::<RecycleV2>());
+    let (old_json, new_json) = (log::<OrderJson>(), log::<OrderJsonNew>());
+    let (old_pack, new_pack) = (log::<OrderPack>(), log::<OrderPackNew>());
+    let _g = [
+        old.observe_arc::<RecycleV1>(old_v1.clone()),
+        new.observe_arc::<RecycleV2>(new_v2.clone()),
+        old.observe_arc::<OrderJson>(old_json.clone()),
+        new.observe_arc::<OrderJsonNew>(new_json.clone()),
+        old.observe_arc::<OrderPack>(old_pack.clone()),
+        new.observe_arc::<OrderPackNew>(new_pack.clone()),
+    ];
+    let versions: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
+    let all = versions.clone();
+    let _all = old.subscribe_all(move |e: &InterRoleEvent| {
+        if e.type_tag().as_str() == "test.cases.recycle" {
+            all.lock()
+                .unwrap()
+                .push((e.sender().to_string(), e.version()));
+        }
+    });
+
+    // Old to new: version 1 reaches the new observer as version 2; the old JSON and
+    // MessagePack shapes reach the new ones with the added field defaulted.
+    old.publish(RecycleV1 { grace_secs: 2 }).unwrap();
+    old.publish(OrderJson { order: 1 }).unwrap();
+    old.publish(OrderPack { order: 2 }).unwrap();
+    // New to old: version 2 is refused by the old typed observer (its on_error, counted) and
+    // still reaches its observers of every event; the new shapes are read, the added field
+    // ignored.
+    new.publish(RecycleV2 { grace_ms: 1500 }).unwrap();
+    new.publish(OrderJsonNew {
+        order: 3,
+        priority: 7,
+    })
+    .unwrap();
+    new.publish(OrderPackNew {
+        order: 4,
+        priority: 8,
+    })
+    .unwrap();
+    wait_until("every event on both sides", || {
+        new_v2.0.lock().unwrap().len() == 2
+            && old_v1.0.lock().unwrap().len() == 2
+            && new_json.0.lock().unwrap().len() == 2
+            && old_json.0.lock().unwrap().len() == 2
+            && new_pack.0.lock().unwrap().len() == 2
+            && old_pack.0.lock().unwrap().len() == 2
+    })
+    .await;
+    fn take<T>(l: &Mutex<Vec<T>>) -> Vec<T> {
+        std::mem::take(&mut *l.lock().unwrap())
+    }
+    let mut v2 = take(&new_v2.0)
+        .into_iter()
+        .map(Result::unwrap)
+        .map(|r| r.grace_ms)
+        .collect::<Vec<_>>();
+    v2.sort();
+    assert_eq!(v2, [1500, 2000]);
+    let v1 = take(&old_v1.0);
+    assert_eq!(v1[0].as_ref().unwrap().grace_secs, 2, "{v1:?}");
+    match &v1[1] {
+        Err(ObserverError::Version {
+            version: 2,
+            known: 1,
+            sender,
+            ..
+        }) => assert_eq!(sender, new.instance()),
+        other => panic!("expected a version error, got {other:?}"),
+    }
+    assert_eq!(old.stats().newer_versions, 1);
+    assert_eq!(
+        *versions.lock().unwrap(),
+        [("old".to_owned(), 1), ("new".to_owned(), 2)]
+    );
+    fn orders<T: Ord + std::fmt::Debug>(l: &Mutex<Vec<Result<T, ObserverError>>>) -> Vec<T> {
+        let mut v: Vec<T> = take(l).into_iter().map(Result::unwrap).collect();
+        v.sort();
+        v
+    }
+    assert_eq!(
+        orders(&new_json.0),
+        [
+            OrderJsonNew {
+                order: 1,
+                priority: 0
+            },
+            OrderJsonNew {
+                order: 3,
+                priority: 7
+            }
+        ]
+    );
+    assert_eq!(
+        orders(&old_json.0),
+        [OrderJson { order: 1 }, OrderJson { order: 3 }]
+    );
+    assert_eq!(
+        orders(&new_pack.0),
+        [
+            OrderPackNew {
+                order: 2,
+                priority: 0
+            },
+            OrderPackNew {
+                order: 4,
+                priority: 8
+            }
+        ]
+    );
+    assert_eq!(
+        orders(&old_pack.0),
+        [OrderPack { order: 2 }, OrderPack { order: 4 }]
+    );
+    for bus in [old, new] {
+        bus.close().await;
+    }
+}
+
+/// The contracts of [`rolling_upgrade`], as the old and the new code declare them.
+mod upgrade {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub(crate) struct RecycleV1 {
+        pub(crate) grace_secs: u32,
+    }
+    interrole::impl_event!(RecycleV1 = "test.cases.recycle");
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub(crate) struct RecycleV2 {
+        pub(crate) grace_ms: u64,
+    }
+    interrole::impl_event!(
+        RecycleV2 = "test.cases.recycle",
+        version = 2,
+        upgrades_from = RecycleV1
+    );
+    impl From<RecycleV1> for RecycleV2 {
+        fn from(v1: RecycleV1) -> Self {
+            Self {
+                grace_ms: u64::from(v1.grace_secs) * 1000,
+            }
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+    pub(crate) struct OrderJson {
+        pub(crate) order: u64,
+    }
+    interrole::impl_event!(OrderJson = "test.cases.order-json", codec = Json);
+
+    #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+    pub(crate) struct OrderJsonNew {
+        pub(crate) order: u64,
+        #[serde(default)]
+        pub(crate) priority: u8,
+    }
+    interrole::impl_event!(OrderJsonNew = "test.cases.order-json", codec = Json);
+
+    #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+    pub(crate) struct OrderPack {
+        pub(crate) order: u64,
+    }
+    interrole::impl_event!(OrderPack = "test.cases.order-pack", codec = MessagePack);
+
+    #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+    pub(crate) struct OrderPackNew {
+        pub(crate) order: u64,
+        #[serde(default)]
+        pub(crate) priority: u8,
+    }
+    interrole::impl_event!(OrderPackNew = "test.cases.order-pack", codec = MessagePack);
+}
