@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use interrole::TypeTag;
+use interrole::{InstanceId, TypeTag};
 
 /// The interrole command line: tail, publish, request and bench on an interrole relay or NATS.
 #[derive(Debug, Parser)]
@@ -77,8 +77,8 @@ pub(crate) enum Command {
     /// Sends a request with the JSON codec to one instance and prints its reply.
     Request {
         /// The instance that serves the request.
-        #[arg(long, value_name = "INSTANCE")]
-        to: String,
+        #[arg(long, value_name = "INSTANCE", value_parser = parse_instance)]
+        to: InstanceId,
         /// The request's type tag.
         #[arg(long, value_parser = parse_tag)]
         tag: TypeTag,
@@ -125,6 +125,11 @@ pub(crate) struct BenchArgs {
 /// A type tag, checked as the bus checks it.
 fn parse_tag(text: &str) -> Result<TypeTag, String> {
     TypeTag::new(text).map_err(|e| e.to_string())
+}
+
+/// An instance id, checked as the bus checks it.
+fn parse_instance(text: &str) -> Result<InstanceId, String> {
+    InstanceId::new(text).map_err(|e| e.to_string())
 }
 
 /// A JSON value.

@@ -30,7 +30,9 @@ pub(crate) struct Endpoint {
     pub(crate) topic: Option<Topic>,
     /// `--instance`, or one made up for this process.
     pub(crate) instance: InstanceId,
-    connect_timeout: Duration,
+    /// `--connect-timeout`: the longest wait for a connection (and for `publish`'s
+    /// acknowledgements).
+    pub(crate) connect_timeout: Duration,
 }
 
 impl Endpoint {
@@ -136,6 +138,26 @@ impl Endpoint {
                 source,
             }),
         }
+    }
+}
+
+impl Endpoint {
+    /// Builds a bus and waits until it is connected (see [`Endpoint::wait_opened`]); closes it
+    /// when it does not connect.
+    ///
+    /// # Errors
+    /// As [`Endpoint::build`] and [`Endpoint::wait_opened`].
+    pub(crate) async fn open(
+        &self,
+        instance: &InstanceId,
+        topic: Option<&Topic>,
+    ) -> Result<Bus, CliError> {
+        let bus = self.build(instance, topic)?;
+        if let Err(e) = self.wait_opened(&bus).await {
+            bus.close().await;
+            return Err(e);
+        }
+        Ok(bus)
     }
 }
 

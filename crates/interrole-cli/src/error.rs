@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use interrole::{BuildError, InvalidName, PublishError, TransportError};
+use interrole::{
+    BuildError, InstanceId, InvalidName, PublishError, RequestError, TransportError, TypeTag,
+};
 
 /// A failure of a command.
 #[derive(Debug, thiserror::Error)]
@@ -57,9 +59,37 @@ pub(crate) enum CliError {
     /// A publish failed.
     #[error("publish: {0}")]
     Publish(PublishError),
-    /// `publish` and `request` need raw events, which the bus does not have yet.
-    #[error("publish and request need raw events, which this build of the bus does not have")]
-    Unavailable,
+    /// What was published was not acknowledged before the bus closed.
+    #[error("publish: not every event was acknowledged by the server within {0:?}")]
+    NotAcknowledged(Duration),
+    /// No reply came in time.
+    #[error(
+        "request to {to}: no reply within {timeout:?} (is {to} connected, on this topic, and serving {tag}?)"
+    )]
+    NoReply {
+        /// The target instance.
+        to: InstanceId,
+        /// The request's tag.
+        tag: TypeTag,
+        /// `--timeout`.
+        timeout: Duration,
+    },
+    /// A request failed otherwise.
+    #[error("request to {to}: {source}")]
+    Request {
+        /// The target instance.
+        to: InstanceId,
+        /// Why.
+        source: RequestError,
+    },
+    /// The reply could not be shown.
+    #[error("the reply from {to}: {detail}")]
+    Reply {
+        /// The target instance.
+        to: InstanceId,
+        /// Why.
+        detail: String,
+    },
     /// The bench could not run to its end.
     #[error("bench: {0}")]
     Bench(String),

@@ -3,7 +3,8 @@
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use interrole::InterRoleEvent;
+use interrole::core::codec::decode_with;
+use interrole::{Codec, InterRoleEvent};
 use serde_json::{Map, Value, json};
 
 /// What `tail` shows of an event, read once from its envelope.
@@ -12,6 +13,8 @@ pub(crate) struct Shown {
     sender: String,
     seq: u64,
     tag: String,
+    version: u32,
+    codec: Codec,
     time: String,
     headers: Value,
     /// The envelope's bytes on the wire.
@@ -21,67 +24,98 @@ pub(crate) struct Shown {
 
 /// An event's payload, as it can be shown.
 #[derive(Debug, Clone, PartialEq)]
-enum Payload {
-    /// The encoded bytes (a codec that does not describe itself).
+pub(crate) enum Payload {
+    /// Decoded, from a self-describing codec.
+    Json(Value),
+    /// The encoded bytes, in hex: a codec that does not describe itself (or bytes that did not
+    /// decode as their codec says).
     Hex(String),
     /// The payload could not be read; why.
     Unreadable(String),
 }
 
+impl Payload {
+    /// `bytes` encoded with `codec`: JSON when the codec describes itself and they decode, else
+    /// hex.
+    pub(crate) fn of(codec: Codec, bytes: &[u8]) -> Self {
+        if codec.is_self_describing()
+            && let Ok(value) = decode_with::<Value>(codec, bytes)
+        {
+            return Payload::Json(value);
+        }
+        Payload::Hex(hex(bytes))
+    }
+
+    /// Of an event's payload.
+    pub(crate) fn of_event(event: &InterRoleEvent) -> Self {
+        match event.payload_bytes() {
+            Ok(bytes) => Self::of(event.codec(), &bytes),
+            Err(e) => Payload::Unreadable(e.to_string()),
+        }
+    }
+
+    /// As one field: `payload` (JSON), `payload_hex` or `payload_error`, and its value.
+    pub(crate) fn field(&self) -> (&'static str, Value) {
+        match self {
+            Payload::Json(v) => ("payload", v.clone()),
+            Payload::Hex(h) => ("payload_hex", json!(h)),
+            Payload::Unreadable(why) => ("payload_error", json!(why)),
+        }
+    }
+}
+
 impl Shown {
     /// Reads what is shown of `event`.
     pub(crate) fn of(event: &InterRoleEvent) -> Self {
-        let size = event.to_wire().map_or(0, |w| w.len());
-        let payload = match event.raw_payload() {
-            Some(bytes) => Payload::Hex(hex(bytes)),
-            None => Payload::Unreadable("a local event has no encoded payload".into()),
-        };
         Self {
             sender: event.sender().to_string(),
             seq: event.seq(),
             tag: event.type_tag().to_string(),
+            version: event.version(),
+            codec: event.codec(),
             time: rfc3339(event.timestamp()),
             headers: serde_json::to_value(event.headers()).unwrap_or(Value::Null),
-            size,
-            payload,
+            size: event.to_wire().map_or(0, |w| w.len()),
+            payload: Payload::of_event(event),
         }
     }
 
-    /// One line: `TIME sender=.. seq=.. tag=.. size=.. headers={..} payload=..` (the payload as
-    /// JSON, or `payload_hex=..`).
+    /// One line: `TIME sender=.. seq=.. tag=.. version=.. codec=.. size=.. [headers={..}]`
+    /// and `payload=JSON` (or `payload_hex=..`).
     pub(crate) fn line(&self) -> String {
         let mut out = format!(
-            "{} sender={} seq={} tag={} size={}",
-            self.time, self.sender, self.seq, self.tag, self.size
+            "{} sender={} seq={} tag={} version={} codec={} size={}",
+            self.time, self.sender, self.seq, self.tag, self.version, self.codec, self.size
         );
         if self.headers.as_object().is_some_and(|h| !h.is_empty()) {
             let _ = write!(out, " headers={}", self.headers);
         }
-        match &self.payload {
-            Payload::Hex(h) => {
-                let _ = write!(out, " payload_hex={h}");
+        let (key, value) = self.payload.field();
+        match value {
+            Value::String(text) if key != "payload" => {
+                let _ = write!(out, " {key}={text}");
             }
-            Payload::Unreadable(why) => {
-                let _ = write!(out, " payload_error={why:?}");
+            value => {
+                let _ = write!(out, " {key}={value}");
             }
         }
         out
     }
 
-    /// One JSON object with the keys `sender`, `seq`, `tag`, `time`, `headers`, `size` and
-    /// `payload_hex` (or `payload_error`).
+    /// One JSON object with the keys `sender`, `seq`, `tag`, `version`, `codec`, `time`,
+    /// `headers`, `size` and `payload` (or `payload_hex`, or `payload_error`).
     pub(crate) fn json(&self) -> Value {
         let mut object = Map::new();
         object.insert("sender".into(), json!(self.sender));
         object.insert("seq".into(), json!(self.seq));
         object.insert("tag".into(), json!(self.tag));
+        object.insert("version".into(), json!(self.version));
+        object.insert("codec".into(), json!(self.codec.name()));
         object.insert("time".into(), json!(self.time));
         object.insert("headers".into(), self.headers.clone());
         object.insert("size".into(), json!(self.size));
-        match &self.payload {
-            Payload::Hex(h) => object.insert("payload_hex".into(), json!(h)),
-            Payload::Unreadable(why) => object.insert("payload_error".into(), json!(why)),
-        };
+        let (key, value) = self.payload.field();
+        object.insert(key.into(), value);
         Value::Object(object)
     }
 }
@@ -141,6 +175,26 @@ mod tests {
         assert_eq!(rfc3339(t), "2024-02-29T23:59:59.500000Z");
         let t = UNIX_EPOCH + Duration::from_secs(4_102_444_800); // 2100-01-01
         assert_eq!(rfc3339(t), "2100-01-01T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn self_describing_payloads_show_as_json_and_the_others_as_hex() {
+        let value = json!({ "id": 7, "items": ["a", "b"] });
+        let mut msgpack = Vec::new();
+        interrole::core::codec::encode_with(Codec::MessagePack, &value, &mut msgpack)
+            .expect("encodes");
+        assert_eq!(
+            Payload::of(Codec::MessagePack, &msgpack),
+            Payload::Json(value.clone())
+        );
+        let text = serde_json::to_vec(&value).expect("encodes");
+        assert_eq!(Payload::of(Codec::Json, &text), Payload::Json(value));
+        assert_eq!(
+            Payload::of(Codec::Bincode, &[1, 2]),
+            Payload::Hex("0102".into())
+        );
+        // Bytes that are not what their codec says are still shown.
+        assert_eq!(Payload::of(Codec::Json, b"{x"), Payload::Hex("7b78".into()));
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod bench;
 mod connect;
 mod error;
 mod format;
+mod send;
 mod tail;
 mod tally;
 
@@ -29,7 +30,7 @@ use clap::Parser;
 use clap::error::ErrorKind;
 use interrole_relay::sas::SharedAccessSignature;
 
-use crate::args::{Cli, Command};
+use crate::args::{Cli, Command, ConnectionArgs};
 use crate::connect::Endpoint;
 use crate::error::CliError;
 
@@ -94,7 +95,11 @@ fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    match cli.command {
+    let Cli {
+        connection,
+        command,
+    } = cli;
+    match command {
         Command::Token {
             key_name,
             key,
@@ -109,15 +114,25 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             writeln!(std::io::stdout(), "{token}")?;
         }
         Command::Tail { json, count } => {
-            let (endpoint, runtime) = setup(&cli)?;
+            let (endpoint, runtime) = setup(&connection)?;
             runtime.block_on(tail::run(&endpoint, json, count))?;
         }
-        Command::Publish { .. } | Command::Request { .. } => {
-            return Err(CliError::Unavailable);
+        Command::Publish { tag, json, count } => {
+            let (endpoint, runtime) = setup(&connection)?;
+            runtime.block_on(send::publish(&endpoint, &tag, &json, count))?;
         }
-        Command::Bench(ref args) => {
-            let (endpoint, runtime) = setup(&cli)?;
-            let report = runtime.block_on(bench::run(&endpoint, args))?;
+        Command::Request {
+            to,
+            tag,
+            json,
+            timeout,
+        } => {
+            let (endpoint, runtime) = setup(&connection)?;
+            runtime.block_on(send::request(&endpoint, &to, &tag, &json, timeout))?;
+        }
+        Command::Bench(args) => {
+            let (endpoint, runtime) = setup(&connection)?;
+            let report = runtime.block_on(bench::run(&endpoint, &args))?;
             let mut out = std::io::stdout().lock();
             report.print(&mut out)?;
             out.flush()?;
@@ -130,8 +145,8 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
 }
 
 /// The endpoint the global options name, and a runtime for the buses.
-fn setup(cli: &Cli) -> Result<(Endpoint, tokio::runtime::Runtime), CliError> {
-    let endpoint = Endpoint::from_args(&cli.connection)?;
+fn setup(connection: &ConnectionArgs) -> Result<(Endpoint, tokio::runtime::Runtime), CliError> {
+    let endpoint = Endpoint::from_args(connection)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -172,17 +172,27 @@ fn one_error_line(out: &Output) -> String {
 // ---------------------------------------------------------------------------------------------
 // tail
 
-/// Checks tail's JSON lines against two `Note`s that `sender` published.
+/// Checks tail's JSON lines against two `Note`s (bincode) that `sender` published.
 fn check_tail_json(out: &str, sender: &str) {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     for (i, line) in lines.iter().enumerate() {
         let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
         let o = v.as_object().expect("an object");
-        for key in ["sender", "seq", "tag", "time", "headers", "size"] {
+        for key in [
+            "sender",
+            "seq",
+            "tag",
+            "version",
+            "time",
+            "headers",
+            "size",
+            "payload_hex",
+        ] {
             assert!(o.contains_key(key), "{key} missing from {line}");
         }
-        assert!(o.contains_key("payload_hex"), "{line}");
+        assert_eq!(o["version"], 1, "{line}");
+        assert_eq!(o["codec"], "bincode", "{line}");
         assert_eq!(o["sender"], sender);
         assert_eq!(o["tag"], "tests.note");
         assert!(o["seq"].as_u64().is_some(), "{line}");
@@ -203,8 +213,59 @@ fn check_tail_json(out: &str, sender: &str) {
     assert_eq!(first["headers"], serde_json::json!({ "tenant": "acme" }));
 }
 
+/// Publishes `{"id": 1}` and `{"id": 2}` with the command line, as `orders.created`; checks
+/// that `tail --json --count 2`, already listening, printed both with every key.
+async fn publish_and_tail(global: Vec<String>) {
+    let tail = start_tail(&with(global.clone(), &["tail", "--json", "--count", "2"])).await;
+    for id in [1, 2] {
+        let json = format!("{{\"id\":{id}}}");
+        let out = run(&with(
+            global.clone(),
+            &[
+                "--instance",
+                "cli-pub",
+                "publish",
+                "--tag",
+                "orders.created",
+                "--json",
+                &json,
+            ],
+        ))
+        .await;
+        assert!(out.status.success(), "{out:?}");
+    }
+    let (status, out) = tail.output().await;
+    assert!(status.success(), "{status:?}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for (line, id) in lines.iter().zip([1, 2]) {
+        let o = line.as_object().expect("an object");
+        for key in [
+            "sender", "seq", "tag", "version", "time", "headers", "size", "payload",
+        ] {
+            assert!(o.contains_key(key), "{key} missing from {line}");
+        }
+        assert_eq!(o["sender"], "cli-pub");
+        assert_eq!(o["tag"], "orders.created");
+        assert_eq!(o["version"], 1);
+        assert_eq!(o["codec"], "json");
+        assert_eq!(o["headers"], serde_json::json!({}));
+        assert!(o["size"].as_u64().is_some_and(|s| s > 8), "{line}");
+        assert_eq!(o["payload"], serde_json::json!({ "id": id }));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tail_prints_what_a_bus_publishes_as_json_and_stops_after_count() {
+async fn tail_prints_the_json_events_that_publish_sent() {
+    let server = relay().await;
+    publish_and_tail(relay_args(&server, "publish-tail")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_a_typed_bus_s_events_with_headers_and_payload_in_hex() {
     let server = relay().await;
     let topic = "tail-json";
     let tail = start_tail(&with(
@@ -228,6 +289,84 @@ async fn tail_prints_what_a_bus_publishes_as_json_and_stops_after_count() {
     let (status, out) = tail.output().await;
     assert!(status.success(), "{status:?}");
     check_tail_json(&out, "pub-1");
+    bus.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// request
+
+/// A request a test's bus serves: decoded from the command line's JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Ask {
+    n: u32,
+}
+interrole::impl_event!(Ask = "tests.ask");
+
+/// The reply, in JSON so that the command line prints it as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Answer {
+    doubled: u32,
+}
+interrole::impl_event!(Answer = "tests.answer", codec = Json);
+
+/// Asks `server-1`, a bus of the test serving `Ask` on `bus`, to double 21.
+async fn request_is_answered(bus: &Bus, global: Vec<String>) {
+    let _serving = bus.serve(|q: &Ask| Answer { doubled: q.n * 2 });
+    let out = run(&with(
+        global,
+        &[
+            "request",
+            "--to",
+            "server-1",
+            "--tag",
+            "tests.ask",
+            "--json",
+            r#"{"n":21}"#,
+            "--timeout",
+            "10s",
+        ],
+    ))
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).expect("UTF-8");
+    assert_eq!(stdout, "{\"doubled\":42}\n");
+    let stderr = String::from_utf8(out.stderr).expect("UTF-8");
+    assert!(stderr.contains("reply from server-1"), "{stderr}");
+    assert!(stderr.contains("tag=tests.answer"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_prints_the_reply_of_a_serving_bus() {
+    let server = relay().await;
+    let bus = relay_bus(&server, "request", "server-1").await;
+    request_is_answered(&bus, relay_args(&server, "request")).await;
+    bus.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_nobody_answers_is_one_line_saying_so() {
+    let server = relay().await;
+    // A bus that is there but does not serve the tag.
+    let bus = relay_bus(&server, "unanswered", "server-1").await;
+    let out = run(&with(
+        relay_args(&server, "unanswered"),
+        &[
+            "request",
+            "--to",
+            "server-1",
+            "--tag",
+            "tests.unknown",
+            "--json",
+            "{}",
+            "--timeout",
+            "1s",
+        ],
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let line = one_error_line(&out);
+    assert!(line.contains("no reply within 1s"), "{line}");
+    assert!(line.contains("tests.unknown"), "{line}");
     bus.close().await;
 }
 
@@ -427,7 +566,7 @@ async fn a_bad_duration_and_a_missing_server_are_usage_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs nats-server"]
-async fn on_nats_tail_sees_what_a_bus_publishes_and_bench_delivers_everything() {
+async fn on_nats_tail_publish_request_and_bench_work_as_on_the_relay() {
     let server = nats::NatsServer::start("cli on nats");
     let global = args(&["--nats", &server.url(), "--topic", "cli-tail"]);
     let tail = start_tail(&with(global.clone(), &["tail", "--json", "--count", "2"])).await;
