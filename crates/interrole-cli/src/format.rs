@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use interrole::core::codec::decode_with;
 use interrole::{Codec, InterRoleEvent};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 /// What `tail` shows of an event, read once from its envelope.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,21 +102,32 @@ impl Shown {
         out
     }
 
-    /// One JSON object with the keys `sender`, `seq`, `tag`, `version`, `codec`, `time`,
-    /// `headers`, `size` and `payload` (or `payload_hex`, or `payload_error`).
-    pub(crate) fn json(&self) -> Value {
-        let mut object = Map::new();
-        object.insert("sender".into(), json!(self.sender));
-        object.insert("seq".into(), json!(self.seq));
-        object.insert("tag".into(), json!(self.tag));
-        object.insert("version".into(), json!(self.version));
-        object.insert("codec".into(), json!(self.codec.name()));
-        object.insert("time".into(), json!(self.time));
-        object.insert("headers".into(), self.headers.clone());
-        object.insert("size".into(), json!(self.size));
-        let (key, value) = self.payload.field();
-        object.insert(key.into(), value);
-        Value::Object(object)
+    /// One JSON object, its keys in this order: `sender`, `seq`, `tag`, `version`, `codec`,
+    /// `time`, `headers`, `size` and `payload` (or `payload_hex`, or `payload_error`).
+    pub(crate) fn json(&self) -> String {
+        let (key, payload) = self.payload.field();
+        // Written key by key: a `serde_json::Map` sorts its keys (keeping their order would take
+        // serde_json's `preserve_order` and another crate).
+        let fields: [(&str, Value); 9] = [
+            ("sender", json!(self.sender)),
+            ("seq", json!(self.seq)),
+            ("tag", json!(self.tag)),
+            ("version", json!(self.version)),
+            ("codec", json!(self.codec.name())),
+            ("time", json!(self.time)),
+            ("headers", self.headers.clone()),
+            ("size", json!(self.size)),
+            (key, payload),
+        ];
+        let mut out = String::from("{");
+        for (i, (key, value)) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{}:{value}", json!(key));
+        }
+        out.push('}');
+        out
     }
 }
 
@@ -195,6 +206,47 @@ mod tests {
         );
         // Bytes that are not what their codec says are still shown.
         assert_eq!(Payload::of(Codec::Json, b"{x"), Payload::Hex("7b78".into()));
+    }
+
+    #[test]
+    fn an_event_prints_as_a_line_and_as_json_with_its_keys_in_order() {
+        let raw = interrole::RawEvent {
+            tag: interrole::TypeTag::new("orders.created").expect("a tag"),
+            version: 2,
+            codec: Codec::Json,
+            payload: bytes::Bytes::from_static(br#"{"id":7}"#),
+        };
+        let id = interrole::EventId {
+            sender: interrole::InstanceId::new("pub-1").expect("an id"),
+            seq: 9,
+        };
+        let headers = interrole::Headers::new()
+            .with("tenant", "acme")
+            .expect("a header");
+        let event = InterRoleEvent::raw(id, raw, Default::default(), None, headers);
+        let shown = Shown::of(&event);
+        let line = shown.line();
+        let size = event.to_wire().expect("encodes").len();
+        let expected = format!(
+            " sender=pub-1 seq=9 tag=orders.created version=2 codec=json size={size} \
+             headers={{\"tenant\":\"acme\"}} payload={{\"id\":7}}"
+        );
+        assert!(line.ends_with(&expected), "{line}");
+        let json = shown.json();
+        let keys: Vec<&str> = [
+            "sender", "seq", "tag", "version", "codec", "time", "headers", "size", "payload",
+        ]
+        .into_iter()
+        .collect();
+        let positions: Vec<usize> = keys
+            .iter()
+            .map(|k| json.find(&format!("\"{k}\":")).expect(k))
+            .collect();
+        assert!(positions.is_sorted(), "{json}");
+        let value: Value = serde_json::from_str(&json).expect("JSON");
+        assert_eq!(value["payload"], json!({ "id": 7 }));
+        assert_eq!(value["headers"], json!({ "tenant": "acme" }));
+        assert_eq!(value["version"], 2);
     }
 
     #[test]

@@ -65,11 +65,7 @@ pub(crate) async fn run(
         match seen {
             Seen::Event(event) => {
                 let shown = Shown::of(&event);
-                let line = if json {
-                    shown.json().to_string()
-                } else {
-                    shown.line()
-                };
+                let line = if json { shown.json() } else { shown.line() };
                 let mut out = std::io::stdout().lock();
                 if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
                     break Err(CliError::Output(e));

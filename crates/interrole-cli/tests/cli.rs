@@ -491,14 +491,17 @@ async fn an_unreachable_relay_is_one_line_saying_why() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_key_is_one_line_saying_it_was_refused() {
     let server = relay().await;
-    let out = run(&args(&[
-        "--relay",
-        &relay_url(&server),
-        "--key",
-        "root=wrong",
-        "tail",
-    ]))
-    .await;
+    // Given through the environment, as a shell profile would.
+    let out = tokio::time::timeout(
+        LONG,
+        cli(&args(&["tail"]))
+            .env("INTERROLE_RELAY", relay_url(&server))
+            .env("INTERROLE_KEY", "root=wrong")
+            .output(),
+    )
+    .await
+    .expect("the command ends")
+    .expect("the command runs");
     assert_eq!(out.status.code(), Some(1));
     let line = one_error_line(&out);
     assert!(line.contains("401") && line.contains("signature"), "{line}");
