@@ -1,6 +1,7 @@
-//! Envelopes (`InterRoleEvent::from_wire`): any bytes decode or fail with an error. A decoded
-//! envelope's wire form is its input, its payload the input's tail, and its header, encoded again
-//! from what the accessors say, decodes to the same envelope, in at most as many bytes as the
+//! Envelopes (`InterRoleEvent::from_wire`, format versions 1 and 2): any bytes decode or fail
+//! with an error. A decoded envelope's wire form is its input, its payload the input's tail, and
+//! its header (with version 2's contract version, codec and headers), encoded again from what the
+//! accessors say, decodes to the same envelope, in at most as many bytes as the
 //! input (the decoder also reads longer, non-minimal varints; the encoder writes the shortest). A
 //! payload tagged as the probe type decodes or fails, and what decodes encodes and decodes back.
 #![no_main]
@@ -61,8 +62,15 @@ fuzz_target!(|data: &[u8]| {
 
     // The header again, from the accessors: a canonical encoding of the same envelope.
     let header = fields(&event);
-    let mut canonical = vec![ENVELOPE_VERSION];
+    let mut canonical = vec![data[0]];
     canonical.extend(codec::encode_value(&header).expect("a header encodes"));
+    if data[0] == ENVELOPE_VERSION {
+        let more = (event.version(), event.codec().wire_id());
+        canonical.extend(codec::encode_value(&more).expect("encodes"));
+        canonical.extend(codec::encode_value(event.headers()).expect("headers encode"));
+    } else {
+        assert!(event.headers().is_empty() && event.version() == 1);
+    }
     canonical.extend_from_slice(payload);
     assert!(
         canonical.len() <= data.len(),
@@ -71,6 +79,10 @@ fuzz_target!(|data: &[u8]| {
     let again = InterRoleEvent::from_wire(Bytes::from(canonical.clone()))
         .expect("an encoded header decodes");
     assert_eq!(fields(&again), header);
+    assert_eq!(
+        (again.version(), again.codec(), again.headers()),
+        (event.version(), event.codec(), event.headers())
+    );
     assert_eq!(again.raw_payload(), Some(payload));
 
     match event.try_payload::<Probe>() {

@@ -35,6 +35,8 @@
 //! # }
 //! ```
 
+pub mod golden;
+
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;

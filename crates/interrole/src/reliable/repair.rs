@@ -69,3 +69,32 @@ impl Control {
         }
     }
 }
+
+/// The reliability layer's events travel between processes of different builds: their bytes are
+/// kept in `tests/golden`, and a change that an older build would misread fails here.
+#[cfg(all(test, feature = "testing"))]
+mod golden {
+    use super::*;
+    use crate::testing::golden::Golden;
+
+    #[test]
+    fn the_reliability_events_keep_their_wire_bytes() {
+        let golden = Golden::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden"));
+        golden
+            .check(&Nak {
+                epoch: 1_700_000_000_000_000,
+                directed: true,
+                from: 5,
+                to: 300,
+            })
+            .unwrap();
+        golden
+            .check(&Repair {
+                directed: false,
+                envelopes: vec![vec![1, 2, 3], vec![]],
+                unavailable: 2,
+            })
+            .unwrap();
+        golden.check(&Heartbeat).unwrap();
+    }
+}
