@@ -59,7 +59,7 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
         /// Exits after this many events.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         count: Option<u64>,
     },
     /// Publishes an event with the JSON codec to every instance on the topic.
@@ -71,7 +71,7 @@ pub(crate) enum Command {
         #[arg(long, value_name = "JSON", value_parser = parse_json)]
         json: serde_json::Value,
         /// How many times to publish it.
-        #[arg(long, value_name = "N", default_value_t = 1)]
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
         count: u64,
     },
     /// Sends a request with the JSON codec to one instance and prints its reply.

@@ -493,6 +493,46 @@ mod tests {
         assert_eq!(BenchEvent(vec![1; 15]).read(), None);
     }
 
+    fn report(counts: Counts) -> Report {
+        let id = InstanceId::new("sub-0").expect("an id");
+        Report {
+            events: 2,
+            subscribers: vec![(id, counts, 0, vec![1_000, 3_000])],
+            elapsed: Duration::from_millis(1),
+            outbox_full: 0,
+        }
+    }
+
+    #[test]
+    fn a_loss_or_a_duplicate_fails_the_run_and_shows_in_the_last_line() {
+        let exact = Counts {
+            delivered: 2,
+            ..Counts::default()
+        };
+        assert!(report(exact).is_exact());
+        let lost = Counts {
+            delivered: 1,
+            lost: 1,
+            ..Counts::default()
+        };
+        let duplicated = Counts {
+            duplicated: 1,
+            ..exact
+        };
+        assert!(!report(lost).is_exact());
+        assert!(!report(duplicated).is_exact());
+        let mut out = Vec::new();
+        report(lost).print(&mut out).expect("prints");
+        let text = String::from_utf8(out).expect("UTF-8");
+        assert_eq!(
+            text.lines().last(),
+            Some(
+                "bench events=2 subscribers=1 delivered=1 lost=1 duplicated=0 throughput=2000/s \
+                 p50_us=1 p99_us=3"
+            )
+        );
+    }
+
     #[test]
     fn percentiles_are_read_from_sorted_samples_in_microseconds() {
         let ns: Vec<u64> = (1..=100).map(|us| us * 1000).collect();
