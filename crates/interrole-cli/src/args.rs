@@ -9,7 +9,7 @@ use interrole::{InstanceId, TypeTag};
 #[derive(Debug, Parser)]
 #[command(name = "interrole", version)]
 pub(crate) struct Cli {
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Connection")]
     pub(crate) connection: ConnectionArgs,
     #[command(subcommand)]
     pub(crate) command: Command,
