@@ -15,6 +15,7 @@ use crate::dispatch::hub::{DispatchConfig, Hub};
 use crate::error::BuildError;
 use crate::inbound::Receiver;
 use crate::loopback::Loopback;
+use crate::meters::Meters;
 use crate::reliable::Reliability;
 use crate::reliable::host::Reliable;
 
@@ -166,7 +167,8 @@ impl BusBuilder {
             .transport
             .unwrap_or_else(|| Arc::new(Loopback::shared()));
         let lossless = transport.limits().lossless;
-        let hub = Hub::with_config(self.dispatch);
+        // The metrics handles, from the recorder in place now.
+        let hub = Hub::with_meters(self.dispatch, Meters::new(&topic, &instance));
         #[cfg(feature = "opentelemetry")]
         let _ = hub.inner.trace_labels.set(crate::trace::Labels {
             topic: topic.clone(),
@@ -202,6 +204,7 @@ impl BusBuilder {
                     self.reliability,
                     sink,
                     epoch,
+                    hub.inner.meters.reliable(),
                 ))
             };
             BusInner {

@@ -131,6 +131,20 @@ pub(crate) struct Closing {
 }
 
 impl BusInner {
+    /// Counts one event of type `E` published, in the metrics. Out of line, so that the publish
+    /// path is compiled as it was without metrics.
+    #[inline(never)]
+    fn count_published<E: Event>(&self) {
+        let tag = const { TypeTag::from_static(E::TYPE_TAG) };
+        self.hub.inner.meters.tag(&tag).published.increment(1);
+    }
+
+    /// [`BusInner::count_published`] for an event whose tag is known at run time.
+    #[inline(never)]
+    fn count_published_tag(&self, tag: &TypeTag) {
+        self.hub.inner.meters.tag(tag).published.increment(1);
+    }
+
     /// Waits (in a task of their own runtime, which goes on if the close is dropped) for the
     /// async observers' tasks to finish, up to the close timeout; the first call starts the
     /// wait, later calls join it.
@@ -404,6 +418,7 @@ impl Bus {
                 n,
             };
             let counted = event.counted();
+            let counted_as = event.counter();
             let envelope = event.wrap(id.clone(), stream, reply_to, headers);
             on_numbered(id.seq);
             #[cfg(feature = "opentelemetry")]
@@ -431,6 +446,7 @@ impl Bus {
             if counted {
                 // The reliability layer's own events (repairs, heartbeats) are not counted.
                 seq.published += 1;
+                counted_as.count(inner);
             }
             match target {
                 None => seq.multicast = n,
@@ -645,6 +661,7 @@ impl Bus {
         F: Fn(&Q) -> R + Send + Sync + 'static,
     {
         let tag = self.typed_tag::<Q>();
+        let undecodable = self.undecodable(&tag);
         let weak = Arc::downgrade(&self.inner);
         let observer = FnObserver::new(move |e: &InterRoleEvent| {
             let Some(inner) = weak.upgrade() else { return };
@@ -656,7 +673,10 @@ impl Bus {
                         tracing::warn!(%error, to = %e.sender(), "a reply could not be sent");
                     }
                 }
-                Err(error) => tracing::warn!(%error, "a request did not decode"),
+                Err(error) => {
+                    undecodable.increment(1);
+                    tracing::warn!(%error, "a request did not decode");
+                }
             }
         });
         self.inner.hub.subscribe_tag(tag, Arc::new(observer))
@@ -690,9 +710,11 @@ impl Bus {
         O: Observer<E>,
     {
         let tag = self.typed_tag::<E>();
-        self.inner
-            .hub
-            .subscribe_tag(tag, Arc::new(Typed::<E, O>::new(Arc::new(observer))))
+        let undecodable = self.undecodable(&tag);
+        self.inner.hub.subscribe_tag(
+            tag,
+            Arc::new(Typed::<E, O>::new(Arc::new(observer), undecodable)),
+        )
     }
 
     /// As [`Bus::observe`], for an observer already shared. Subscribing the same observer (the
@@ -700,8 +722,16 @@ impl Bus {
     pub fn observe_arc<E: Event>(&self, observer: Arc<dyn Observer<E>>) -> Subscription {
         let tag = self.typed_tag::<E>();
         let identity = Arc::as_ptr(&observer) as *const () as usize;
-        let typed = Arc::new(Typed::<E, dyn Observer<E>>::new(observer));
+        let typed = Arc::new(Typed::<E, dyn Observer<E>>::new(
+            observer,
+            self.undecodable(&tag),
+        ));
         self.inner.hub.inner.register_as(Some(tag), typed, identity)
+    }
+
+    /// The metrics handle counting `tag`'s payloads that did not decode.
+    fn undecodable(&self, tag: &TypeTag) -> metrics::Counter {
+        self.inner.hub.inner.meters.tag(tag).undecodable.clone()
     }
 
     /// Subscribes a closure to every event, whatever its type: it sees envelopes (sender,
@@ -972,8 +1002,6 @@ const fn is_reliability_tag(tag: &str) -> bool {
 
 
 
-/// `E`'s tag, checked at compile time: a type whose tag is not valid does not compile when it is
-/// used with a bus ([`impl_event!`](interrole_core::impl_event) checks it where it is declared).
 impl Bus {
     /// `E`'s tag, for a typed subscription or registration: also notes the version of the
     /// contract this process reads `E` as.
@@ -984,6 +1012,8 @@ impl Bus {
     }
 }
 
+/// `E`'s tag, checked at compile time: a type whose tag is not valid does not compile when it is
+/// used with a bus ([`impl_event!`](interrole_core::impl_event) checks it where it is declared).
 fn checked_tag<E: Event>() -> TypeTag {
     assert_valid_tag::<E>();
     E::type_tag()
@@ -997,6 +1027,8 @@ pub(crate) trait Outgoing {
     fn allowed(&self) -> bool;
     /// Whether it counts as published (not one of the reliability layer's own events).
     fn counted(&self) -> bool;
+    /// What counts it in the metrics once it is sent.
+    fn counter(&self) -> Counted;
     /// The envelope.
     fn wrap(
         self,
@@ -1005,6 +1037,23 @@ pub(crate) trait Outgoing {
         reply_to: Option<u64>,
         headers: Headers,
     ) -> InterRoleEvent;
+}
+
+/// How a sent event is counted in the metrics: by its type (a function made for it), or by a tag
+/// known at run time.
+pub(crate) enum Counted {
+    Static(fn(&BusInner)),
+    Tag(TypeTag),
+}
+
+impl Counted {
+    #[inline]
+    fn count(self, inner: &BusInner) {
+        match self {
+            Counted::Static(count) => count(inner),
+            Counted::Tag(tag) => inner.count_published_tag(&tag),
+        }
+    }
 }
 
 /// A typed event on its way out.
@@ -1024,6 +1073,10 @@ impl<E: Event> Outgoing for Value<E> {
     #[inline]
     fn counted(&self) -> bool {
         !const { is_reliability_tag(E::TYPE_TAG) }
+    }
+    #[inline]
+    fn counter(&self) -> Counted {
+        Counted::Static(BusInner::count_published::<E>)
     }
     #[inline]
     fn wrap(
@@ -1046,6 +1099,9 @@ impl Outgoing for RawEvent {
     }
     fn counted(&self) -> bool {
         true
+    }
+    fn counter(&self) -> Counted {
+        Counted::Tag(self.tag.clone())
     }
     fn wrap(
         self,

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use interrole_core::{Inbound, InterRoleEvent, TransportError, TypeTag};
 use parking_lot::{Mutex, RwLock};
@@ -151,7 +152,9 @@ impl Receiver {
 
 impl Inbound for Receiver {
     fn event(&self, event: InterRoleEvent) {
+        let meters = &self.hub.inner.meters;
         self.received.fetch_add(1, Ordering::Relaxed);
+        meters.received.increment(1);
         let Some(event) = self.take_reply(event) else {
             return;
         };
@@ -160,10 +163,18 @@ impl Inbound for Receiver {
         }
         if !event.is_local() && !self.knows(event.type_tag()) {
             self.unknown.fetch_add(1, Ordering::Relaxed);
+            meters.unknown.increment(1);
             if self.unknown_logged.lock().insert(event.type_tag().clone()) {
                 tracing::warn!(type_tag = %event.type_tag(), sender = %event.sender(),
                     "event of an unknown type: delivered to the observers of every event only (logged once per tag)");
             }
+        }
+        if !event.is_local() {
+            // From another process: its sender's clock to ours (0 when ours is behind).
+            let lag = SystemTime::now()
+                .duration_since(event.timestamp())
+                .unwrap_or_default();
+            meters.lag.record(lag.as_secs_f64());
         }
         // A closed hub means the bus is closing: the event is late, not lost by the bus.
         let _ = self.hub.publish(event);

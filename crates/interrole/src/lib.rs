@@ -116,6 +116,16 @@
 //! An event from another process whose type tag this process does not know is not an error: it
 //! reaches the observers of every event, is counted ([`BusStats::unknown_tags`]) and logged once
 //! per tag.
+//!
+//! # Metrics
+//!
+//! Every bus reports through the [`metrics`](https://docs.rs/metrics/0.24) facade, whatever its
+//! transport: events published, received and delivered per type, observer errors (panics, lag,
+//! undecodable payloads), delivery lag, and the reliability layer's counters, outbox and
+//! connection, as `interrole_*` series labelled with the bus's `topic` and `instance` (the list
+//! is in `docs/operations.md`). **Install the recorder before building buses**: a bus takes its
+//! handles from the recorder in place when it is built. With no recorder, the handles do
+//! nothing and cost a branch each.
 
 // The module map and the direction of dependencies: docs/architecture.md. In one line:
 // bus and builder -> reliable, inbound -> dispatch -> observe::{observer, subscription};
@@ -136,6 +146,7 @@ mod bus;
 mod error;
 mod inbound;
 mod loopback;
+mod meters;
 mod observe;
 mod reliable;
 mod replies;

@@ -44,6 +44,7 @@ use super::reentry::{
 };
 use super::registry::{Entry, Key, Lane, Registry, Slot};
 use super::unwind::{drop_event, drop_payload, run_guarded};
+use crate::meters::Meters;
 use crate::observe::observer::{Observable, Observer, ObserverError};
 use crate::observe::subscription::{Registered, Subscription, Unregister};
 
@@ -171,6 +172,8 @@ pub(crate) struct HubInner {
     /// `config.parallel_threshold` in nanoseconds, converted once.
     threshold_ns: u64,
     pub(crate) counters: Counters,
+    /// The bus's metrics handles (no-ops for a hub made alone).
+    pub(crate) meters: Meters,
     closed: AtomicBool,
     /// The topic and instance of the bus this hub belongs to, for the deliver spans.
     #[cfg(feature = "opentelemetry")]
@@ -230,6 +233,11 @@ impl Hub {
 
     /// A hub with the given dispatch configuration.
     pub fn with_config(config: DispatchConfig) -> Self {
+        Self::with_meters(config, Meters::disabled())
+    }
+
+    /// A hub that reports to `meters` (a bus's hub).
+    pub(crate) fn with_meters(config: DispatchConfig, meters: Meters) -> Self {
         Self {
             inner: Arc::new(HubInner {
                 registry: Registry::new(),
@@ -237,6 +245,7 @@ impl Hub {
                 threshold_ns: u64::try_from(config.parallel_threshold.as_nanos())
                     .unwrap_or(u64::MAX),
                 counters: Counters::default(),
+                meters,
                 closed: AtomicBool::new(false),
                 #[cfg(feature = "opentelemetry")]
                 trace_labels: std::sync::OnceLock::new(),
@@ -358,16 +367,24 @@ impl HubInner {
         identity: usize,
     ) -> Subscription {
         match self.registry.insert_as(tag, observer.clone(), identity) {
-            Ok(slot) => Subscription::new(
-                slot,
-                Arc::downgrade(self) as std::sync::Weak<dyn Unregister>,
-            ),
+            Ok(slot) => {
+                self.count_observers();
+                Subscription::new(
+                    slot,
+                    Arc::downgrade(self) as std::sync::Weak<dyn Unregister>,
+                )
+            }
             Err(_) => {
                 // Closed: the sequence is over for this observer too.
                 run_guarded("on_completed", || observer.on_completed());
                 Subscription::inactive()
             }
         }
+    }
+
+    /// Sets the observers gauge (subscribe and unsubscribe only).
+    fn count_observers(&self) {
+        self.meters.set_observers(|| self.registry.len());
     }
 
     /// Whether the hub was asked to complete (its observers may not have been completed yet).
@@ -386,6 +403,7 @@ impl HubInner {
         // The lane that paces sampling and keeps the estimate: the keyed one, else the keyless.
         let Some(primary) = keyed.or(keyless) else {
             self.counters.unobserved.fetch_add(1, Ordering::Relaxed);
+            self.meters.unobserved.increment(1);
             return Vec::new();
         };
         #[cfg(feature = "opentelemetry")]
@@ -485,6 +503,20 @@ impl HubInner {
             delivered += u64::from(self.invoke(entry, event, around));
         }
         lane.count(dispatched, delivered);
+        drop(lane);
+        self.count_deliveries(event, delivered);
+    }
+
+    /// Counts `delivered` observer calls with `event` in the metrics (with no lane held). Out of
+    /// line, so that the dispatch loop is compiled as it was without metrics.
+    #[inline(never)]
+    fn count_deliveries(&self, event: &InterRoleEvent, delivered: u64) {
+        if delivered > 0 {
+            self.meters
+                .tag(event.type_tag())
+                .deliveries
+                .increment(delivered);
+        }
     }
 
     fn run_parallel<A: Around>(
@@ -534,6 +566,8 @@ impl HubInner {
         if let Some(lane) = &keyless {
             lane.count(u64::from(keyed.is_none()), delivered[1]);
         }
+        drop((keyed, keyless));
+        self.count_deliveries(event, delivered[0] + delivered[1]);
         children
     }
 
@@ -566,6 +600,7 @@ impl HubInner {
         payload: Box<dyn std::any::Any + Send>,
     ) {
         self.counters.panics.fetch_add(1, Ordering::Relaxed);
+        self.meters.tag(event.type_tag()).panics.increment(1);
         let error = ObserverError::panicked(&*payload);
         tracing::warn!(
             observer = slot.id(),
@@ -589,6 +624,7 @@ impl HubInner {
         for slot in self.registry.close() {
             slot.finish(|observer| run_guarded("on_completed", || observer.on_completed()));
         }
+        self.count_observers();
     }
 }
 
@@ -615,7 +651,11 @@ impl Target for HubInner {
 
 impl Unregister for HubInner {
     fn unregister(&self, id: u64) -> bool {
-        self.registry.remove(id)
+        let removed = self.registry.remove(id);
+        if removed {
+            self.count_observers();
+        }
+        removed
     }
 }
 

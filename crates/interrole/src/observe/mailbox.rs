@@ -305,12 +305,11 @@ impl Queue {
         let room = s.queue.len() < self.config.capacity && !s.completed;
         if room {
             s.queue.push_back(event);
+            drop(s);
         } else {
             s.missed += 1;
-        }
-        drop(s);
-        if !room {
-            self.count_lag(1);
+            drop(s);
+            self.count_lag(&event);
         }
         self.ready.notify_one();
     }
@@ -319,9 +318,11 @@ impl Queue {
         self.hub.upgrade().is_none_or(|h| h.is_closing())
     }
 
-    fn count_lag(&self, n: u64) {
+    /// Counts `event` as dropped for this observer.
+    fn count_lag(&self, event: &InterRoleEvent) {
         if let Some(hub) = self.hub.upgrade() {
-            hub.counters.lagged.fetch_add(n, Ordering::Relaxed);
+            hub.counters.lagged.fetch_add(1, Ordering::Relaxed);
+            hub.meters.tag(event.type_tag()).lagged.increment(1);
         }
     }
 }
@@ -368,7 +369,7 @@ impl Observer<InterRoleEvent> for Pusher {
                 s.disconnected = true;
                 s.missed += 1;
                 drop(s);
-                shared.count_lag(1);
+                shared.count_lag(event);
                 shared.ready.notify_one();
                 if let Some(f) = shared.disconnect.get() {
                     f();
@@ -378,7 +379,7 @@ impl Observer<InterRoleEvent> for Pusher {
         }
         s.missed += 1;
         drop(s);
-        shared.count_lag(1);
+        shared.count_lag(oldest.as_ref().unwrap_or(event));
         shared.ready.notify_one();
         // The dropped event may hold the last reference to its payload: dropped with no lock
         // held, and a panicking `Drop` is not this observer's panic.
@@ -505,11 +506,15 @@ async fn next<T: FromEnvelope>(
     match std::panic::AssertUnwindSafe(call).catch_unwind().await {
         Ok(None) => {}
         Ok(Some(error)) => {
+            if let Some(hub) = shared.hub.upgrade() {
+                hub.meters.tag(event.type_tag()).undecodable.increment(1);
+            }
             call_error(observer, ObserverError::from_payload(&event, error)).await;
         }
         Err(payload) => {
             if let Some(hub) = shared.hub.upgrade() {
                 hub.counters.panics.fetch_add(1, Ordering::Relaxed);
+                hub.meters.tag(event.type_tag()).panics.increment(1);
             }
             let error = ObserverError::panicked(&*payload);
             tracing::warn!(event = %event.id(), %error, "async observer panicked; routed to its on_error");

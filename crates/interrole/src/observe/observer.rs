@@ -201,13 +201,16 @@ impl<T: 'static, F: Fn(&T) + Send + Sync + 'static> Observer<T> for FnObserver<T
 /// Adapts an observer of one event type to the envelopes the hub routes to it.
 pub(crate) struct Typed<E, O: ?Sized> {
     inner: Arc<O>,
+    /// Counts payloads that did not decode as an `E` (the metrics handle of `E`'s type).
+    undecodable: metrics::Counter,
     _event: PhantomData<fn(&E)>,
 }
 
 impl<E, O: ?Sized> Typed<E, O> {
-    pub(crate) fn new(inner: Arc<O>) -> Self {
+    pub(crate) fn new(inner: Arc<O>, undecodable: metrics::Counter) -> Self {
         Self {
             inner,
+            undecodable,
             _event: PhantomData,
         }
     }
@@ -220,9 +223,11 @@ impl<E: Event, O: Observer<E> + ?Sized> Typed<E, O> {
     fn on_next_decoding(&self, event: &InterRoleEvent) {
         match event.try_payload::<E>() {
             Ok(value) => self.inner.on_next(value),
-            Err(error) => self
-                .inner
-                .on_error(ObserverError::from_payload(event, error)),
+            Err(error) => {
+                self.undecodable.increment(1);
+                self.inner
+                    .on_error(ObserverError::from_payload(event, error))
+            }
         }
     }
 }

@@ -21,6 +21,7 @@ use super::outbox::{Busy, Outbox, Sent, busy_delay};
 use super::repair::{Control, HEARTBEAT_EVERY, HEARTBEAT_IDLE, Heartbeat, Nak, REPAIR_BYTES, Repair};
 use super::sequencer::{Outcome, Sequencer};
 use super::sink::{SendError, Sink};
+use crate::meters::ReliableMeters;
 
 /// How often open gaps are checked (repair requests, timeouts).
 const GAP_CHECK: Duration = Duration::from_millis(20);
@@ -191,6 +192,8 @@ pub(crate) struct Reliable {
     ever_published: std::sync::atomic::AtomicBool,
     /// This bus's incarnation (its first sequence number).
     epoch: u64,
+    /// The metrics handles: the counters above, the outbox and the connection.
+    meters: ReliableMeters,
 }
 
 impl Reliable {
@@ -201,6 +204,7 @@ impl Reliable {
         config: Reliability,
         sink: Arc<dyn Sink>,
         epoch: u64,
+        meters: ReliableMeters,
     ) -> Arc<Self> {
         let (lost, lost_rx) = mpsc::unbounded_channel();
         let max_envelope = transport.limits().max_envelope;
@@ -241,6 +245,7 @@ impl Reliable {
             published: std::sync::atomic::AtomicBool::new(false),
             ever_published: std::sync::atomic::AtomicBool::new(false),
             epoch,
+            meters,
         })
     }
 
@@ -278,6 +283,9 @@ impl Reliable {
             }
         });
         if changed {
+            self.meters
+                .connected
+                .set(f64::from(u8::from(state == HostState::Opened)));
             match (&error, state) {
                 (Some(e), HostState::Closed) => {
                     tracing::error!(instance = %self.instance, topic = %self.topic, error = %e, "bus connection closed: {e}")
@@ -350,6 +358,7 @@ impl Reliable {
             acked_at: None,
         });
         link.unacked_bytes += size;
+        self.gauge_outbox(&link);
         Ok(())
     }
 
@@ -367,12 +376,19 @@ impl Reliable {
         }
         let connected = link.conn.is_some();
         link.trim(&self.config, connected);
+        self.gauge_outbox(&link);
         drop(link);
         let mut busy = self.busy.lock();
         if !busy.is_empty() {
             // Sent again and acknowledged without a new refusal before the acknowledgement.
             busy.retain(|&s, b| !(b.in_flight && s <= seq));
         }
+    }
+
+    /// Sets the outbox gauges (the outbox is locked).
+    fn gauge_outbox(&self, link: &Outbox) {
+        self.meters.outbox_events.set(link.unacked() as f64);
+        self.meters.outbox_bytes.set(link.unacked_bytes as f64);
     }
 
     /// Sends again the events refused for now whose delay is over.
@@ -393,6 +409,7 @@ impl Reliable {
                         b.in_flight = true;
                         b.due = now + busy_delay(b.refusals + 1);
                         self.resent.fetch_add(1, Ordering::Relaxed);
+                        self.meters.resent.increment(1);
                     }
                 }
                 None => gone.push(seq),
@@ -403,6 +420,7 @@ impl Reliable {
             // Out of the retention before the far end took it: it cannot be sent again.
             busy.remove(&seq);
             self.rejected.fetch_add(1, Ordering::Relaxed);
+            self.meters.rejected.increment(1);
             tracing::warn!(instance = %self.instance, seq, "an event refused for now left the retention before it could be sent again");
         }
     }
@@ -426,6 +444,7 @@ impl Reliable {
             return;
         }
         self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.meters.rejected.increment(1);
         let target = {
             let link = self.outbox.lock();
             link.entries
@@ -452,6 +471,7 @@ impl Reliable {
     /// relay restart, senders re-send them anyway.
     fn missed(&self, sender: Option<&InstanceId>, count: u64) {
         self.transport_dropped.fetch_add(count, Ordering::Relaxed);
+        self.meters.transport_dropped.increment(count);
         if let Some(sender) = sender {
             self.sequencer.lock().dropped(sender, count);
         }
@@ -460,6 +480,7 @@ impl Reliable {
 
     fn report_missed(&self, sender: Option<InstanceId>, count: u64) {
         self.missed.fetch_add(count, Ordering::Relaxed);
+        self.meters.missed.increment(count);
         tracing::warn!(instance = %self.instance, sender = ?sender.as_ref().map(|s| s.as_str()), count, "events missed");
         self.sink.missed(sender, count);
     }
@@ -469,12 +490,14 @@ impl Reliable {
         loop {
             if out.duplicates > 0 {
                 self.duplicates.fetch_add(out.duplicates, Ordering::Relaxed);
+                self.meters.duplicates.increment(out.duplicates);
             }
             for (sender, count) in out.missed.drain(..) {
                 self.report_missed(Some(sender), count);
             }
             for (to, nak) in out.naks.drain(..) {
                 self.repair_requests.fetch_add(1, Ordering::Relaxed);
+                self.meters.repair_requests.increment(1);
                 tracing::debug!(instance = %self.instance, %to, ?nak, "asking for a repair");
                 self.sink.control(&to, Control::Nak(nak));
             }
@@ -515,6 +538,7 @@ impl Reliable {
             }
             self.repaired
                 .fetch_add(repaired.len() as u64, Ordering::Relaxed);
+            self.meters.repaired.increment(repaired.len() as u64);
             let mut s = self.sequencer.lock();
             for inner in repaired {
                 s.arrive(inner, &self.config, &mut out);
@@ -608,6 +632,7 @@ impl Reliable {
         drop(link);
         if resent > 0 {
             self.resent.fetch_add(resent, Ordering::Relaxed);
+            self.meters.resent.increment(resent);
             tracing::debug!(instance = %self.instance, resent, "outbox re-sent on the new connection");
         }
     }
@@ -672,6 +697,9 @@ impl Reliable {
                     return;
                 }
             };
+            if ever_opened {
+                self.meters.reconnections.increment(1);
+            }
             ever_opened = true;
             self.install(generation, conn.clone());
             self.set_state(HostState::Opened, None);
