@@ -139,6 +139,7 @@ pub(crate) fn publish(
     publish_slow(op, topic, instance, type_tag, target, headers)
 }
 
+#[cold]
 #[inline(never)]
 fn publish_slow(
     op: Operation,
@@ -175,11 +176,15 @@ fn publish_slow(
 }
 
 /// Records the event's id on its publish span, once numbered.
+#[cold]
+#[inline(never)]
 pub(crate) fn numbered(span: &Span, event: &InterRoleEvent) {
     span.record("messaging.message.id", tracing::field::display(event.id()));
 }
 
 /// The span of handing one event to the transport, inside its publish span.
+#[cold]
+#[inline(never)]
 pub(crate) fn transport_send(transport: &'static str, envelope: &InterRoleEvent) -> Span {
     tracing::info_span!(
         target: "interrole::trace",
@@ -226,18 +231,11 @@ pub(crate) struct Labels {
 }
 
 /// The deliver span of an event that carries a trace context, continuing it; `None` for an
-/// event without one (the common case, kept to a look at its headers) or when the spans are
-/// not wanted.
-#[inline]
-pub(crate) fn deliver(event: &InterRoleEvent, labels: Option<&Labels>) -> Option<Span> {
-    if event.headers().is_empty() {
-        return None;
-    }
-    deliver_slow(event, labels)
-}
-
+/// event without one or when the spans are not wanted. The caller looks at the headers first
+/// (an event without headers, the common case, costs that look alone).
+#[cold]
 #[inline(never)]
-fn deliver_slow(event: &InterRoleEvent, labels: Option<&Labels>) -> Option<Span> {
+pub(crate) fn deliver(event: &InterRoleEvent, labels: Option<&Labels>) -> Option<Span> {
     if !enabled() {
         return None;
     }

@@ -408,13 +408,31 @@ impl HubInner {
             return Vec::new();
         };
         #[cfg(feature = "opentelemetry")]
-        if let Some(span) = crate::trace::deliver(event, self.trace_labels.get()) {
-            let traced = Traced(span);
-            return traced
-                .0
-                .in_scope(|| self.dispatch(primary, keyed, keyless, event, &traced));
+        if !event.headers().is_empty() {
+            if let Some(span) = crate::trace::deliver(event, self.trace_labels.get()) {
+                return self.run_traced(primary, keyed, keyless, event, span);
+            }
         }
         self.dispatch(primary, keyed, keyless, event, &Bare)
+    }
+
+    /// The dispatch of an event that carries a trace context: out of line, so that the common
+    /// dispatch is compiled as without the feature.
+    #[cfg(feature = "opentelemetry")]
+    #[cold]
+    #[inline(never)]
+    fn run_traced(
+        &self,
+        primary: &HubLane,
+        keyed: Option<&HubLane>,
+        keyless: Option<&HubLane>,
+        event: &InterRoleEvent,
+        span: tracing::Span,
+    ) -> Vec<Group> {
+        let traced = Traced(span);
+        traced
+            .0
+            .in_scope(|| self.dispatch(primary, keyed, keyless, event, &traced))
     }
 
     /// [`HubInner::run`] once the lanes are found.
