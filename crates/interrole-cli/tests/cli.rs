@@ -1,6 +1,7 @@
-//! The `interrole` binary as a process, against a relay server (the `interrole-relay-server`
-//! library, in this test process: cargo builds another package's binary for that package's tests
-//! only) and against `nats-server` (`#[ignore = "needs nats-server"]`: run them with
+//! The `interrole` binary as a process, against a relay server in a process of its own (this test
+//! binary again, running the ignored `relay_child_process` with the `interrole-relay-server`
+//! library: cargo builds another package's binary for that package's tests only) and against
+//! `nats-server` (`#[ignore = "needs nats-server"]`: run them with
 //! `cargo test -p interrole-cli -- --ignored`, which fails them, saying so, when nats-server is
 //! not installed).
 
@@ -15,6 +16,7 @@ use interrole::{Bus, Headers};
 use interrole_relay::sas::SharedAccessSignature;
 use interrole_relay_server::{Config, KeyConfig, Server};
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, Command};
 
@@ -30,23 +32,93 @@ struct Note {
 }
 interrole::impl_event!(Note = "tests.note");
 
-/// A relay server in this process on 127.0.0.1 and an ephemeral port.
-async fn relay() -> Server {
-    Server::bind(Config {
-        listen: "127.0.0.1:0".parse().expect("an address"),
-        keys: vec![KeyConfig::parse_flag(&format!("{}={}", KEY.0, KEY.1)).expect("a key")],
-        ..Config::default()
-    })
-    .await
-    .expect("the relay starts")
+/// Where [`relay_child_process`] is told to listen.
+const CHILD_LISTEN: &str = "INTERROLE_CLI_TEST_RELAY_LISTEN";
+/// What [`relay_child_process`] prints, followed by its address, once it listens.
+const CHILD_READY: &str = "relay child process listening on ";
+
+/// A relay server in a process of its own on 127.0.0.1 and an ephemeral port: this test binary,
+/// running [`relay_child_process`]. Killed when dropped; it also exits when its standard input
+/// closes, so that it does not outlive a test process that died.
+struct RelayProcess {
+    addr: SocketAddr,
+    _child: Child,
 }
 
-fn relay_url(server: &Server) -> String {
+impl RelayProcess {
+    fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// Starts a relay process and waits until it listens.
+async fn relay() -> RelayProcess {
+    let mut child = Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["relay_child_process", "--exact", "--ignored", "--nocapture"])
+        .env(CHILD_LISTEN, "127.0.0.1:0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the relay process starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    loop {
+        let line = tokio::time::timeout(LONG, lines.next_line())
+            .await
+            .expect("the relay process says it listens")
+            .expect("stdout reads")
+            .expect("the relay process ended early");
+        if let Some(addr) = line.strip_prefix(CHILD_READY) {
+            let addr = addr.trim().parse().expect("an address");
+            return RelayProcess {
+                addr,
+                _child: child,
+            };
+        }
+    }
+}
+
+/// Not a test of its own: the relay of [`RelayProcess`], in the process it starts. Ignored, so
+/// that `cargo test` does not run it; without [`CHILD_LISTEN`] (as `-- --ignored` runs it) it
+/// returns at once.
+#[test]
+#[ignore = "the relay process of the other tests"]
+fn relay_child_process() {
+    let Some(listen) = std::env::var_os(CHILD_LISTEN) else {
+        return;
+    };
+    let listen = listen
+        .to_str()
+        .expect("an address")
+        .parse()
+        .expect("an address");
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(async {
+        let server = Server::bind(Config {
+            listen,
+            keys: vec![KeyConfig::parse_flag(&format!("{}={}", KEY.0, KEY.1)).expect("a key")],
+            ..Config::default()
+        })
+        .await
+        .expect("the relay starts");
+        println!("{CHILD_READY}{}", server.local_addr());
+        // Until the parent closes standard input (or dies).
+        let _ = tokio::task::spawn_blocking(|| {
+            use std::io::Read;
+            let mut buf = [0u8; 64];
+            while std::io::stdin().read(&mut buf).is_ok_and(|n| n > 0) {}
+        })
+        .await;
+        server.shutdown().await;
+    });
+}
+
+fn relay_url(server: &RelayProcess) -> String {
     format!("ws://{}", server.local_addr())
 }
 
 /// The global options that reach `server` with the right key, on `topic`.
-fn relay_args(server: &Server, topic: &str) -> Vec<String> {
+fn relay_args(server: &RelayProcess, topic: &str) -> Vec<String> {
     [
         "--relay",
         &relay_url(server),
@@ -60,7 +132,7 @@ fn relay_args(server: &Server, topic: &str) -> Vec<String> {
 }
 
 /// A bus of the test on `server`, connected.
-async fn relay_bus(server: &Server, topic: &str, instance: &str) -> Bus {
+async fn relay_bus(server: &RelayProcess, topic: &str, instance: &str) -> Bus {
     let bus = Bus::builder()
         .instance(instance)
         .topic(topic)
