@@ -75,7 +75,9 @@ fuzz_target!(|data: &[u8]| {
         return; // No room for Content-Length.
     }
     let written = write(&response);
-    let again = read_with(&written, is_head, written.len(), 2 * MAX_HEAD)
+    // Bytes of header values that are not UTF-8 were read as U+FFFD (three bytes each), so the
+    // written head may be up to three times the one read: the limit is not what this checks.
+    let again = read_with(&written, is_head, written.len(), written.len().max(MAX_HEAD))
         .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&written)));
     assert_eq!(again.status, response.status);
     if !(is_head || matches!(response.status, 101 | 204 | 304)) {
