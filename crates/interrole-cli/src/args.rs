@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use interrole::{InstanceId, TypeTag};
+use interrole_relay::sas::parse_duration;
 
 /// The interrole command line: tail, publish, request and bench on an interrole relay or NATS.
 #[derive(Debug, Parser)]
@@ -137,26 +138,6 @@ fn parse_json(text: &str) -> Result<serde_json::Value, String> {
     serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))
 }
 
-/// A duration: a whole number and a unit, `ms`, `s`, `m`, `h` or `d`; a bare number is seconds.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (num, unit) = text
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((text, ""), |i| text.split_at(i));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("bad duration {text:?} (e.g. 500ms, 2s, 1m)"))?;
-    let ms = match unit {
-        "ms" => 1,
-        "" | "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(format!("bad unit {unit:?} in {text:?} (ms, s, m, h, d)")),
-    };
-    Ok(Duration::from_millis(n.saturating_mul(ms)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,19 +146,6 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn durations_parse_with_their_units() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
-        assert!(parse_duration("2 weeks").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("-1s").is_err());
     }
 
     #[test]

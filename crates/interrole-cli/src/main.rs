@@ -24,7 +24,6 @@ mod tally;
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use clap::error::ErrorKind;
@@ -106,11 +105,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             resource,
             ttl,
         } => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let token =
-                SharedAccessSignature::sign(&key_name, &key, &resource, now + ttl.as_secs());
+            let token = SharedAccessSignature::sign_for(&key_name, &key, &resource, ttl);
             writeln!(std::io::stdout(), "{token}")?;
         }
         Command::Tail { json, count } => {

@@ -425,6 +425,7 @@ struct WireHeader<'a> {
 /// anew for every envelope was a sixth of what a subscriber spent per event.
 mod names {
     use std::cell::RefCell;
+    use std::thread::LocalKey;
 
     use crate::id::{InstanceId, InvalidName, TypeTag};
 
@@ -435,27 +436,29 @@ mod names {
 
     /// The instance id `text`, checked (or equal to the last one this thread checked).
     pub(super) fn sender(text: &str) -> Result<InstanceId, InvalidName> {
-        SENDER.with(|last| {
-            let mut last = last.borrow_mut();
-            if let Some(id) = last.as_ref().filter(|id| id.as_str() == text) {
-                return Ok(id.clone());
-            }
-            let id = InstanceId::new(text)?;
-            *last = Some(id.clone());
-            Ok(id)
-        })
+        reuse(&SENDER, text, InstanceId::as_str, |t| InstanceId::new(t))
     }
 
     /// The type tag `text`, checked (or equal to the last one this thread checked).
     pub(super) fn type_tag(text: &str) -> Result<TypeTag, InvalidName> {
-        TAG.with(|last| {
+        reuse(&TAG, text, TypeTag::as_str, |t| TypeTag::new(t))
+    }
+
+    /// The name kept in `last` when it reads `text`, else `text` checked by `make` and kept.
+    fn reuse<T: Clone + 'static>(
+        last: &'static LocalKey<RefCell<Option<T>>>,
+        text: &str,
+        as_str: fn(&T) -> &str,
+        make: fn(&str) -> Result<T, InvalidName>,
+    ) -> Result<T, InvalidName> {
+        last.with(|last| {
             let mut last = last.borrow_mut();
-            if let Some(tag) = last.as_ref().filter(|tag| tag.as_str() == text) {
-                return Ok(tag.clone());
+            if let Some(name) = last.as_ref().filter(|name| as_str(name) == text) {
+                return Ok(name.clone());
             }
-            let tag = TypeTag::new(text)?;
-            *last = Some(tag.clone());
-            Ok(tag)
+            let name = make(text)?;
+            *last = Some(name.clone());
+            Ok(name)
         })
     }
 }

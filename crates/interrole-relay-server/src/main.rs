@@ -1,10 +1,10 @@
 //! `interrole-relay`: the interrole relay server.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use interrole_relay::sas::SharedAccessSignature;
+use interrole_relay::sas::{SharedAccessSignature, parse_duration};
 use interrole_relay_server::{Config, DEFAULT_CONFIG_TOML, KeyConfig, Server, TlsConfig};
 
 /// The interrole relay: multicast publish/subscribe over WebSockets, Azure Relay style.
@@ -51,25 +51,9 @@ enum Command {
         #[arg(long)]
         resource: String,
         /// How long the token is valid: `90s`, `30m`, `1h`, `7d`, or seconds.
-        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
     },
-}
-
-fn parse_ttl(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (num, unit) = text
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((text, ""), |i| text.split_at(i));
-    let n: u64 = num.parse().map_err(|_| format!("bad duration {text:?}"))?;
-    let mul = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("bad unit {unit:?} (s, m, h, d)")),
-    };
-    Ok(Duration::from_secs(n.saturating_mul(mul)))
 }
 
 fn init_tracing(verbose: u8) {
@@ -126,10 +110,7 @@ fn main() -> std::process::ExitCode {
             resource,
             ttl,
         }) => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let token = SharedAccessSignature::sign(key_name, key, resource, now + ttl.as_secs());
+            let token = SharedAccessSignature::sign_for(key_name, key, resource, *ttl);
             println!("{token}");
             return std::process::ExitCode::SUCCESS;
         }

@@ -333,7 +333,40 @@ fn hmac(key: &[u8], resource: &str, expiry: u64) -> HmacSha256 {
     mac
 }
 
+/// Reads a duration as the command lines write one (a token's validity, a timeout): a whole
+/// number and a unit, `ms`, `s`, `m`, `h` or `d`; a bare number is seconds.
+///
+/// # Errors
+/// A message naming the text and the units, for anything else.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (num, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |i| text.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {text:?} (e.g. 500ms, 2s, 1m)"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("bad unit {unit:?} in {text:?} (ms, s, m, h, d)")),
+    };
+    Ok(std::time::Duration::from_millis(n.saturating_mul(ms)))
+}
+
 impl SharedAccessSignature {
+    /// Signs a token for `resource` valid for `ttl` from now (by the system clock): what the
+    /// `token` commands of the relay's and the interrole command lines print.
+    pub fn sign_for(key_name: &str, key: &str, resource: &str, ttl: std::time::Duration) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Self::sign(key_name, key, resource, now.saturating_add(ttl.as_secs()))
+    }
+
     /// Signs a token for `resource` (a URL, not yet encoded: `http://host/path`) valid until
     /// `expiry` (Unix seconds), with the key `key_name` whose secret is `key`.
     pub fn sign(key_name: &str, key: &str, resource: &str, expiry: u64) -> Self {
@@ -1064,5 +1097,24 @@ mod tests {
         let token = key.sign("http://h/p", SE);
         assert!(token.is_signed_by("hunter2"));
         assert!(!token.is_signed_by("hunter3"));
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_with_their_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("2 weeks").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("-1s").is_err());
     }
 }

@@ -417,8 +417,7 @@ impl Bus {
                 directed: target.is_some(),
                 n,
             };
-            let counted = event.counted();
-            let counted_as = event.counter();
+            let counter = event.counter();
             let envelope = event.wrap(id.clone(), stream, reply_to, headers);
             on_numbered(id.seq);
             #[cfg(feature = "opentelemetry")]
@@ -443,10 +442,9 @@ impl Bus {
                 }
             }
             seq.last += 1;
-            if counted {
-                // The reliability layer's own events (repairs, heartbeats) are not counted.
+            if let Some(counter) = counter {
                 seq.published += 1;
-                counted_as.count(inner);
+                counter.count(inner);
             }
             match target {
                 None => seq.multicast = n,
@@ -1025,10 +1023,9 @@ pub(crate) trait Outgoing {
     fn tag(&self) -> &str;
     /// Whether it may be sent this way (a raw event may not take a reserved tag).
     fn allowed(&self) -> bool;
-    /// Whether it counts as published (not one of the reliability layer's own events).
-    fn counted(&self) -> bool;
-    /// What counts it in the metrics once it is sent.
-    fn counter(&self) -> Counted;
+    /// What counts it as published once it is sent: `None` for the reliability layer's own
+    /// events (repairs, heartbeats), which are not counted.
+    fn counter(&self) -> Option<Counted>;
     /// The envelope.
     fn wrap(
         self,
@@ -1071,12 +1068,9 @@ impl<E: Event> Outgoing for Value<E> {
         true
     }
     #[inline]
-    fn counted(&self) -> bool {
-        !const { is_reliability_tag(E::TYPE_TAG) }
-    }
-    #[inline]
-    fn counter(&self) -> Counted {
-        Counted::Static(BusInner::count_published::<E>)
+    fn counter(&self) -> Option<Counted> {
+        (!const { is_reliability_tag(E::TYPE_TAG) })
+            .then_some(Counted::Static(BusInner::count_published::<E>))
     }
     #[inline]
     fn wrap(
@@ -1097,11 +1091,8 @@ impl Outgoing for RawEvent {
     fn allowed(&self) -> bool {
         !is_reliability_tag(self.tag.as_str())
     }
-    fn counted(&self) -> bool {
-        true
-    }
-    fn counter(&self) -> Counted {
-        Counted::Tag(self.tag.clone())
+    fn counter(&self) -> Option<Counted> {
+        Some(Counted::Tag(self.tag.clone()))
     }
     fn wrap(
         self,

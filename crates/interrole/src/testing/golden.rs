@@ -34,7 +34,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use interrole_core::{Codec, Event, EventId, InstanceId, InterRoleEvent};
+use interrole_core::codec;
+use interrole_core::{Codec, Event};
 
 /// A directory of golden payloads (see the [module](self) docs).
 #[derive(Debug, Clone)]
@@ -128,7 +129,7 @@ impl Golden {
     ///
     /// # Errors
     /// [`GoldenError`], saying what changed and what to do about it.
-    pub fn check<E: Event + Clone + PartialEq + fmt::Debug>(
+    pub fn check<E: Event + PartialEq + fmt::Debug>(
         &self,
         sample: &E,
     ) -> Result<GoldenReport, GoldenError> {
@@ -196,16 +197,11 @@ impl Golden {
     }
 }
 
-/// The payload bytes of `sample`, as its type's codec writes them.
-fn payload<E: Event + Clone>(sample: &E) -> Result<Vec<u8>, GoldenError> {
-    let id = EventId {
-        sender: InstanceId::new("golden").expect("a valid name"),
-        seq: 1,
-    };
-    InterRoleEvent::new(id, sample.clone())
-        .payload_bytes()
-        .map(|b| b.to_vec())
-        .map_err(|e| GoldenError::Encode(e.to_string()))
+/// The payload bytes of `sample`, as its type's codec writes them in an envelope.
+fn payload<E: Event>(sample: &E) -> Result<Vec<u8>, GoldenError> {
+    let mut out = Vec::new();
+    codec::encode_with(E::CODEC, sample, &mut out).map_err(|e| GoldenError::Encode(e.to_string()))?;
+    Ok(out)
 }
 
 fn file_name(version: u32, codec: Codec) -> String {
